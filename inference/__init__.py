@@ -1,0 +1,1 @@
+"""nirwatch inference service."""

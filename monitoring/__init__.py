@@ -1,0 +1,1 @@
+"""Metrics, drift detectors, Prometheus rules, Alertmanager config and Grafana dashboards."""

@@ -1,0 +1,155 @@
+"""Prometheus metrics of the inference worker.
+
+Every metric takes a ``registry`` (tests pass a fresh ``CollectorRegistry``). Label sets are
+bounded: instrument and product values beyond ``max_label_values`` distinct ones are folded
+into ``"other"`` so a misbehaving producer cannot explode the time-series count.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+class BoundedLabels:
+    """Maps raw label values to at most ``limit`` distinct ones, the rest to ``"other"``."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return "other"
+
+
+class WorkerMetrics:
+    """All metrics the inference worker exports (names are the dashboards' contract)."""
+
+    def __init__(self, registry: CollectorRegistry, max_label_values: int = 64) -> None:
+        self.registry = registry
+        self.label = BoundedLabels(max_label_values)
+        r = registry
+        self.consumed = Counter(
+            "nirwatch_spectra_consumed", "Spectrum messages consumed", ["instrument"], registry=r
+        )
+        self.predictions = Counter(
+            "nirwatch_predictions", "Predictions published", ["instrument", "model"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "nirwatch_dead_lettered",
+            "Messages sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "nirwatch_fallbacks",
+            "Predictions served by PLS instead of the CNN",
+            ["reason"],
+            registry=r,
+        )
+        self.out_of_model = Counter(
+            "nirwatch_out_of_model",
+            "Spectra outside the calibration's 99% T2/Q limits",
+            ["instrument"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nirwatch_batch_size", "Spectra per micro-batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "nirwatch_inference_seconds",
+            "Preprocessing + model time per micro-batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency_seconds = Histogram(
+            "nirwatch_end_to_end_latency_seconds",
+            "Instrument timestamp to prediction published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "nirwatch_consumer_lag_messages",
+            "Messages behind the partition high-water mark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.last_prediction = Gauge(
+            "nirwatch_last_prediction",
+            "Most recent predicted value",
+            ["instrument", "product"],
+            registry=r,
+        )
+        self.t2 = Gauge(
+            "nirwatch_hotelling_t2", "Most recent Hotelling T2", ["instrument"], registry=r
+        )
+        self.q = Gauge("nirwatch_q_residual", "Most recent Q residual", ["instrument"], registry=r)
+        self.t2_limit = Gauge(
+            "nirwatch_hotelling_t2_limit", "99% T2 limit of the model", registry=r
+        )
+        self.q_limit = Gauge("nirwatch_q_residual_limit", "99% Q limit of the model", registry=r)
+        self.model_info = Info("nirwatch_model", "Model bundle being served", registry=r)
+        self.model_reloads = Counter(
+            "nirwatch_model_reloads", "Hot reloads of the champion model", ["outcome"], registry=r
+        )
+        self.broker_up = Gauge(
+            "nirwatch_broker_up",
+            "1 while the worker can reach Kafka, 0 during an outage",
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "nirwatch_kafka_errors", "Kafka client errors by operation", ["operation"], registry=r
+        )
+        self.drift_detected = Gauge(
+            "nirwatch_drift_detected",
+            "1 while a drift detector is in the drift state",
+            ["instrument", "product", "detector"],
+            registry=r,
+        )
+        self.drift_score = Gauge(
+            "nirwatch_drift_score",
+            "Drift detector statistic divided by its threshold (>=1 means drift)",
+            ["instrument", "product", "detector"],
+            registry=r,
+        )
+        self.lab_rmse = Gauge(
+            "nirwatch_lab_rmse",
+            "Rolling RMSE of predictions vs lab results",
+            ["instrument", "product"],
+            registry=r,
+        )
+        self.lab_bias = Gauge(
+            "nirwatch_lab_bias",
+            "Rolling bias (prediction - lab)",
+            ["instrument", "product"],
+            registry=r,
+        )
+        self.lab_rmsecv = Gauge(
+            "nirwatch_model_rmsecv", "Calibration RMSECV of the served model", registry=r
+        )

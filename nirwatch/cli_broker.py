@@ -1,0 +1,32 @@
+"""``nirwatch broker``: run the embedded Kafka-compatible broker in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from nirwatch.broker import EmbeddedBroker
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--cert", type=Path, help="PEM certificate: serve TLS")
+    p.add_argument("--key", type=Path, help="PEM private key for --cert")
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    broker = EmbeddedBroker(host=args.host, port=args.port, cert=args.cert, key=args.key)
+    with broker:
+        print(f"embedded Kafka-compatible broker (Tansu, in-memory) on {broker.bootstrap}")
+        print(f"export NIRWATCH_KAFKA_BOOTSTRAP={broker.bootstrap}   # Ctrl-C stops it")
+        while not stop.wait(0.5):
+            if not broker.running:
+                print("broker exited")
+                return 1
+    return 0

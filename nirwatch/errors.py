@@ -1,0 +1,53 @@
+"""Exception hierarchy: one root, specific subclasses where callers act on them."""
+
+from __future__ import annotations
+
+
+class NirwatchError(Exception):
+    """Root of every error nirwatch raises on purpose."""
+
+
+class ConfigError(NirwatchError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class WireFormatError(NirwatchError):
+    """A message on the wire cannot be decoded or fails validation.
+
+    Parameters
+    ----------
+    reason : str
+        A short, bounded reason code (used as a metric label and a dead-letter header),
+        e.g. ``"bad_magic"``, ``"non_finite"``, ``"length_mismatch"``.
+    detail : str
+        Human-readable explanation naming what was expected and what arrived.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class DataError(NirwatchError):
+    """Training or prediction data is unusable (NaN rows, grid mismatch, missing target...)."""
+
+
+class ModelError(NirwatchError):
+    """A model cannot be fitted, loaded or applied."""
+
+
+class BundleError(ModelError):
+    """A model bundle is malformed, incomplete or fails verification."""
+
+
+class ChecksumMismatchError(BundleError):
+    """A bundle file's checksum or signature does not match its manifest."""
+
+
+class RegistryError(NirwatchError):
+    """The model registry refuses an operation (unknown version, nothing to roll back to...)."""
+
+
+class BrokerUnavailableError(NirwatchError):
+    """No Kafka broker could be reached or started."""

@@ -1,0 +1,68 @@
+"""The interface between a model bundle and the inference worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class BatchPrediction:
+    """Predictions and diagnostics for a micro-batch of n spectra.
+
+    Attributes
+    ----------
+    value : ndarray (n,)
+        The published prediction (NaN where no model could predict).
+    model : ndarray (n,) of str
+        ``"cnn"`` or ``"pls"``: which model produced ``value``.
+    fallback_reason : list of (str or None), length n
+        Why PLS was used instead of the CNN (bounded codes, e.g. ``"cnn_unavailable"``,
+        ``"cnn_error"``, ``"cnn_non_finite"``, ``"cnn_pls_disagree"``); None when the CNN served.
+    cnn_value, pls_value : ndarray (n,)
+        Each model's own prediction (NaN when not computed).
+    t2, q : ndarray (n,)
+        Hotelling T² and Q residual against the calibration model.
+    t2_limit, q_limit : float
+        The 99 % limits used for ``out_of_model``.
+    out_of_model : ndarray (n,) of bool
+        Outside the calibration's applicability domain: not releasable.
+    """
+
+    value: np.ndarray
+    model: np.ndarray
+    fallback_reason: list[str | None]
+    cnn_value: np.ndarray
+    pls_value: np.ndarray
+    t2: np.ndarray
+    q: np.ndarray
+    t2_limit: float
+    q_limit: float
+    out_of_model: np.ndarray
+
+
+class Predictor(Protocol):
+    """What the worker needs from a loaded model bundle."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def checksum(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
+
+    @property
+    def grid(self) -> str:
+        """Wavelength grid id the models were calibrated on (see :mod:`nirwatch.grid`)."""
+        ...
+
+    def predict(self, spectra: np.ndarray) -> BatchPrediction:
+        """Predict a batch, spectra of shape (n, n_points) float32 on :attr:`grid`."""
+        ...

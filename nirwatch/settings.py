@@ -1,0 +1,101 @@
+"""Settings shared by every service.
+
+Each service owns one frozen settings object (``NIRWATCH_`` env prefix) that it reads once in
+``main()`` with :func:`load_settings` and passes down explicitly. Nothing deeper reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nirwatch.errors import ConfigError
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class NirwatchSettings(BaseSettings):
+    """Base class: frozen, ``NIRWATCH_`` prefix, unknown variables ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="NIRWATCH_", frozen=True, extra="ignore")
+
+
+class KafkaSettings(NirwatchSettings):
+    """How to reach Kafka and which topics to use (``NIRWATCH_KAFKA_*``).
+
+    ``bootstrap`` empty means: start or find a broker for local use (see
+    :mod:`nirwatch.broker`); production sets it to the cluster's bootstrap servers.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NIRWATCH_KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap: str | None = Field(default=None, description="host:port[,host:port]")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    topic_spectra: str = "nirwatch.spectra"
+    topic_predictions: str = "nirwatch.predictions"
+    topic_dead_letter: str = "nirwatch.spectra.dlq"
+    topic_lab_results: str = "nirwatch.lab-results"
+    partitions: int = Field(default=6, ge=1, description="partitions when nirwatch creates topics")
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by kafka-python producers, consumers and admins."""
+        if not self.bootstrap:
+            raise ConfigError(
+                "NIRWATCH_KAFKA_BOOTSTRAP is not set: expected host:port of a Kafka broker "
+                "(or use nirwatch.broker.kafka_bootstrap() to start the embedded one)"
+            )
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            opts.update(
+                ssl_cafile=self.ssl_cafile,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+                ssl_check_hostname=self.ssl_check_hostname,
+            )
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ConfigError(
+                    "NIRWATCH_KAFKA_SECURITY_PROTOCOL="
+                    f"{self.security_protocol} needs NIRWATCH_KAFKA_SASL_MECHANISM, "
+                    "NIRWATCH_KAFKA_SASL_USERNAME and NIRWATCH_KAFKA_SASL_PASSWORD"
+                )
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return opts
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build ``cls`` from the environment (plus explicit overrides), naming bad variables.
+
+    Raises
+    ------
+    ConfigError
+        With one line per invalid field, spelled as the environment variable to fix.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            got = err.get("input")
+            lines.append(f"{prefix}{name}: {err['msg']} (got {got!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from exc

@@ -1,0 +1,287 @@
+"""Versioned wire format for spectra and predictions.
+
+Spectrum message, version 1 (Kafka value, little-endian)::
+
+    offset  size  field
+    0       4     magic b"NIRS"
+    4       1     version (1)
+    5       1     flags (0; reserved)
+    6       2     header_len H (uint16)
+    8       H     header: UTF-8 JSON object (see SpectrumHeader)
+    8+H     4*n   absorbances as float32, n = header["n_points"]
+
+The Kafka key is the instrument id (UTF-8) so that each instrument's spectra stay in order.
+Predictions are small records without arrays: UTF-8 JSON with ``"schema": "nirwatch.prediction/1"``
+(see :class:`Prediction`). Both are validated at both edges; a failure raises
+:class:`~nirwatch.errors.WireFormatError` with a bounded ``reason`` code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nirwatch.errors import WireFormatError
+from nirwatch.grid import points_in_grid
+
+MAGIC = b"NIRS"
+VERSION = 1
+PREDICTION_SCHEMA = "nirwatch.prediction/1"
+_PREFIX = struct.Struct("<4sBBH")
+MAX_POINTS = 16384
+MAX_MESSAGE_BYTES = 8 + 65535 + 4 * MAX_POINTS
+
+#: Every reason code a decoder can give; bounded so it can label metrics.
+REASONS = (
+    "too_short",
+    "too_large",
+    "bad_magic",
+    "unknown_version",
+    "bad_header",
+    "missing_field",
+    "bad_field",
+    "unknown_grid",
+    "length_mismatch",
+    "non_finite",
+    "grid_mismatch",
+)
+
+_REQUIRED = ("message_id", "instrument_id", "sample_id", "timestamp", "grid", "n_points")
+
+
+@dataclass(frozen=True, slots=True)
+class SpectrumHeader:
+    """Metadata of one spectrum.
+
+    ``timestamp`` is the instrument's acquisition time in seconds since the Unix epoch (UTC);
+    ``grid`` is a wavelength grid id (see :mod:`nirwatch.grid`); ``units`` names the ordinate.
+    """
+
+    message_id: str
+    instrument_id: str
+    sample_id: str
+    timestamp: float
+    grid: str
+    n_points: int
+    product: str = ""
+    batch: str = ""
+    units: str = "absorbance"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_message_id() -> str:
+    """A random 128-bit id as 32 hex characters."""
+    return uuid.uuid4().hex
+
+
+def encode_spectrum(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
+    """Encode one spectrum; validates length and finiteness before it leaves the process."""
+    values = np.ascontiguousarray(absorbances, dtype="<f4").reshape(-1)
+    if values.size != header.n_points:
+        raise WireFormatError(
+            "length_mismatch",
+            f"header says n_points={header.n_points}, got {values.size} absorbances",
+        )
+    if not np.isfinite(values).all():
+        raise WireFormatError("non_finite", "absorbances contain NaN or inf")
+    head = json.dumps(asdict(header), separators=(",", ":")).encode()
+    if len(head) > 65535:
+        raise WireFormatError("too_large", f"header is {len(head)} bytes, at most 65535 allowed")
+    return _PREFIX.pack(MAGIC, VERSION, 0, len(head)) + head + values.tobytes()
+
+
+def _parse_header(raw: bytes) -> SpectrumHeader:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireFormatError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireFormatError(
+            "bad_header", f"header must be a JSON object, got {type(obj).__name__}"
+        )
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise WireFormatError("missing_field", f"header lacks {', '.join(missing)}")
+    for key in ("message_id", "instrument_id", "sample_id", "grid"):
+        if not isinstance(obj[key], str) or not obj[key]:
+            raise WireFormatError(
+                "bad_field", f"{key} must be a non-empty string, got {obj[key]!r}"
+            )
+    ts, n = obj["timestamp"], obj["n_points"]
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise WireFormatError("bad_field", f"timestamp must be finite epoch seconds, got {ts!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_POINTS:
+        raise WireFormatError("bad_field", f"n_points must be an int in 1..{MAX_POINTS}, got {n!r}")
+    extra = obj.get("extra", {})
+    if not isinstance(extra, dict):
+        raise WireFormatError("bad_field", f"extra must be an object, got {type(extra).__name__}")
+    for key in ("product", "batch", "units"):
+        if key in obj and not isinstance(obj[key], str):
+            raise WireFormatError("bad_field", f"{key} must be a string, got {obj[key]!r}")
+    return SpectrumHeader(
+        message_id=obj["message_id"],
+        instrument_id=obj["instrument_id"],
+        sample_id=obj["sample_id"],
+        timestamp=float(ts),
+        grid=obj["grid"],
+        n_points=n,
+        product=obj.get("product", ""),
+        batch=obj.get("batch", ""),
+        units=obj.get("units", "absorbance"),
+        extra=extra,
+    )
+
+
+def decode_spectrum(
+    value: bytes | None, expected_grid: str | None = None
+) -> tuple[SpectrumHeader, np.ndarray]:
+    """Decode and validate one spectrum message.
+
+    Returns
+    -------
+    header : SpectrumHeader
+    absorbances : ndarray of shape (n_points,), float32
+    """
+    if value is None or len(value) < _PREFIX.size:
+        got = "no value" if value is None else f"{len(value)} bytes"
+        raise WireFormatError("too_short", f"expected at least {_PREFIX.size} bytes, got {got}")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise WireFormatError("too_large", f"{len(value)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    magic, version, _flags, head_len = _PREFIX.unpack_from(value)
+    if magic != MAGIC:
+        raise WireFormatError("bad_magic", f"expected magic {MAGIC!r}, got {magic!r}")
+    if version != VERSION:
+        raise WireFormatError("unknown_version", f"expected version {VERSION}, got {version}")
+    body_at = _PREFIX.size + head_len
+    if len(value) < body_at:
+        raise WireFormatError(
+            "too_short", f"header_len={head_len} runs past the {len(value)}-byte message"
+        )
+    header = _parse_header(value[_PREFIX.size : body_at])
+    n_grid = points_in_grid(header.grid)
+    if n_grid is None:
+        raise WireFormatError(
+            "unknown_grid", f"cannot interpret wavelength grid id {header.grid!r}"
+        )
+    if n_grid != header.n_points:
+        raise WireFormatError(
+            "length_mismatch",
+            f"grid {header.grid} has {n_grid} points, header says {header.n_points}",
+        )
+    if expected_grid is not None and header.grid != expected_grid:
+        raise WireFormatError("grid_mismatch", f"expected grid {expected_grid}, got {header.grid}")
+    n_bytes = len(value) - body_at
+    if n_bytes != 4 * header.n_points:
+        raise WireFormatError(
+            "length_mismatch",
+            f"expected {4 * header.n_points} bytes of float32 for {header.n_points} points, got {n_bytes}",
+        )
+    absorbances = np.frombuffer(value, dtype="<f4", offset=body_at)
+    if not np.isfinite(absorbances).all():
+        raise WireFormatError("non_finite", "absorbances contain NaN or inf")
+    return header, absorbances
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """Result of decoding many messages: the good ones stacked, the bad ones with reasons."""
+
+    headers: list[SpectrumHeader]
+    spectra: np.ndarray  # (n_good, n_points) float32
+    good_index: list[int]
+    errors: list[tuple[int, WireFormatError]]
+
+
+def decode_batch(values: Sequence[bytes | None], expected_grid: str | None = None) -> DecodedBatch:
+    """Decode a micro-batch; a bad message never stops the good ones.
+
+    All good spectra must share one grid (``expected_grid``, or the first good message's grid);
+    others are reported as ``grid_mismatch``.
+    """
+    headers: list[SpectrumHeader] = []
+    rows: list[np.ndarray] = []
+    good: list[int] = []
+    errors: list[tuple[int, WireFormatError]] = []
+    grid = expected_grid
+    for i, value in enumerate(values):
+        try:
+            header, row = decode_spectrum(value, grid)
+        except WireFormatError as exc:
+            errors.append((i, exc))
+            continue
+        grid = header.grid
+        headers.append(header)
+        rows.append(row)
+        good.append(i)
+    spectra = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)
+    return DecodedBatch(headers, spectra, good, errors)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One published prediction (JSON on the wire, schema ``nirwatch.prediction/1``).
+
+    ``model`` is the model that produced ``value`` (``"cnn"`` or ``"pls"``);
+    ``fallback_reason`` says why PLS was used when the CNN was not. ``value`` is ``None``
+    only when no model could predict. ``out_of_model`` marks a spectrum outside the
+    calibration's 99 % Hotelling T² or Q limits: it is not releasable.
+    """
+
+    prediction_id: str
+    message_id: str
+    instrument_id: str
+    sample_id: str
+    timestamp: float
+    published_at: float
+    target: str
+    value: float | None
+    model: str
+    model_version: str
+    bundle_checksum: str
+    product: str = ""
+    batch: str = ""
+    unit: str = ""
+    fallback_reason: str | None = None
+    cnn_value: float | None = None
+    pls_value: float | None = None
+    t2: float | None = None
+    q: float | None = None
+    t2_limit: float | None = None
+    q_limit: float | None = None
+    out_of_model: bool = False
+    releasable: bool = True
+    schema: str = PREDICTION_SCHEMA
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+
+
+_PRED_FIELDS = {f for f in Prediction.__dataclass_fields__}
+
+
+def decode_prediction(value: bytes) -> Prediction:
+    """Decode and validate a prediction record."""
+    try:
+        obj = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireFormatError("bad_header", f"prediction is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireFormatError("bad_header", "prediction must be a JSON object")
+    if obj.get("schema") != PREDICTION_SCHEMA:
+        raise WireFormatError(
+            "unknown_version", f"expected schema {PREDICTION_SCHEMA}, got {obj.get('schema')!r}"
+        )
+    unknown = set(obj) - _PRED_FIELDS
+    if unknown:
+        raise WireFormatError("bad_field", f"unknown prediction fields: {sorted(unknown)}")
+    try:
+        return Prediction(**obj)
+    except TypeError as exc:
+        raise WireFormatError("missing_field", str(exc)) from None

@@ -1,0 +1,1 @@
+"""nirwatch training service."""
