@@ -1,0 +1,400 @@
+"""Streaming drift detectors: small, deterministic, no I/O (River-style ``update``).
+
+Every detector has ``update(...)``, a read-only ``drift_detected``, a ``score`` (the
+statistic divided by its threshold: ``score >= 1`` means drift) and ``reset()``. None draws
+random numbers, so the same input sequence always gives the same result.
+
+Sequential change-point tests (:class:`PageHinkley`, :class:`CUSUM`) latch: once they signal,
+``drift_detected`` stays true until :meth:`reset` (the monitor resets them when a new model
+is served). Window tests (:class:`ExceedanceRateDetector`, :class:`MeanShiftDetector`,
+:class:`LabReferenceTracker`) describe the current window and clear when it is clean again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+from scipy import stats
+
+from nirwatch.errors import DataError
+
+
+class ExceedanceRateDetector:
+    """Rate of T²/Q limit exceedances in a sliding window against the rate the limits imply.
+
+    Under no drift the number of exceedances ``k`` among the last ``n`` spectra is
+    Binomial(n, ``expected_rate``) (a 99 % limit is exceeded 1 % of the time). Drift is a
+    one-sided binomial test rejecting at level ``alpha``: ``k >= k_crit(n)``, with ``k_crit``
+    precomputed for every ``n`` so an update costs O(1).
+
+    Parameters
+    ----------
+    window : int
+        Number of most recent spectra considered.
+    expected_rate : float
+        Exceedance probability under the calibration (0.01 for one 99 % limit, about 0.02
+        for "T² or Q" at 99 %).
+    alpha : float
+        False-alarm probability of each test.
+    min_samples : int
+        No decision before this many spectra.
+    """
+
+    def __init__(
+        self,
+        window: int = 500,
+        expected_rate: float = 0.02,
+        alpha: float = 1e-6,
+        min_samples: int = 50,
+    ) -> None:
+        if not 0.0 < expected_rate < 1.0:
+            raise DataError(f"expected_rate must be in (0, 1), got {expected_rate}")
+        if window < 1 or not 1 <= min_samples <= window:
+            raise DataError(f"need 1 <= min_samples <= window, got {min_samples}, {window}")
+        self.window = window
+        self.expected_rate = expected_rate
+        self.alpha = alpha
+        self.min_samples = min_samples
+        n = np.arange(1, window + 1)
+        # isf gives the largest k with P(X > k) > alpha ... +1: smallest k with P(X >= k) <= alpha
+        self._k_crit = stats.binom.isf(alpha, n, expected_rate).astype(int) + 1
+        self.reset()
+
+    def reset(self) -> None:
+        self._flags: deque[bool] = deque(maxlen=self.window)
+        self._count = 0
+
+    def update(self, exceeded: bool) -> None:
+        """Add one spectrum: whether it exceeded the T² or Q limit."""
+        if len(self._flags) == self.window:
+            self._count -= self._flags[0]
+        flag = bool(exceeded)
+        self._flags.append(flag)
+        self._count += flag
+
+    @property
+    def n(self) -> int:
+        return len(self._flags)
+
+    @property
+    def rate(self) -> float:
+        """Observed exceedance rate in the window (NaN before the first update)."""
+        return self._count / self.n if self.n else math.nan
+
+    @property
+    def score(self) -> float:
+        if not self.n:
+            return 0.0
+        return self._count / float(self._k_crit[self.n - 1])
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.n >= self.min_samples and self.score >= 1.0
+
+
+class MeanShiftDetector:
+    """Hotelling T² of tumbling-window means of a vector (e.g. latent scores) vs a reference.
+
+    The reference mean and covariance are given (e.g. zero mean and the calibration's score
+    variances) or learned from the first ``n_reference`` samples. For a window of ``m``
+    samples, ``T² = d' S⁻¹ d / (1/m + 1/n_ref)`` with ``d`` the difference of means, which
+    is approximately χ²(p) under no shift (Montgomery, *Introduction to Statistical Quality
+    Control*, ch. 11); drift when T² exceeds the χ² quantile at ``1 - alpha``.
+
+    Parameters
+    ----------
+    window : int
+        Samples per window mean.
+    alpha : float
+        False-alarm probability per window.
+    n_reference : int
+        Warm-up samples used to learn the reference when ``mean``/``cov`` are not given.
+    mean : ndarray (p,), optional
+    cov : ndarray (p, p), optional
+    """
+
+    def __init__(
+        self,
+        window: int = 50,
+        alpha: float = 1e-5,
+        n_reference: int = 200,
+        mean: np.ndarray | None = None,
+        cov: np.ndarray | None = None,
+    ) -> None:
+        if (mean is None) != (cov is None):
+            raise DataError("give both mean and cov of the reference, or neither")
+        self.window = window
+        self.alpha = alpha
+        self.n_reference = n_reference
+        self._given = (mean, cov)
+        self.reset()
+
+    def reset(self) -> None:
+        mean, cov = self._given
+        self._ref: list[np.ndarray] = []
+        self._buf: list[np.ndarray] = []
+        self._mean: np.ndarray | None = None
+        self._inv: np.ndarray | None = None
+        self._n_ref = math.inf
+        self.t2 = 0.0
+        self.n_windows = 0
+        if mean is not None and cov is not None:
+            self._set_reference(np.atleast_1d(np.asarray(mean, float)), np.atleast_2d(cov))
+
+    def _set_reference(self, mean: np.ndarray, cov: np.ndarray) -> None:
+        if cov.shape != (mean.size, mean.size):
+            raise DataError(f"cov must be ({mean.size}, {mean.size}), got {cov.shape}")
+        self._mean = mean
+        self._inv = np.linalg.pinv(cov)
+        self._limit = float(stats.chi2.ppf(1.0 - self.alpha, mean.size))
+
+    def update(self, x: np.ndarray | float) -> None:
+        """Add one sample, a vector of shape (p,) or a scalar."""
+        v = np.atleast_1d(np.asarray(x, dtype=float)).ravel()
+        if self._mean is None:
+            self._ref.append(v)
+            if len(self._ref) >= self.n_reference:
+                ref = np.vstack(self._ref)
+                self._n_ref = float(len(ref))
+                self._set_reference(ref.mean(axis=0), np.atleast_2d(np.cov(ref, rowvar=False)))
+                self._ref = []
+            return
+        if v.size != self._mean.size:
+            raise DataError(f"expected a vector of {self._mean.size} values, got {v.size}")
+        self._buf.append(v)
+        if len(self._buf) == self.window:
+            d = np.mean(self._buf, axis=0) - self._mean
+            assert self._inv is not None
+            self.t2 = float(d @ self._inv @ d) / (1.0 / self.window + 1.0 / self._n_ref)
+            self.n_windows += 1
+            self._buf = []
+
+    @property
+    def score(self) -> float:
+        return self.t2 / self._limit if self._mean is not None else 0.0
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.n_windows > 0 and self.score >= 1.0
+
+
+class _Standardised:
+    """Warm-up estimate of mean and standard deviation unless both are given."""
+
+    def __init__(self, warmup: int, mean: float | None, sigma: float | None) -> None:
+        if sigma is not None and sigma <= 0:
+            raise DataError(f"sigma must be positive, got {sigma}")
+        self.warmup = warmup
+        self._given = (mean, sigma)
+        self._reset_standardisation()
+
+    def _reset_standardisation(self) -> None:
+        self.mean, self.sigma = self._given
+        self._warm: list[float] = []
+        self._latched = False
+
+    def _z(self, x: float) -> float | None:
+        """x in units of sigma from the reference mean, None while warming up."""
+        if self.mean is None or self.sigma is None:
+            self._warm.append(float(x))
+            if len(self._warm) < self.warmup:
+                return None
+            arr = np.asarray(self._warm)
+            if self.mean is None:
+                self.mean = float(arr.mean())
+            if self.sigma is None:
+                # a constant warm-up must not give sigma 0 (every later change = infinite z)
+                self.sigma = max(float(arr.std(ddof=1)), 1e-12 * max(1.0, abs(self.mean)))
+            self._warm = []
+            return None
+        return (float(x) - self.mean) / self.sigma
+
+
+class PageHinkley(_Standardised):
+    """Two-sided Page–Hinkley test for a change in the mean (Page 1954; Hinkley 1971).
+
+    ``m_t = Σ (z_i - z̄_i - delta)`` with ``z̄_i`` the running mean; drift when ``m_t`` rises
+    more than ``threshold`` above its minimum (or the mirrored statistic for decreases).
+    ``delta`` and ``threshold`` are in units of ``sigma`` so one setting suits any signal.
+
+    Parameters
+    ----------
+    delta : float
+        Tolerated change of the mean (magnitude, in sigma).
+    threshold : float
+        Detection threshold λ (in sigma).
+    warmup : int
+        Samples used to estimate sigma (and the mean) when not given.
+    sigma : float, optional
+        Standard deviation of the signal without drift.
+    """
+
+    def __init__(
+        self,
+        delta: float = 0.25,
+        threshold: float = 40.0,
+        warmup: int = 500,
+        sigma: float | None = None,
+    ) -> None:
+        self.delta = delta
+        self.threshold = threshold
+        super().__init__(warmup, None, sigma)
+        self.reset()
+
+    def reset(self) -> None:
+        self._reset_standardisation()
+        self._n = 0
+        self._running_mean = 0.0
+        self._up = self._up_min = 0.0
+        self._down = self._down_max = 0.0
+        self.statistic = 0.0
+
+    def update(self, x: float) -> None:
+        z = self._z(x)
+        if z is None or not math.isfinite(z):
+            return
+        self._n += 1
+        self._running_mean += (z - self._running_mean) / self._n
+        self._up += z - self._running_mean - self.delta
+        self._up_min = min(self._up_min, self._up)
+        self._down += z - self._running_mean + self.delta
+        self._down_max = max(self._down_max, self._down)
+        self.statistic = max(self._up - self._up_min, self._down_max - self._down)
+        if self.statistic >= self.threshold:
+            self._latched = True
+
+    @property
+    def score(self) -> float:
+        return self.statistic / self.threshold
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._latched
+
+
+class CUSUM(_Standardised):
+    """Two-sided tabular CUSUM (Page 1954) for a shift of the mean from a target.
+
+    ``C⁺_t = max(0, C⁺_{t-1} + z_t - k)``, ``C⁻_t = max(0, C⁻_{t-1} - z_t - k)``; drift when
+    either exceeds ``h`` (both in sigma). With k = 0.5, h = 16 the in-control average run
+    length is above 10⁷ samples per side (Siegmund's approximation), so the error of a
+    500-sample warm-up estimate does not cause false alarms, and a 2σ shift is found after
+    about h / (2 - k) ≈ 11 samples.
+
+    Parameters
+    ----------
+    k : float
+        Reference value (half the shift to detect, in sigma).
+    h : float
+        Decision interval (in sigma).
+    warmup : int
+        Samples used to estimate target and sigma when not given.
+    target, sigma : float, optional
+        In-control mean and standard deviation.
+    """
+
+    def __init__(
+        self,
+        k: float = 0.5,
+        h: float = 16.0,
+        warmup: int = 500,
+        target: float | None = None,
+        sigma: float | None = None,
+    ) -> None:
+        self.k = k
+        self.h = h
+        super().__init__(warmup, target, sigma)
+        self.reset()
+
+    def reset(self) -> None:
+        self._reset_standardisation()
+        self.upper = 0.0
+        self.lower = 0.0
+
+    def update(self, x: float) -> None:
+        z = self._z(x)
+        if z is None or not math.isfinite(z):
+            return
+        self.upper = max(0.0, self.upper + z - self.k)
+        self.lower = max(0.0, self.lower - z - self.k)
+        if max(self.upper, self.lower) >= self.h:
+            self._latched = True
+
+    @property
+    def score(self) -> float:
+        return max(self.upper, self.lower) / self.h
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._latched
+
+
+class LabReferenceTracker:
+    """Rolling RMSE and bias of predictions against later lab reference values.
+
+    Drift when the rolling RMSE exceeds ``k × rmsecv`` (the calibration's cross-validated
+    error) or the absolute bias exceeds ``bias_limit`` (default: ``rmsecv``).
+
+    Parameters
+    ----------
+    rmsecv : float
+        Calibration RMSECV of the served model, in the target's unit.
+    k : float
+        Allowed RMSE inflation.
+    bias_limit : float, optional
+        Allowed |mean(prediction - lab)|.
+    window : int
+        Number of most recent pairs.
+    min_samples : int
+        No decision before this many pairs.
+    """
+
+    def __init__(
+        self,
+        rmsecv: float,
+        k: float = 1.5,
+        bias_limit: float | None = None,
+        window: int = 30,
+        min_samples: int = 5,
+    ) -> None:
+        if not rmsecv > 0:
+            raise DataError(f"rmsecv must be positive, got {rmsecv}")
+        self.rmsecv = rmsecv
+        self.k = k
+        self.bias_limit = rmsecv if bias_limit is None else bias_limit
+        self.window = window
+        self.min_samples = min_samples
+        self.reset()
+
+    def reset(self) -> None:
+        self._residuals: deque[float] = deque(maxlen=self.window)
+
+    def update(self, prediction: float, reference: float) -> None:
+        """Add one (prediction, lab value) pair; non-finite pairs are ignored."""
+        r = float(prediction) - float(reference)
+        if math.isfinite(r):
+            self._residuals.append(r)
+
+    @property
+    def n(self) -> int:
+        return len(self._residuals)
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(sum(r * r for r in self._residuals) / self.n) if self.n else math.nan
+
+    @property
+    def bias(self) -> float:
+        return sum(self._residuals) / self.n if self.n else math.nan
+
+    @property
+    def score(self) -> float:
+        if not self.n:
+            return 0.0
+        return max(self.rmse / (self.k * self.rmsecv), abs(self.bias) / self.bias_limit)
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.n >= self.min_samples and self.score >= 1.0

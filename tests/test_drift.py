@@ -1,0 +1,189 @@
+"""Drift detectors: no false alarms on long stationary runs, bounded detection delay, reset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from monitoring.drift import (
+    CUSUM,
+    ExceedanceRateDetector,
+    LabReferenceTracker,
+    MeanShiftDetector,
+    PageHinkley,
+)
+from nirwatch.errors import DataError
+
+N_STATIONARY = 50_000
+
+
+def _alarms(detector, xs) -> int:  # type: ignore[no-untyped-def]
+    """Number of updates after which the detector reports drift."""
+    count = 0
+    for x in xs:
+        detector.update(x)
+        count += detector.drift_detected
+    return count
+
+
+def _delay(detector, xs, onset: int) -> int | None:  # type: ignore[no-untyped-def]
+    """Samples from ``onset`` to the first drift signal (None if never, -1 if before)."""
+    for i, x in enumerate(xs):
+        detector.update(x)
+        if detector.drift_detected:
+            return i - onset if i >= onset else -1
+    return None
+
+
+def _step(seed: int, n_before: int, n_after: int, shift: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(10.0, 0.5, size=n_before + n_after)
+    x[n_before:] += shift * 0.5
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("make", [PageHinkley, CUSUM])
+def test_sequential_detectors_no_false_alarm_on_stationary_noise(make, seed) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(seed).normal(100.0, 3.0, size=N_STATIONARY)
+    det = make()
+    assert _alarms(det, x) == 0
+    assert det.score < 1.0
+
+
+@pytest.mark.parametrize(
+    ("make", "shift", "max_delay"),
+    [
+        (PageHinkley, 2.0, 60),
+        (PageHinkley, -2.0, 60),
+        (CUSUM, 2.0, 20),
+        (CUSUM, -2.0, 20),
+        (CUSUM, 1.0, 50),
+    ],
+)
+def test_sequential_detectors_find_step_change(make, shift, max_delay) -> None:  # type: ignore[no-untyped-def]
+    onset = 2_000
+    delay = _delay(make(), _step(7, onset, 1_000, shift), onset)
+    assert delay is not None and 0 <= delay <= max_delay, delay
+
+
+@pytest.mark.parametrize("make", [PageHinkley, CUSUM])
+def test_sequential_detectors_latch_until_reset(make) -> None:  # type: ignore[no-untyped-def]
+    det = make(sigma=1.0, warmup=10)
+    x = _step(3, 200, 100, 4.0)
+    for v in x:
+        det.update(v)
+    assert det.drift_detected
+    for v in x[:200]:  # back to normal: still latched
+        det.update(v)
+    assert det.drift_detected
+    det.reset()
+    assert not det.drift_detected and det.score == 0.0
+    assert _alarms(det, np.random.default_rng(4).normal(10.0, 0.5, 5_000)) == 0
+
+
+def test_cusum_with_known_target_needs_no_warmup() -> None:
+    det = CUSUM(target=0.0, sigma=1.0, h=5.0)
+    for _ in range(5):
+        det.update(1.5)  # each adds 1.5 - 0.5 = 1 sigma
+    assert det.upper == pytest.approx(5.0) and det.drift_detected
+
+
+@pytest.mark.parametrize("make", [PageHinkley, CUSUM, ExceedanceRateDetector])
+def test_same_seed_same_result(make) -> None:  # type: ignore[no-untyped-def]
+    def run() -> list[float]:
+        rng = np.random.default_rng(11)
+        x = rng.random(3_000) < 0.05 if make is ExceedanceRateDetector else _step(11, 1000, 500, 1)
+        det = make()
+        out = []
+        for v in x:
+            det.update(v)
+            out.append(det.score)
+        return out
+
+    assert run() == run()
+
+
+def test_exceedance_no_false_alarm_at_expected_rate() -> None:
+    flags = np.random.default_rng(0).random(N_STATIONARY) < 0.02
+    assert _alarms(ExceedanceRateDetector(expected_rate=0.02), flags) == 0
+
+
+def test_exceedance_detects_rate_increase_within_window() -> None:
+    rng = np.random.default_rng(1)
+    onset = 5_000
+    flags = np.concatenate([rng.random(onset) < 0.02, rng.random(2_000) < 0.15])
+    delay = _delay(ExceedanceRateDetector(window=500, expected_rate=0.02), flags, onset)
+    assert delay is not None and 0 <= delay <= 250, delay
+
+
+def test_exceedance_critical_count_is_the_binomial_test() -> None:
+    det = ExceedanceRateDetector(window=200, expected_rate=0.01, alpha=1e-4)
+    for n in (50, 100, 200):
+        k = int(det._k_crit[n - 1])
+        assert stats.binom.sf(k - 1, n, 0.01) <= 1e-4 < stats.binom.sf(k - 2, n, 0.01)
+
+
+def test_exceedance_waits_for_min_samples_and_reset() -> None:
+    det = ExceedanceRateDetector(window=100, min_samples=20)
+    for _ in range(19):
+        det.update(True)
+    assert not det.drift_detected and det.score > 1
+    det.update(True)
+    assert det.drift_detected and det.rate == 1.0
+    det.reset()
+    assert det.n == 0 and not det.drift_detected
+
+
+def test_mean_shift_no_false_alarm_and_detects_shift_of_one_score() -> None:
+    rng = np.random.default_rng(5)
+    cov = np.diag([4.0, 1.0, 0.25])
+    normal = rng.multivariate_normal(np.zeros(3), cov, size=N_STATIONARY)
+    assert _alarms(MeanShiftDetector(), normal) == 0
+    onset = 1_000
+    shifted = rng.multivariate_normal([0.0, 0.0, 0.5], cov, size=500)  # 1 sd on the 3rd score
+    delay = _delay(MeanShiftDetector(window=50), np.vstack([normal[:onset], shifted]), onset)
+    assert delay is not None and 0 <= delay <= 100, delay
+
+
+def test_mean_shift_with_given_reference_and_reset() -> None:
+    det = MeanShiftDetector(window=10, mean=np.zeros(2), cov=np.eye(2))
+    for _ in range(10):
+        det.update(np.array([3.0, 0.0]))
+    # window mean 3 sd away: T2 = 9 * 10 (no reference error term)
+    assert det.t2 == pytest.approx(90.0) and det.drift_detected
+    det.reset()
+    assert not det.drift_detected and det.score == 0.0
+    with pytest.raises(DataError, match="expected a vector of 2"):
+        det.update(np.zeros(3))
+
+
+def test_lab_tracker_rmse_bias_and_limits() -> None:
+    rng = np.random.default_rng(2)
+    lab = rng.normal(200, 10, size=30)
+    pred = lab + rng.normal(0, 4.0, size=30)
+    det = LabReferenceTracker(rmsecv=4.0, k=1.5, window=30, min_samples=5)
+    for p, y in zip(pred, lab, strict=True):
+        det.update(p, y)
+    assert det.rmse == pytest.approx(np.sqrt(np.mean((pred - lab) ** 2)))
+    assert det.bias == pytest.approx(np.mean(pred - lab))
+    assert not det.drift_detected
+    for p, y in zip(pred + 6.0, lab, strict=True):  # biased model: 1.5 x RMSECV of bias
+        det.update(p, y)
+    assert det.drift_detected and abs(det.bias) > det.bias_limit
+    det.update(float("nan"), 1.0)
+    assert det.n == 30
+    det.reset()
+    assert det.n == 0 and not det.drift_detected
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(DataError, match="expected_rate"):
+        ExceedanceRateDetector(expected_rate=0.0)
+    with pytest.raises(DataError, match="rmsecv"):
+        LabReferenceTracker(rmsecv=0.0)
+    with pytest.raises(DataError, match="both mean and cov"):
+        MeanShiftDetector(mean=np.zeros(2))
+    with pytest.raises(DataError, match="sigma"):
+        CUSUM(sigma=-1.0)
