@@ -1,0 +1,545 @@
+"""Model bundle: a verified, pickle-free directory holding everything one model version needs.
+
+Layout (every file but the manifest and its signature is listed with its SHA-256 in the
+manifest's ``files``)::
+
+    <bundle>/
+      manifest.json            format, version, target/unit, wavelengths + grid id, data hash,
+                               metrics, package versions, fallback limit, files {name: sha256}
+      manifest.sig             optional: "hmac-sha256:<hex>" of manifest.json's bytes
+      preprocessing.npz/.json  named preprocessing pipelines ("cnn", "statistics")
+      pls.npz/.json            the PLS calibration (its own preprocessing inside)
+      cnn.safetensors/.json    the CNN (optional)
+      calibration_stats.npz/.json  Hotelling T² / Q model of the calibration spectra
+      report/...               optional extra files (training report and plots)
+
+Arrays go to ``.npz`` (read with ``allow_pickle=False``) or safetensors, metadata to JSON; each
+``.json`` is ``{"class": <registered class name>, "meta": {...}}`` so loading resolves classes
+through an explicit registry, never by importing a name found in a file.
+
+:func:`write_bundle` builds every file in memory, writes them into a hidden temporary sibling,
+fsyncs and renames it into place, so a partial bundle is never visible. :func:`load_bundle`
+verifies every checksum (and the HMAC when a key is given) before deserialising anything. The
+bundle checksum is the SHA-256 of ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
+from nirwatch.grid import grid_id_for
+from nirwatch.predictor import BatchPrediction
+from nirwatch.security import sha256_file, sign_bytes, verify_bytes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "nirwatch.bundle/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+PIPELINES = ("cnn", "statistics")
+
+
+class Stateful(Protocol):
+    """A fitted component that can be stored without pickle (docs/CONTRACTS.md)."""
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def register_component(cls: type) -> type:
+    """Allow ``cls`` (by its ``__name__``) to be loaded from a bundle; usable as a decorator."""
+    _CLASSES[cls.__name__] = cls
+    return cls
+
+
+#: Modules whose stateful classes a bundle may name (an allowlist: nothing else is imported).
+COMPONENT_MODULES = tuple(
+    f"nirwatch.chemometrics.{m}"
+    for m in ("scatter", "derivative", "selection", "pls", "diagnostics", "cnn")
+)
+
+
+def _component_class(name: str) -> Any:
+    if name not in _CLASSES:
+        for module in COMPONENT_MODULES:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:  # e.g. the CNN module without torch
+                continue
+            cls = getattr(mod, name, None)
+            if isinstance(cls, type) and hasattr(cls, "from_state"):
+                _CLASSES[name] = cls
+                break
+        else:
+            raise BundleError(f"bundle names component class {name!r}, which nirwatch lacks")
+    return _CLASSES[name]
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """Everything :func:`write_bundle` stores.
+
+    ``pls`` predicts from raw spectra (n, n_points); ``statistics`` scores spectra after the
+    ``statistics_steps``; ``cnn`` predicts after the ``cnn_steps``. ``fallback_limit`` is the
+    largest |CNN − PLS| difference accepted before falling back to PLS (e.g. 3 × RMSECV).
+    """
+
+    target: str
+    unit: str
+    wavelengths: np.ndarray
+    data_hash: str
+    pls: Stateful
+    statistics: Stateful
+    fallback_limit: float
+    statistics_steps: Sequence[Stateful] = ()
+    cnn: Stateful | None = None
+    cnn_steps: Sequence[Stateful] = ()
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    extra_files: Mapping[str, bytes] = field(default_factory=dict)
+    version: str | None = None
+
+
+def data_hash(X: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of the training data: X then y as little-endian float64, C order."""
+    h = hashlib.sha256()
+    for a in (X, y):
+        h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in ("nirwatch", "torch", "numpy", "scikit-learn", "safetensors"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode()
+
+
+def _component_files(name: str, comp: Stateful) -> dict[str, bytes]:
+    arrays, meta = comp.to_state()
+    return {
+        f"{name}.npz": _npz_bytes(arrays),
+        f"{name}.json": _json_bytes({"class": type(comp).__name__, "meta": meta}),
+    }
+
+
+def _pipeline_files(pipelines: Mapping[str, Sequence[Stateful]]) -> dict[str, bytes]:
+    arrays: dict[str, np.ndarray] = {}
+    spec: dict[str, list[dict[str, Any]]] = {}
+    for pname, steps in pipelines.items():
+        spec[pname] = []
+        for i, step in enumerate(steps):
+            a, meta = step.to_state()
+            arrays.update({f"{pname}.{i}.{k}": v for k, v in a.items()})
+            spec[pname].append({"class": type(step).__name__, "meta": meta})
+    return {
+        "preprocessing.npz": _npz_bytes(arrays),
+        "preprocessing.json": _json_bytes({"pipelines": spec}),
+    }
+
+
+def _cnn_files(cnn: Stateful) -> dict[str, bytes]:
+    from safetensors.numpy import save
+
+    arrays, meta = cnn.to_state()
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return {
+        "cnn.safetensors": save(tensors),
+        "cnn.json": _json_bytes({"class": type(cnn).__name__, "meta": meta}),
+    }
+
+
+def _check_name(name: str) -> None:
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or name in (MANIFEST, SIGNATURE) or not name:
+        raise BundleError(f"invalid bundle file name {name!r}")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_version(when: datetime, digest: str) -> str:
+    """A sortable, unique version string: UTC timestamp, data hash prefix, random suffix."""
+    return f"{when:%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:4]}"
+
+
+def write_bundle(
+    contents: BundleContents, out_dir: str | Path, *, hmac_key: bytes | str | None = None
+) -> Path:
+    """Write a bundle atomically at ``out_dir`` (which must not exist) and return its path.
+
+    Raises
+    ------
+    BundleError
+        If ``out_dir`` exists or a component cannot be stored.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        raise BundleError(f"refusing to overwrite existing path {out}")
+    wl = np.asarray(contents.wavelengths, dtype=float)
+    files: dict[str, bytes] = {}
+    files.update(
+        _pipeline_files({"cnn": contents.cnn_steps, "statistics": contents.statistics_steps})
+    )
+    files.update(_component_files("pls", contents.pls))
+    files.update(_component_files("calibration_stats", contents.statistics))
+    if contents.cnn is not None:
+        files.update(_cnn_files(contents.cnn))
+    for name, data in contents.extra_files.items():
+        _check_name(name)
+        if name in files:
+            raise BundleError(f"extra file {name!r} clashes with a bundle file")
+        files[name] = data
+    created = datetime.now(UTC)
+    try:
+        grid = grid_id_for(wl)
+    except DataError:
+        grid = f"custom:{wl.size}:{sha256_bytes(wl.astype('<f8').tobytes())[:12]}"
+    manifest = {
+        "format": FORMAT,
+        "created_at": created.isoformat(),
+        "version": contents.version or new_version(created, contents.data_hash),
+        "target": {"name": contents.target, "unit": contents.unit},
+        "grid": grid,
+        "wavelengths": wl.tolist(),
+        "data_hash": contents.data_hash,
+        "metrics": dict(contents.metrics),
+        "training": dict(contents.training),
+        "packages": package_versions(),
+        "fallback_limit": float(contents.fallback_limit),
+        "models": {"cnn": contents.cnn is not None, "pls": True},
+        "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
+    }
+    manifest_bytes = _json_bytes(manifest)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            _write_synced(tmp / name, data)
+        if hmac_key:
+            _write_synced(tmp / SIGNATURE, sign_bytes(manifest_bytes, hmac_key).encode())
+        # The manifest is written last: a directory with a manifest is complete.
+        _write_synced(tmp / MANIFEST, manifest_bytes)
+        for d in sorted({(tmp / n).parent for n in files} | {tmp}, reverse=True):
+            _fsync_dir(d)
+        os.rename(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s (version %s)", out, manifest["version"])
+    return out
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The bundle's manifest, unverified (cheap; use :func:`load_bundle` before trusting it)."""
+    p = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(p.read_bytes())
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path} is not a model bundle: no {MANIFEST}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{p} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{p}: expected format {FORMAT!r}, got {got!r}")
+    return manifest
+
+
+def bundle_checksum(path: str | Path) -> str:
+    """SHA-256 of the bundle's manifest (which pins every other file's checksum)."""
+    return sha256_file(Path(path) / MANIFEST)
+
+
+def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict[str, Any]:
+    """Check the HMAC (when a key is given) and every file's SHA-256; return the manifest.
+
+    Raises
+    ------
+    ChecksumMismatchError
+        Naming the file, the expected and the actual digest.
+    """
+    root = Path(path)
+    manifest_bytes = (root / MANIFEST).read_bytes() if (root / MANIFEST).exists() else b""
+    if hmac_key:
+        sig_path = root / SIGNATURE
+        signature = sig_path.read_text().strip() if sig_path.exists() else None
+        try:
+            verify_bytes(manifest_bytes, signature, hmac_key)
+        except ChecksumMismatchError as exc:
+            raise ChecksumMismatchError(f"{root}: {MANIFEST}: {exc}") from exc
+    manifest = read_manifest(root)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{root}/{MANIFEST} lists no files")
+    for name, expected in files.items():
+        _check_name(name)
+        f = root / name
+        if not f.is_file():
+            raise ChecksumMismatchError(f"{root}: {name} is missing (expected sha256 {expected})")
+        got = sha256_file(f)
+        if got != expected:
+            raise ChecksumMismatchError(
+                f"{root}: {name} sha256 mismatch: expected {expected}, got {got}"
+            )
+    return manifest
+
+
+def _read_json(root: Path, name: str) -> dict[str, Any]:
+    try:
+        obj = json.loads((root / name).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{root}/{name} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise BundleError(f"{root}/{name}: expected a JSON object")
+    return obj
+
+
+def _read_npz(root: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(root / name, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _load_component(root: Path, name: str) -> Any:
+    spec = _read_json(root, f"{name}.json")
+    cls = _component_class(str(spec.get("class")))
+    return cls.from_state(_read_npz(root, f"{name}.npz"), spec.get("meta", {}))
+
+
+def _load_pipelines(root: Path) -> dict[str, list[Any]]:
+    spec = _read_json(root, "preprocessing.json").get("pipelines", {})
+    arrays = _read_npz(root, "preprocessing.npz")
+    out: dict[str, list[Any]] = {}
+    for pname, steps in spec.items():
+        out[pname] = []
+        for i, step in enumerate(steps):
+            prefix = f"{pname}.{i}."
+            a = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            out[pname].append(_component_class(str(step["class"])).from_state(a, step["meta"]))
+    return out
+
+
+def load_bundle(
+    path: str | Path, hmac_key: bytes | str | None = None, *, device: str = "auto"
+) -> LoadedBundle:
+    """Verify and load a bundle into a :class:`LoadedBundle` (a ``Predictor``).
+
+    A CNN that fails to load does not fail the bundle: PLS serves with reason
+    ``cnn_unavailable`` (logged). Checksum or signature problems always fail.
+    """
+    root = Path(path)
+    manifest = verify_bundle(root, hmac_key)
+    checksum = bundle_checksum(root)
+    try:
+        pipelines = _load_pipelines(root)
+        pls = _load_component(root, "pls")
+        stats = _load_component(root, "calibration_stats")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"{root}: cannot load bundle components: {exc}") from exc
+    cnn = None
+    cnn_error: str | None = None
+    if manifest.get("models", {}).get("cnn"):
+        try:
+            cnn = _load_cnn(root, device)
+        except Exception as exc:  # any CNN failure degrades to PLS, visibly
+            cnn_error = f"{type(exc).__name__}: {exc}"
+            log.warning("bundle %s: CNN not loaded, serving PLS: %s", root, cnn_error)
+    return LoadedBundle(
+        path=root,
+        manifest=manifest,
+        checksum=checksum,
+        pls=pls,
+        statistics=stats,
+        statistics_steps=pipelines.get("statistics", []),
+        cnn=cnn,
+        cnn_steps=pipelines.get("cnn", []),
+        cnn_load_error=cnn_error,
+    )
+
+
+def _load_cnn(root: Path, device: str) -> Any:
+    from safetensors.numpy import load_file
+
+    spec = _read_json(root, "cnn.json")
+    cls = _component_class(str(spec.get("class")))
+    arrays = load_file(str(root / "cnn.safetensors"))
+    from_state: Callable[..., Any] = cls.from_state
+    try:
+        return from_state(arrays, spec.get("meta", {}), device=device)
+    except TypeError:
+        return from_state(arrays, spec.get("meta", {}))
+
+
+class LoadedBundle:
+    """A verified bundle ready to predict: CNN with PLS fallback, T² / Q diagnostics.
+
+    Implements :class:`nirwatch.predictor.Predictor`. Each batch is preprocessed as a whole
+    (the transformers work on matrices), PLS always runs (it is the fallback and the CNN's
+    sanity check), the CNN runs when it loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        manifest: Mapping[str, Any],
+        checksum: str,
+        pls: Any,
+        statistics: Any,
+        statistics_steps: Sequence[Any],
+        cnn: Any | None,
+        cnn_steps: Sequence[Any],
+        cnn_load_error: str | None = None,
+    ) -> None:
+        self.path = path
+        self.manifest = dict(manifest)
+        self._checksum = checksum
+        self._pls = pls
+        self._stats = statistics
+        self._stats_steps = list(statistics_steps)
+        self._cnn = cnn
+        self._cnn_steps = list(cnn_steps)
+        self.cnn_load_error = cnn_load_error
+        self.n_points = len(self.manifest["wavelengths"])
+        self.fallback_limit = float(self.manifest["fallback_limit"])
+        self.t2_limit = float(statistics.t2_limit_99_)
+        self.q_limit = float(statistics.q_limit_99_)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def checksum(self) -> str:
+        return self._checksum
+
+    @property
+    def target(self) -> str:
+        return str(self.manifest["target"]["name"])
+
+    @property
+    def unit(self) -> str:
+        return str(self.manifest["target"]["unit"])
+
+    @property
+    def grid(self) -> str:
+        return str(self.manifest["grid"])
+
+    @property
+    def wavelengths(self) -> np.ndarray:
+        return np.asarray(self.manifest["wavelengths"], dtype=float)
+
+    @property
+    def has_cnn(self) -> bool:
+        return self._cnn is not None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metrics", {}))
+
+    def predict(self, spectra: np.ndarray) -> BatchPrediction:
+        """Predict a batch of spectra, shape (n, n_points), on :attr:`grid`.
+
+        Raises
+        ------
+        DataError
+            If the batch is not 2-D with ``n_points`` columns.
+        """
+        X = np.asarray(spectra, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_points:
+            raise DataError(
+                f"expected spectra of shape (n, {self.n_points}) on grid {self.grid}, got {X.shape}"
+            )
+        n = X.shape[0]
+        pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
+        Xs = _apply(self._stats_steps, X)
+        t2, q = (np.asarray(a, dtype=np.float64).reshape(n) for a in self._stats.score(Xs))
+        cnn = np.full(n, np.nan)
+        reasons: list[str | None]
+        if self._cnn is None:
+            reasons = ["cnn_unavailable"] * n
+        else:
+            try:
+                Xc = _apply(self._cnn_steps, X)
+                cnn = np.asarray(self._cnn.predict(Xc), dtype=np.float64).reshape(n)
+            except Exception:  # a failing CNN must never stop the line: PLS serves
+                log.exception("bundle %s: CNN raised; PLS serves this batch", self.version)
+                cnn = np.full(n, np.nan)
+                reasons = ["cnn_error"] * n
+            else:
+                finite = np.isfinite(cnn)
+                disagree = finite & (np.abs(cnn - pls) > self.fallback_limit)
+                reasons = [
+                    "cnn_non_finite" if not f else ("cnn_pls_disagree" if d else None)
+                    for f, d in zip(finite.tolist(), disagree.tolist(), strict=True)
+                ]
+        use_cnn = np.array([r is None for r in reasons], dtype=bool)
+        return BatchPrediction(
+            value=np.where(use_cnn, cnn, pls),
+            model=np.where(use_cnn, "cnn", "pls"),
+            fallback_reason=reasons,
+            cnn_value=cnn,
+            pls_value=pls,
+            t2=t2,
+            q=q,
+            t2_limit=self.t2_limit,
+            q_limit=self.q_limit,
+            # NaN diagnostics compare False: written so that they count as out of model.
+            out_of_model=~((t2 <= self.t2_limit) & (q <= self.q_limit)),
+        )
+
+
+def _apply(steps: Sequence[Any], X: np.ndarray) -> np.ndarray:
+    for step in steps:
+        X = step.transform(X)
+    return np.asarray(X)
