@@ -1,0 +1,458 @@
+"""Append-only audit trail of every published prediction.
+
+A release decision must be traceable to the exact spectrum bytes and model that produced it, so
+each publication is recorded with the SHA-256 of the raw Kafka value, the model version and the
+bundle checksum. The worker calls :meth:`AuditTrail.append_many` once per micro-batch, after
+publishing (one transaction, ``executemany``)::
+
+    trail = open_audit_trail(load_settings(AuditSettings))        # once, in main()
+    trail.append_many(audit_records(predictions, raw_values))     # per micro-batch
+
+A redelivered message (at-least-once delivery) gets a new prediction id, so it appears again
+under the same ``message_id``: duplicates are kept and traceable, never silently merged.
+Appending the same ``prediction_id`` twice is a no-op, so a retried ``append_many`` is safe.
+
+Backends: SQLite (default; WAL journal) and PostgreSQL (``psycopg`` 3, imported only when
+chosen). In both, database triggers refuse ``UPDATE`` and ``DELETE`` (and ``TRUNCATE`` on
+PostgreSQL) so the table stays append-only even for direct SQL; dropping the table needs the
+database owner, which the service account should not be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from nirwatch.errors import ConfigError, NirwatchError
+from nirwatch.settings import NirwatchSettings
+from nirwatch.wire import Prediction
+
+TABLE = "prediction_audit"
+
+
+class AuditError(NirwatchError):
+    """The audit trail cannot be opened or written, or a record is inconsistent."""
+
+
+class AuditSettings(NirwatchSettings):
+    """Where the audit trail lives (``NIRWATCH_AUDIT_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="NIRWATCH_AUDIT_", frozen=True, extra="ignore")
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: Path = Path("nirwatch-audit.sqlite3")
+    dsn: SecretStr | None = None
+    #: FULL fsyncs the WAL at every commit (one per micro-batch): survives power loss.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One published prediction as recorded. ``spectrum_sha256`` hashes the raw message value."""
+
+    prediction_id: str
+    message_id: str
+    sample_id: str
+    instrument_id: str
+    timestamp: float
+    published_at: float
+    model_version: str
+    bundle_checksum: str
+    spectrum_sha256: str
+    target: str
+    value: float | None
+    model: str
+    fallback_reason: str | None
+    cnn_value: float | None
+    pls_value: float | None
+    t2: float | None
+    q: float | None
+    t2_limit: float | None
+    q_limit: float | None
+    out_of_model: bool
+    releasable: bool
+    product: str
+    batch: str
+    unit: str
+
+
+COLUMNS = tuple(f.name for f in fields(AuditRecord))
+#: Plain tuple of a record's fields (dataclasses.astuple deep-copies: 10x slower).
+_as_row = attrgetter(*COLUMNS)
+_TEXT_NOT_NULL = {
+    "prediction_id",
+    "message_id",
+    "sample_id",
+    "instrument_id",
+    "model_version",
+    "bundle_checksum",
+    "spectrum_sha256",
+    "target",
+    "model",
+    "product",
+    "batch",
+    "unit",
+}
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def audit_records(
+    predictions: Sequence[Prediction], raw_values: Sequence[bytes]
+) -> list[AuditRecord]:
+    """Audit records for published predictions and the raw Kafka values they came from.
+
+    Parameters
+    ----------
+    predictions : sequence of Prediction, length n
+    raw_values : sequence of bytes, length n
+        The spectrum messages' values exactly as consumed (hashed with SHA-256).
+    """
+    if len(predictions) != len(raw_values):
+        raise AuditError(
+            f"expected one raw value per prediction: {len(predictions)} predictions, "
+            f"{len(raw_values)} raw values"
+        )
+    out = []
+    for p, raw in zip(predictions, raw_values, strict=True):
+        out.append(
+            AuditRecord(
+                prediction_id=p.prediction_id,
+                message_id=p.message_id,
+                sample_id=p.sample_id,
+                instrument_id=p.instrument_id,
+                timestamp=p.timestamp,
+                published_at=p.published_at,
+                model_version=p.model_version,
+                bundle_checksum=p.bundle_checksum,
+                spectrum_sha256=hashlib.sha256(raw).hexdigest(),
+                target=p.target,
+                value=_finite_or_none(p.value),
+                model=p.model,
+                fallback_reason=p.fallback_reason,
+                cnn_value=_finite_or_none(p.cnn_value),
+                pls_value=_finite_or_none(p.pls_value),
+                t2=_finite_or_none(p.t2),
+                q=_finite_or_none(p.q),
+                t2_limit=_finite_or_none(p.t2_limit),
+                q_limit=_finite_or_none(p.q_limit),
+                out_of_model=bool(p.out_of_model),
+                releasable=bool(p.releasable),
+                product=p.product,
+                batch=p.batch,
+                unit=p.unit,
+            )
+        )
+    return out
+
+
+def _column_type(name: str, real: str, boolean: str) -> str:
+    t = {f.name: f.type for f in fields(AuditRecord)}[name]
+    if name in _TEXT_NOT_NULL:
+        return "TEXT NOT NULL"
+    if t == "bool":
+        return f"{boolean} NOT NULL"
+    if t == "float":
+        return f"{real} NOT NULL"
+    if t == "float | None":
+        return real
+    return "TEXT"
+
+
+class AuditTrail(ABC):
+    """Append-only store of :class:`AuditRecord` (thread-safe)."""
+
+    @abstractmethod
+    def append_many(self, records: Sequence[AuditRecord]) -> int:
+        """Append records in one transaction; returns how many were new (by prediction id)."""
+
+    @abstractmethod
+    def query(
+        self,
+        sample_id: str | None = None,
+        since: float | None = None,
+        instrument: str | None = None,
+        message_id: str | None = None,
+        until: float | None = None,
+        limit: int | None = 1000,
+    ) -> list[AuditRecord]:
+        """Records matching all given filters (``since``/``until``: published_at, epoch s),
+        in append order; ``limit`` None returns all."""
+
+    @abstractmethod
+    def duplicate_message_ids(self) -> dict[str, int]:
+        """Message ids with more than one publication, and how many each."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of records."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> AuditTrail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _where(
+    ph: str,
+    sample_id: str | None,
+    since: float | None,
+    instrument: str | None,
+    message_id: str | None,
+    until: float | None,
+) -> tuple[str, list[Any]]:
+    conds: list[str] = []
+    params: list[Any] = []
+    for cond, value in (
+        ("sample_id = {}", sample_id),
+        ("instrument_id = {}", instrument),
+        ("message_id = {}", message_id),
+        ("published_at >= {}", since),
+        ("published_at < {}", until),
+    ):
+        if value is not None:
+            conds.append(cond.format(ph))
+            params.append(value)
+    return (" WHERE " + " AND ".join(conds)) if conds else "", params
+
+
+def _record(row: Sequence[Any]) -> AuditRecord:
+    values = list(row)
+    for i, name in enumerate(COLUMNS):
+        if name in ("out_of_model", "releasable"):
+            values[i] = bool(values[i])
+    return AuditRecord(*values)
+
+
+class SQLiteAuditTrail(AuditTrail):
+    """SQLite backend: WAL journal (readers never block the worker), triggers refuse changes."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The worker may append from another thread than the one that opened it.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._create()
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot open SQLite audit trail {self.path}: {exc}") from exc
+        self._lock = threading.Lock()
+        cols = ", ".join(COLUMNS)
+        marks = ", ".join("?" * len(COLUMNS))
+        self._insert = (
+            f"INSERT INTO {TABLE} ({cols}, recorded_at) VALUES ({marks}, ?) "
+            "ON CONFLICT(prediction_id) DO NOTHING"
+        )
+
+    def _create(self) -> None:
+        cols = ",\n  ".join(f"{c} {_column_type(c, 'REAL', 'INTEGER')}" for c in COLUMNS)
+        self._db.executescript(
+            f"""
+            CREATE TABLE IF NOT EXISTS {TABLE} (
+              seq INTEGER PRIMARY KEY AUTOINCREMENT,
+              {cols},
+              recorded_at REAL NOT NULL,
+              UNIQUE(prediction_id)
+            );
+            CREATE INDEX IF NOT EXISTS {TABLE}_sample ON {TABLE}(sample_id);
+            CREATE INDEX IF NOT EXISTS {TABLE}_message ON {TABLE}(message_id);
+            CREATE INDEX IF NOT EXISTS {TABLE}_published ON {TABLE}(published_at);
+            -- INSERT OR REPLACE deletes the old row without firing DELETE triggers (unless
+            -- recursive_triggers is on in *that* connection): skip any insert that would
+            -- collide, which also makes a retried append a no-op.
+            CREATE TRIGGER IF NOT EXISTS {TABLE}_no_replace BEFORE INSERT ON {TABLE}
+            WHEN EXISTS (SELECT 1 FROM {TABLE} WHERE prediction_id = NEW.prediction_id)
+              OR EXISTS (SELECT 1 FROM {TABLE} WHERE seq = NEW.seq)
+            BEGIN SELECT RAISE(IGNORE); END;
+            CREATE TRIGGER IF NOT EXISTS {TABLE}_no_update BEFORE UPDATE ON {TABLE}
+            BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: UPDATE refused'); END;
+            CREATE TRIGGER IF NOT EXISTS {TABLE}_no_delete BEFORE DELETE ON {TABLE}
+            BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: DELETE refused'); END;
+            """
+        )
+
+    def append_many(self, records: Sequence[AuditRecord]) -> int:
+        if not records:
+            return 0
+        now = time.time()
+        rows = [(*_as_row(r), now) for r in records]
+        with self._lock:
+            try:
+                before = self._db.total_changes
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(self._insert, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                return self._db.total_changes - before
+            except sqlite3.Error as exc:
+                raise AuditError(f"audit append of {len(rows)} records failed: {exc}") from exc
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise AuditError(f"audit query failed: {exc}") from exc
+
+    def query(
+        self,
+        sample_id: str | None = None,
+        since: float | None = None,
+        instrument: str | None = None,
+        message_id: str | None = None,
+        until: float | None = None,
+        limit: int | None = 1000,
+    ) -> list[AuditRecord]:
+        where, params = _where("?", sample_id, since, instrument, message_id, until)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_record(r) for r in self._select(sql, params)]
+
+    def duplicate_message_ids(self) -> dict[str, int]:
+        sql = f"SELECT message_id, COUNT(*) FROM {TABLE} GROUP BY message_id HAVING COUNT(*) > 1"
+        return {m: int(n) for m, n in self._select(sql, ())}
+
+    def count(self) -> int:
+        return int(self._select(f"SELECT COUNT(*) FROM {TABLE}", ())[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class PostgresAuditTrail(AuditTrail):
+    """PostgreSQL backend via ``psycopg`` 3 (``pip install 'psycopg[binary]'``)."""
+
+    def __init__(self, dsn: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ConfigError(
+                "NIRWATCH_AUDIT_BACKEND=postgres needs psycopg: pip install 'psycopg[binary]'"
+            ) from exc
+        self._psycopg = psycopg
+        try:
+            self._db = psycopg.connect(dsn, autocommit=True)
+            self._create()
+        except psycopg.Error as exc:
+            raise AuditError(f"cannot open PostgreSQL audit trail: {exc}") from exc
+        self._lock = threading.Lock()
+        cols = ", ".join(COLUMNS)
+        marks = ", ".join(["%s"] * len(COLUMNS))
+        self._insert = (
+            f"INSERT INTO {TABLE} ({cols}, recorded_at) VALUES ({marks}, %s) "
+            "ON CONFLICT (prediction_id) DO NOTHING"
+        )
+
+    def _create(self) -> None:
+        cols = ",\n  ".join(
+            f"{c} {_column_type(c, 'DOUBLE PRECISION', 'BOOLEAN')}" for c in COLUMNS
+        )
+        with self._db.transaction(), self._db.cursor() as cur:
+            # Serialise concurrent first starts of several workers.
+            cur.execute("SELECT pg_advisory_xact_lock(727274)")
+            cur.execute(
+                f"""
+                CREATE TABLE IF NOT EXISTS {TABLE} (
+                  seq BIGSERIAL PRIMARY KEY,
+                  {cols},
+                  recorded_at DOUBLE PRECISION NOT NULL,
+                  UNIQUE(prediction_id)
+                );
+                CREATE INDEX IF NOT EXISTS {TABLE}_sample ON {TABLE}(sample_id);
+                CREATE INDEX IF NOT EXISTS {TABLE}_message ON {TABLE}(message_id);
+                CREATE INDEX IF NOT EXISTS {TABLE}_published ON {TABLE}(published_at);
+                CREATE OR REPLACE FUNCTION {TABLE}_refuse() RETURNS trigger AS $$
+                BEGIN
+                  RAISE EXCEPTION 'audit trail is append-only: % refused', TG_OP;
+                END $$ LANGUAGE plpgsql;
+                DROP TRIGGER IF EXISTS {TABLE}_no_change ON {TABLE};
+                CREATE TRIGGER {TABLE}_no_change BEFORE UPDATE OR DELETE ON {TABLE}
+                  FOR EACH ROW EXECUTE FUNCTION {TABLE}_refuse();
+                DROP TRIGGER IF EXISTS {TABLE}_no_truncate ON {TABLE};
+                CREATE TRIGGER {TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE}
+                  FOR EACH STATEMENT EXECUTE FUNCTION {TABLE}_refuse();
+                """
+            )
+
+    def append_many(self, records: Sequence[AuditRecord]) -> int:
+        if not records:
+            return 0
+        now = time.time()
+        rows = [(*_as_row(r), now) for r in records]
+        with self._lock:
+            try:
+                with self._db.transaction(), self._db.cursor() as cur:
+                    cur.executemany(self._insert, rows)
+                    return max(cur.rowcount, 0)
+            except self._psycopg.Error as exc:
+                raise AuditError(f"audit append of {len(rows)} records failed: {exc}") from exc
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            try:
+                with self._db.transaction(), self._db.cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall()
+            except self._psycopg.Error as exc:
+                raise AuditError(f"audit query failed: {exc}") from exc
+
+    def query(
+        self,
+        sample_id: str | None = None,
+        since: float | None = None,
+        instrument: str | None = None,
+        message_id: str | None = None,
+        until: float | None = None,
+        limit: int | None = 1000,
+    ) -> list[AuditRecord]:
+        where, params = _where("%s", sample_id, since, instrument, message_id, until)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_record(r) for r in self._select(sql, params)]
+
+    def duplicate_message_ids(self) -> dict[str, int]:
+        sql = f"SELECT message_id, COUNT(*) FROM {TABLE} GROUP BY message_id HAVING COUNT(*) > 1"
+        return {m: int(n) for m, n in self._select(sql, ())}
+
+    def count(self) -> int:
+        return int(self._select(f"SELECT COUNT(*) FROM {TABLE}", ())[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_audit_trail(settings: AuditSettings) -> AuditTrail:
+    """The configured backend, schema created if needed."""
+    if settings.backend == "postgres":
+        if settings.dsn is None:
+            raise ConfigError("NIRWATCH_AUDIT_BACKEND=postgres needs NIRWATCH_AUDIT_DSN")
+        return PostgresAuditTrail(settings.dsn.get_secret_value())
+    return SQLiteAuditTrail(settings.path, settings.sqlite_synchronous)

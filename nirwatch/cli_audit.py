@@ -1,0 +1,127 @@
+"""``nirwatch audit``: query the append-only audit trail of published predictions (read only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from nirwatch.audit import AuditRecord, AuditSettings, open_audit_trail
+from nirwatch.errors import ConfigError
+from nirwatch.settings import load_settings
+
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Epoch seconds from ISO 8601 (naive means UTC) or a duration ago: ``30m``, ``-1h``, ``2d``.
+
+    argparse takes ``--since -1h`` for an option: write ``--since=-1h`` or ``--since 1h``.
+    """
+    m = _RELATIVE.match(text.strip())
+    if m:
+        ref = time.time() if now is None else now
+        return ref - float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--since: expected ISO 8601 (2026-11-25T18:00:00Z) or a duration ago such as 1h, -30m, 2d, got {text!r}"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db", type=Path, help="SQLite audit file (default: NIRWATCH_AUDIT_PATH / backend)"
+    )
+    p.add_argument("--sample", help="only this sample id")
+    p.add_argument("--message", help="only this message id (shows redeliveries)")
+    p.add_argument("--instrument", help="only this instrument id")
+    p.add_argument(
+        "--since",
+        help="published at or after: ISO 8601, or a duration ago (1h, 30m, 2d; also --since=-1h)",
+    )
+    p.add_argument("--until", help="published before: ISO 8601 or a duration ago")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many records (0: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--duplicates", action="store_true", help="list message ids published more than once"
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def print_table(records: list[AuditRecord], out: TextIO) -> None:
+    """A fixed-width table of the fields a reviewer reads first."""
+    head = (
+        f"{'published_at':24} {'instrument':12} {'sample':14} {'value':>9} {'model':5} "
+        f"{'version':10} {'T2':>8} {'Q':>8} {'flags':14} {'message_id':32} spectrum_sha256"
+    )
+    print(head, file=out)
+    for r in records:
+        flags = ",".join(
+            f
+            for f, on in (
+                ("out_of_model", r.out_of_model),
+                ("hold", not r.releasable and not r.out_of_model),
+                (f"fb:{r.fallback_reason}", r.fallback_reason is not None),
+            )
+            if on
+        )
+        print(
+            f"{_iso(r.published_at):24} {r.instrument_id[:12]:12} {r.sample_id[:14]:14} "
+            f"{_fmt(r.value):>9} {r.model[:5]:5} {r.model_version[:10]:10} {_fmt(r.t2):>8} "
+            f"{_fmt(r.q):>8} {flags or '-':14} {r.message_id:32} {r.spectrum_sha256[:16]}",
+            file=out,
+        )
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    overrides = {"backend": "sqlite", "path": args.db} if args.db else {}
+    settings = load_settings(AuditSettings, **overrides)
+    if settings.backend == "sqlite" and not Path(settings.path).exists():
+        raise ConfigError(f"no audit trail at {settings.path} (set --db or NIRWATCH_AUDIT_PATH)")
+    now = time.time()
+    with open_audit_trail(settings) as trail:
+        if args.duplicates:
+            dups = trail.duplicate_message_ids()
+            for mid, n in sorted(dups.items()):
+                print(
+                    json.dumps({"message_id": mid, "publications": n})
+                    if args.json
+                    else f"{mid} {n}",
+                    file=out,
+                )
+            return 0
+        records = trail.query(
+            sample_id=args.sample,
+            since=parse_since(args.since, now) if args.since else None,
+            until=parse_since(args.until, now) if args.until else None,
+            instrument=args.instrument,
+            message_id=args.message,
+            limit=args.limit or None,
+        )
+    if args.json:
+        for r in records:
+            print(json.dumps(asdict(r), separators=(",", ":")), file=out)
+    else:
+        print_table(records, out)
+        print(f"{len(records)} record(s)", file=out)
+    return 0
