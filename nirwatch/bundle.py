@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nirwatch.chemometrics.state import STEP_CLASSES, dump_steps, load_steps
 from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
 from nirwatch.grid import grid_id_for
 from nirwatch.predictor import BatchPrediction
@@ -78,6 +79,8 @@ COMPONENT_MODULES = tuple(
 
 
 def _component_class(name: str) -> Any:
+    if name in STEP_CLASSES:
+        return STEP_CLASSES[name]
     if name not in _CLASSES:
         for module in COMPONENT_MODULES:
             try:
@@ -160,13 +163,10 @@ def _component_files(name: str, comp: Stateful) -> dict[str, bytes]:
 
 def _pipeline_files(pipelines: Mapping[str, Sequence[Stateful]]) -> dict[str, bytes]:
     arrays: dict[str, np.ndarray] = {}
-    spec: dict[str, list[dict[str, Any]]] = {}
+    spec: dict[str, Any] = {}
     for pname, steps in pipelines.items():
-        spec[pname] = []
-        for i, step in enumerate(steps):
-            a, meta = step.to_state()
-            arrays.update({f"{pname}.{i}.{k}": v for k, v in a.items()})
-            spec[pname].append({"class": type(step).__name__, "meta": meta})
+        a, spec[pname] = dump_steps(steps, prefix=pname)
+        arrays.update(a)
     return {
         "preprocessing.npz": _npz_bytes(arrays),
         "preprocessing.json": _json_bytes({"pipelines": spec}),
@@ -359,14 +359,7 @@ def _load_component(root: Path, name: str) -> Any:
 def _load_pipelines(root: Path) -> dict[str, list[Any]]:
     spec = _read_json(root, "preprocessing.json").get("pipelines", {})
     arrays = _read_npz(root, "preprocessing.npz")
-    out: dict[str, list[Any]] = {}
-    for pname, steps in spec.items():
-        out[pname] = []
-        for i, step in enumerate(steps):
-            prefix = f"{pname}.{i}."
-            a = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            out[pname].append(_component_class(str(step["class"])).from_state(a, step["meta"]))
-    return out
+    return {pname: load_steps(arrays, meta) for pname, meta in spec.items()}
 
 
 def load_bundle(
@@ -384,7 +377,7 @@ def load_bundle(
         pipelines = _load_pipelines(root)
         pls = _load_component(root, "pls")
         stats = _load_component(root, "calibration_stats")
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, DataError) as exc:
         raise BundleError(f"{root}: cannot load bundle components: {exc}") from exc
     cnn = None
     cnn_error: str | None = None

@@ -24,10 +24,11 @@ from nirwatch.bundle import (
     register_component,
     write_bundle,
 )
+from nirwatch.chemometrics.state import register_step
 from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
 
 
-@register_component
+@register_step
 class Centre:
     """Subtracts the training mean spectrum."""
 
