@@ -1,0 +1,287 @@
+"""PLS calibration: preprocessing steps + PLS regression, latent variables chosen by K-fold CV.
+
+The fitted model keeps only plain arrays: ``predict(X) = preprocess(X) @ coef_ + intercept_``,
+so inference needs no scikit-learn estimator and the bundle needs no pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Self
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.cross_decomposition import PLSRegression
+from sklearn.model_selection import KFold
+from sklearn.utils.validation import check_is_fitted
+
+from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import apply_steps, dump_steps, load_steps
+from nirwatch.errors import DataError, ModelError
+
+Rule = Literal["min", "1se"]
+
+
+def _check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    X = check_spectra(X, who="calibration spectra")
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise DataError(f"y: expected shape ({X.shape[0]},), one value per spectrum, got {y.shape}")
+    if not np.isfinite(y).all():
+        raise DataError(f"y: non-finite values at rows {np.flatnonzero(~np.isfinite(y))[:10]}")
+    if np.ptp(y) == 0:
+        raise DataError(f"y: constant ({y[0]:g}); nothing to calibrate")
+    return X, y
+
+
+def _max_components(requested: int, n: int, p: int) -> int:
+    a = min(int(requested), n - 1, p)
+    if a < 1:
+        raise DataError(f"PLS needs at least 2 spectra and 1 point, got {n} x {p}")
+    return a
+
+
+def _pls_path(Z: np.ndarray, y: np.ndarray, n_components: int) -> PLSRegression:
+    """PLS1 without scaling (NIR spectra share one absorbance scale: centre only)."""
+    return PLSRegression(n_components=n_components, scale=False).fit(Z, y)
+
+
+def _coefficients(pls: PLSRegression, a: int) -> np.ndarray:
+    """Regression vector of the first ``a`` components, shape (p,).
+
+    ``x_rotations_ = W (P'W)^-1`` with ``P'W`` upper triangular (NIPALS; Manne 1987), so its
+    first ``a`` columns are the rotations of the ``a``-component model: one fit gives every
+    model on the path.
+    """
+    return pls.x_rotations_[:, :a] @ pls.y_loadings_[0, :a]
+
+
+class PLSCalibration(BaseEstimator):
+    """Preprocessing steps followed by a PLS1 regression with ``n_components`` latent variables.
+
+    Parameters
+    ----------
+    steps : sequence of transformers
+        Applied in order before PLS (cloned and fitted on the calibration spectra).
+    n_components : int, default 10
+
+    Attributes
+    ----------
+    steps_ : list
+        The fitted steps.
+    coef_ : ndarray (q,)
+        Regression vector on the preprocessed spectra (q points after the steps).
+    intercept_ : float
+    x_mean_ : ndarray (q,)
+        Mean preprocessed calibration spectrum.
+    n_components_ : int
+    rmsec_ : float
+        Root mean squared error on the calibration set itself.
+    rmsecv_, cv_curve_, cv_se_ : set by :func:`fit_pls_cv`.
+    """
+
+    def __init__(self, steps: Sequence[Any] = (), n_components: int = 10) -> None:
+        self.steps = steps
+        self.n_components = n_components
+
+    def fit(self, X: Any, y: Any) -> Self:
+        """Fit the steps, then PLS, X of shape (n, p), y of shape (n,)."""
+        X, y = _check_xy(X, y)
+        self.n_features_in_ = X.shape[1]
+        self.steps_ = [clone(step) for step in self.steps]
+        Z = X
+        for step in self.steps_:
+            Z = step.fit_transform(Z)
+        a = _max_components(self.n_components, *Z.shape)
+        if a != self.n_components:
+            raise DataError(
+                f"n_components={self.n_components} is more than {Z.shape[0]} spectra x "
+                f"{Z.shape[1]} points allow (at most {a})"
+            )
+        pls = _pls_path(Z, y, a)
+        self.coef_ = _coefficients(pls, a)
+        self.x_mean_ = Z.mean(axis=0, dtype=np.float64)
+        self.intercept_ = float(np.mean(y) - self.x_mean_ @ self.coef_)
+        self.n_components_ = a
+        self.rmsec_ = float(np.sqrt(np.mean((Z @ self.coef_ + self.intercept_ - y) ** 2)))
+        return self
+
+    def preprocess(self, X: Any) -> np.ndarray:
+        """Spectra after the fitted steps, shape (n, q)."""
+        check_is_fitted(self, "coef_")
+        X = check_spectra(X, self.n_features_in_, who="PLSCalibration")
+        return apply_steps(self.steps_, X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted values, shape (n,), float64."""
+        Z = self.preprocess(X)
+        return Z @ self.coef_.astype(Z.dtype, copy=False) + self.intercept_
+
+    def to_state(self) -> tuple[StateArrays, StateMeta]:
+        """Coefficients, CV curve and the steps' arrays; scalars and step classes as metadata."""
+        check_is_fitted(self, "coef_")
+        arrays, steps_meta = dump_steps(self.steps_, prefix="steps")
+        arrays.update(coef_=self.coef_, x_mean_=self.x_mean_)
+        meta: StateMeta = {
+            "class": type(self).__name__,
+            "n_components_": int(self.n_components_),
+            "intercept_": self.intercept_,
+            "rmsec_": self.rmsec_,
+            "n_features_in_": int(self.n_features_in_),
+            "steps": steps_meta,
+        }
+        if hasattr(self, "cv_curve_"):
+            arrays.update(cv_curve_=self.cv_curve_, cv_se_=self.cv_se_)
+            meta.update(rmsecv_=self.rmsecv_, cv_rule_=self.cv_rule_, cv_folds_=self.cv_folds_)
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: StateArrays, meta: StateMeta) -> Self:
+        """Rebuild a fitted calibration from :meth:`to_state` output."""
+        check_state(arrays, meta, cls, ["coef_", "x_mean_"])
+        steps = load_steps(arrays, meta["steps"])
+        obj = cls(steps=steps, n_components=int(meta["n_components_"]))
+        obj.steps_ = steps
+        obj.coef_ = np.asarray(arrays["coef_"], dtype=np.float64)
+        obj.x_mean_ = np.asarray(arrays["x_mean_"], dtype=np.float64)
+        obj.intercept_ = float(meta["intercept_"])
+        obj.n_components_ = int(meta["n_components_"])
+        obj.rmsec_ = float(meta["rmsec_"])
+        obj.n_features_in_ = int(meta["n_features_in_"])
+        if "cv_curve_" in arrays:
+            obj.cv_curve_ = np.asarray(arrays["cv_curve_"], dtype=np.float64)
+            obj.cv_se_ = np.asarray(arrays["cv_se_"], dtype=np.float64)
+            obj.rmsecv_ = float(meta["rmsecv_"])
+            obj.cv_rule_ = meta["cv_rule_"]
+            obj.cv_folds_ = int(meta["cv_folds_"])
+        return obj
+
+
+def cross_validate_pls(
+    X: Any,
+    y: Any,
+    steps: Sequence[Any],
+    max_components: int = 20,
+    cv: int = 10,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """RMSECV of 1..A latent variables by shuffled K-fold CV, steps refitted in every fold.
+
+    Returns
+    -------
+    rmsecv : ndarray (A,)
+        Pooled over all held-out predictions: ``sqrt(PRESS_a / n)``.
+    se : ndarray (A,)
+        Standard error of the per-fold RMSE (``std(ddof=1) / sqrt(K)``), for the 1-SE rule.
+    """
+    X, y = _check_xy(X, y)
+    n = X.shape[0]
+    if not 2 <= cv <= n:
+        raise DataError(f"cv: need 2 <= folds <= {n} spectra, got {cv}")
+    folds = list(KFold(n_splits=cv, shuffle=True, random_state=random_state).split(X))
+    A = min(_max_components(max_components, len(f[0]), X.shape[1]) for f in folds)
+    sq_err = np.empty((n, A))
+    fold_rmse = np.empty((cv, A))
+    for k, (train, test) in enumerate(folds):
+        fitted = [clone(step) for step in steps]
+        Z_train, Z_test = X[train], X[test]
+        for step in fitted:
+            Z_train = step.fit_transform(Z_train)
+            Z_test = step.transform(Z_test)
+        pls = _pls_path(Z_train, y[train], A)
+        # Predictions of all A models at once: cumulative sum over the components' terms.
+        scores = (Z_test - Z_train.mean(axis=0)) @ pls.x_rotations_  # (n_test, A)
+        pred = y[train].mean() + np.cumsum(scores * pls.y_loadings_[0], axis=1)
+        sq_err[test] = (pred - y[test, None]) ** 2
+        fold_rmse[k] = np.sqrt(sq_err[test].mean(axis=0))
+    rmsecv = np.sqrt(sq_err.mean(axis=0))
+    se = fold_rmse.std(axis=0, ddof=1) / np.sqrt(cv)
+    return rmsecv, se
+
+
+def choose_components(rmsecv: np.ndarray, se: np.ndarray, rule: Rule = "min") -> int:
+    """Number of latent variables from a CV curve (index 0 is one component).
+
+    ``"min"``: the minimum RMSECV. ``"1se"``: the fewest components whose RMSECV is within one
+    standard error of the minimum (Hastie, Tibshirani & Friedman, ESL 2nd ed., sec. 7.10).
+    """
+    best = int(np.argmin(rmsecv))
+    if rule == "min":
+        return best + 1
+    if rule == "1se":
+        return int(np.flatnonzero(rmsecv <= rmsecv[best] + se[best])[0]) + 1
+    raise DataError(f"rule must be 'min' or '1se', got {rule!r}")
+
+
+def fit_pls_cv(
+    X: Any,
+    y: Any,
+    steps: Sequence[Any] = (),
+    max_components: int = 20,
+    cv: int = 10,
+    random_state: int = 0,
+    rule: Rule = "min",
+) -> PLSCalibration:
+    """Choose the number of latent variables by K-fold CV, then fit on all of X.
+
+    Parameters
+    ----------
+    X : array-like (n, p)
+    y : array-like (n,)
+    steps : sequence of transformers, refitted inside every fold (no leakage from held-out
+        spectra into e.g. the MSC reference).
+    max_components : int, default 20
+    cv : int, default 10
+        Folds, shuffled with ``random_state``.
+    rule : {"min", "1se"}, default "min"
+        Minimum RMSECV, or the fewest components within one standard error of it.
+
+    Returns
+    -------
+    PLSCalibration
+        Fitted, with ``cv_curve_`` (A,), ``cv_se_`` (A,), ``rmsecv_`` (at the chosen number),
+        ``cv_rule_`` and ``cv_folds_``.
+    """
+    rmsecv, se = cross_validate_pls(X, y, steps, max_components, cv, random_state)
+    a = choose_components(rmsecv, se, rule)
+    model = PLSCalibration(steps=steps, n_components=a).fit(X, y)
+    if not np.isfinite(model.coef_).all():
+        raise ModelError("PLS produced non-finite coefficients")
+    model.cv_curve_ = rmsecv
+    model.cv_se_ = se
+    model.rmsecv_ = float(rmsecv[a - 1])
+    model.cv_rule_ = rule
+    model.cv_folds_ = int(cv)
+    return model
+
+
+def select_preprocessing_cv(
+    X: Any,
+    y: Any,
+    candidates: dict[str, Sequence[Any]],
+    max_components: int = 20,
+    cv: int = 10,
+    random_state: int = 0,
+    rule: Rule = "min",
+) -> tuple[str, PLSCalibration, dict[str, float]]:
+    """Fit :func:`fit_pls_cv` for each named preprocessing and keep the lowest RMSECV.
+
+    All candidates share the same folds (same ``random_state``), so their RMSECVs compare.
+
+    Returns
+    -------
+    name : str
+        The chosen candidate.
+    model : PLSCalibration
+    rmsecv : dict of str to float
+        Every candidate's RMSECV at its chosen number of components.
+    """
+    if not candidates:
+        raise DataError("select_preprocessing_cv: no candidate preprocessing given")
+    models = {
+        name: fit_pls_cv(X, y, steps, max_components, cv, random_state, rule)
+        for name, steps in candidates.items()
+    }
+    scores = {name: m.rmsecv_ for name, m in models.items()}
+    best = min(scores, key=scores.__getitem__)
+    return best, models[best], scores

@@ -1,0 +1,122 @@
+"""PLS calibration: CV path against scikit-learn, component choice, shootout RMSEP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from sklearn.cross_decomposition import PLSRegression
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+
+from nirwatch.chemometrics import MultiplicativeScatterCorrection, SavitzkyGolay
+from nirwatch.chemometrics.pls import (
+    PLSCalibration,
+    choose_components,
+    cross_validate_pls,
+    fit_pls_cv,
+    select_preprocessing_cv,
+)
+from nirwatch.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def shootout(shootout_csv: Path) -> dict[str, np.ndarray]:
+    data = np.loadtxt(shootout_csv, delimiter=",", skiprows=1, usecols=range(1, 654))
+    kinds = np.loadtxt(shootout_csv, delimiter=",", skiprows=1, usecols=0, dtype=str)
+    cal = kinds != "Test"
+    X, y = data[:, 3:], data[:, 2]
+    return {"Xc": X[cal], "yc": y[cal], "Xt": X[~cal], "yt": y[~cal]}
+
+
+def test_coefficients_match_sklearn_for_every_size(shootout) -> None:
+    Xc, yc, Xt = shootout["Xc"], shootout["yc"], shootout["Xt"]
+    steps = [MultiplicativeScatterCorrection(), SavitzkyGolay(15, 2, 1)]
+    for a in (1, 4, 9):
+        ours = PLSCalibration(steps, n_components=a).fit(Xc, yc)
+        oracle = make_pipeline(
+            MultiplicativeScatterCorrection(),
+            SavitzkyGolay(15, 2, 1),
+            PLSRegression(a, scale=False),
+        ).fit(Xc, yc)
+        assert_allclose(ours.predict(Xt), oracle.predict(Xt).ravel(), rtol=1e-10)
+        # Inference is a dot product on plain arrays.
+        assert_allclose(ours.predict(Xt), ours.preprocess(Xt) @ ours.coef_ + ours.intercept_)
+
+
+def test_rmsecv_curve_matches_sklearn_cross_val_predict(shootout) -> None:
+    Xc, yc = shootout["Xc"], shootout["yc"]
+    rmsecv, se = cross_validate_pls(Xc, yc, [MultiplicativeScatterCorrection()], 12, cv=5)
+    assert rmsecv.shape == se.shape == (12,)
+    folds = KFold(5, shuffle=True, random_state=0)
+    for a in (2, 7, 12):
+        pipe = make_pipeline(MultiplicativeScatterCorrection(), PLSRegression(a, scale=False))
+        pred = cross_val_predict(pipe, Xc, yc, cv=folds).ravel()
+        assert rmsecv[a - 1] == pytest.approx(np.sqrt(np.mean((pred - yc) ** 2)), rel=1e-9)
+
+
+def test_choose_components_rules() -> None:
+    curve = np.array([10.0, 6.0, 4.2, 4.05, 4.0, 4.1])
+    se = np.full(6, 0.1)
+    assert choose_components(curve, se, "min") == 5
+    assert choose_components(curve, se, "1se") == 4
+    assert choose_components(curve, np.full(6, 0.3), "1se") == 3
+    with pytest.raises(DataError, match="rule"):
+        choose_components(curve, se, "median")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_shootout_rmsep_with_cv_chosen_preprocessing(shootout) -> None:
+    """MSC + SG 1st derivative, window chosen by RMSECV on the 195 calibration tablets only."""
+    candidates = {
+        f"msc+sg{w}": [MultiplicativeScatterCorrection(), SavitzkyGolay(w, 2, 1)]
+        for w in (11, 13, 15, 17, 19, 21)
+    }
+    name, model, scores = select_preprocessing_cv(shootout["Xc"], shootout["yc"], candidates)
+    assert scores[name] == min(scores.values()) == model.rmsecv_
+    rmsep = float(np.sqrt(np.mean((model.predict(shootout["Xt"]) - shootout["yt"]) ** 2)))
+    print(f"chosen {name}, {model.n_components_} LV, RMSECV {model.rmsecv_:.2f}, RMSEP {rmsep:.2f}")
+    # Literature for this set is about 4.3 mg; the reference method itself is +-1.3 mg.
+    assert 3.0 < rmsep < 4.8
+    assert 2 <= model.n_components_ <= 12
+
+
+def test_state_round_trip_and_float32(shootout, tmp_path: Path) -> None:
+    model = fit_pls_cv(
+        shootout["Xc"],
+        shootout["yc"],
+        [MultiplicativeScatterCorrection(), SavitzkyGolay()],
+        max_components=10,
+        cv=5,
+        rule="1se",
+    )
+    arrays, meta = model.to_state()
+    np.savez(tmp_path / "pls.npz", **arrays)
+    with np.load(tmp_path / "pls.npz", allow_pickle=False) as npz:
+        loaded = PLSCalibration.from_state(
+            {k: npz[k] for k in npz.files}, json.loads(json.dumps(meta))
+        )
+    Xt = shootout["Xt"]
+    assert_allclose(loaded.predict(Xt), model.predict(Xt), rtol=1e-12)
+    assert loaded.rmsecv_ == model.rmsecv_ and loaded.cv_rule_ == "1se"
+    assert_allclose(loaded.cv_curve_, model.cv_curve_)
+    pred32 = model.predict(Xt.astype(np.float32))
+    assert np.abs(pred32 - model.predict(Xt)).max() < 0.05  # mg, far below the 1.3 mg lab error
+
+
+def test_input_errors(shootout) -> None:
+    Xc, yc = shootout["Xc"], shootout["yc"]
+    with pytest.raises(DataError, match="constant"):
+        PLSCalibration(n_components=2).fit(Xc, np.full(len(yc), 200.0))
+    with pytest.raises(DataError, match=r"expected shape \(195,\)"):
+        PLSCalibration(n_components=2).fit(Xc, yc[:10])
+    with pytest.raises(DataError, match="at most 4"):
+        PLSCalibration(n_components=6).fit(Xc[:5], yc[:5])
+    with pytest.raises(DataError, match="folds"):
+        fit_pls_cv(Xc[:5], yc[:5], cv=10)
+    model = PLSCalibration(n_components=2).fit(Xc, yc)
+    with pytest.raises(DataError, match="expected spectra of 650 points, got 600"):
+        model.predict(Xc[:, :600])
