@@ -1,0 +1,230 @@
+"""The ingest edge: validate spectra, publish good ones keyed by instrument, dead-letter the rest.
+
+Every spectrum is encoded and then decoded with the same validator the worker uses
+(:func:`nirwatch.wire.decode_spectrum`), so a message that leaves here is one the worker
+accepts. One that fails (NaN/inf, wrong length for its grid, missing or bad header fields,
+unknown grid) goes to the dead-letter topic with its reason (``stage=ingest``) and never stops
+the adapter. The Kafka key is the instrument id; nirwatch's producer defaults keep one request
+in flight per connection, so each instrument's spectra stay in order.
+
+After a broker restart an idempotent producer must be recreated (Tansu forgets producer ids):
+a failed send marks the producer broken, the next send recreates it and re-sends what was not
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from ingest.lab_results import LabResult
+from ingest.settings import IngestSettings
+from nirwatch.deadletter import DeadLetterPublisher
+from nirwatch.errors import WireFormatError
+from nirwatch.kafka import make_producer
+from nirwatch.wire import MAGIC, VERSION, SpectrumHeader, decode_spectrum
+
+log = logging.getLogger(__name__)
+_PREFIX = struct.Struct("<4sBBH")
+
+
+def encode_unchecked(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
+    """Wire-encode without validation, so a bad spectrum can be dead-lettered as it came.
+
+    Header fields that JSON cannot carry are written as their ``repr``.
+    """
+    head = json.dumps(asdict(header), separators=(",", ":"), default=repr).encode()
+    values = np.ascontiguousarray(np.asarray(absorbances, dtype="<f4").reshape(-1))
+    return _PREFIX.pack(MAGIC, VERSION, 0, min(len(head), 65535)) + head + values.tobytes()
+
+
+class SpectrumProducer:
+    """Validating, keyed, restart-tolerant producer of spectra (and lab results).
+
+    Parameters
+    ----------
+    settings : IngestSettings
+    source : str
+        Adapter name written to ``nirwatch.dlq.source`` of dead letters (e.g. ``"simulator"``).
+    expected_grid : str, optional
+        Reject spectra on another wavelength grid (reason ``grid_mismatch``).
+    producer_factory : callable, optional
+        Builds the KafkaProducer (default :func:`nirwatch.kafka.make_producer` with the
+        settings' timeouts).
+
+    Attributes
+    ----------
+    sent, acked, failed, dead_lettered, lab_results_sent : int
+        Counters since creation (``acked``/``failed`` are updated by producer callbacks).
+    """
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        source: str = "ingest",
+        expected_grid: str | None = None,
+        producer_factory: Callable[[], KafkaProducer] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kafka = settings.kafka
+        self.source = source
+        self.expected_grid = expected_grid
+        self._factory = producer_factory or (
+            lambda: make_producer(
+                settings.kafka,
+                delivery_timeout_ms=settings.delivery_timeout_ms,
+                request_timeout_ms=min(settings.delivery_timeout_ms // 2, 30_000),
+                max_block_ms=settings.max_block_ms,
+            )
+        )
+        self._producer: KafkaProducer | None = None
+        self._dlq: DeadLetterPublisher | None = None
+        self._broken = threading.Event()
+        self._lock = threading.Lock()
+        self._retry: deque[tuple[str, bytes | None, bytes]] = deque(
+            maxlen=settings.max_retry_buffer or None
+        )
+        self.sent = 0
+        self.acked = 0
+        self.failed = 0
+        self.dead_lettered = 0
+        self.dead_lettered_by_reason: dict[str, int] = {}
+        self.lab_results_sent = 0
+        self.recreated = 0
+
+    # -- client lifecycle -------------------------------------------------------------------
+    def _client(self) -> KafkaProducer:
+        if self._producer is not None and self._broken.is_set():
+            log.warning("recreating the Kafka producer after a failed send")
+            old, self._producer = self._producer, None
+            try:
+                old.close(timeout=1)
+            except Exception:  # noqa: BLE001 - a broken client may fail to close; drop it
+                log.debug("closing broken producer failed", exc_info=True)
+            self.recreated += 1
+        if self._producer is None:
+            self._broken.clear()
+            self._producer = self._factory()
+            self._dlq = DeadLetterPublisher(self._producer, self.kafka.topic_dead_letter)
+            self._resend()
+        return self._producer
+
+    def _resend(self) -> None:
+        assert self._producer is not None
+        pending = list(self._retry)
+        self._retry.clear()
+        for topic, key, value in pending:
+            self._send_record(self._producer, topic, key, value)
+
+    def _send_record(
+        self, producer: KafkaProducer, topic: str, key: bytes | None, value: bytes
+    ) -> Any:
+        def ok(_meta: object) -> None:
+            self.acked += 1
+
+        def failed(exc: BaseException) -> None:
+            # Runs on the producer's I/O thread: only record the failure here.
+            self.failed += 1
+            self._broken.set()
+            with self._lock:
+                self._retry.append((topic, key, value))
+            log.warning("send to %s failed: %s", topic, exc)
+
+        try:
+            future = producer.send(topic, value=value, key=key)
+        except KafkaError as exc:
+            failed(exc)
+            return None
+        future.add_callback(ok)
+        future.add_errback(failed)
+        return future
+
+    # -- spectra ----------------------------------------------------------------------------
+    def send(self, header: SpectrumHeader, absorbances: np.ndarray) -> bool:
+        """Validate and publish one spectrum; False when it was dead-lettered instead."""
+        raw = encode_unchecked(header, absorbances)
+        key = header.instrument_id if isinstance(header.instrument_id, str) else None
+        return self.send_raw(raw, key)
+
+    def send_raw(self, value: bytes | None, key: str | None) -> bool:
+        """Validate and publish an already-encoded spectrum (adapters that receive bytes)."""
+        raw_key = key.encode() if key else None
+        try:
+            header, _ = decode_spectrum(value, self.expected_grid)
+        except WireFormatError as exc:
+            self._dead_letter(value, raw_key, exc)
+            return False
+        if key != header.instrument_id:
+            self._dead_letter(
+                value,
+                raw_key,
+                WireFormatError(
+                    "bad_field",
+                    f"key {key!r} differs from instrument_id {header.instrument_id!r}",
+                ),
+            )
+            return False
+        assert value is not None
+        producer = self._client()
+        self._send_record(producer, self.kafka.topic_spectra, raw_key, value)
+        self.sent += 1
+        return True
+
+    def _dead_letter(self, value: bytes | None, key: bytes | None, exc: WireFormatError) -> None:
+        self._client()
+        assert self._dlq is not None
+        try:
+            self._dlq.publish(value, key, exc.reason, exc.detail, self.source, "ingest")
+        except KafkaError as err:
+            self._broken.set()
+            log.warning("dead letter (%s) could not be sent: %s", exc.reason, err)
+        self.dead_lettered += 1
+        self.dead_lettered_by_reason[exc.reason] = (
+            self.dead_lettered_by_reason.get(exc.reason, 0) + 1
+        )
+
+    # -- lab results ------------------------------------------------------------------------
+    def send_lab_result(self, result: LabResult) -> None:
+        """Publish a lab reference value to the lab-results topic, keyed by sample id."""
+        producer = self._client()
+        self._send_record(
+            producer, self.kafka.topic_lab_results, result.sample_id.encode(), result.encode()
+        )
+        self.lab_results_sent += 1
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Wait until everything sent so far is acknowledged (or failed)."""
+        if self._producer is not None:
+            try:
+                self._producer.flush(timeout=timeout)
+            except KafkaError as exc:
+                log.warning("flush failed: %s", exc)
+            if self._broken.is_set() and self._retry:
+                # One more attempt with a fresh client for what failed.
+                self._client()
+                self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush and close the client."""
+        self.flush(timeout)
+        if self._producer is not None:
+            self._producer.close(timeout=timeout)
+            self._producer = None
+
+    def __enter__(self) -> SpectrumProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
