@@ -1,0 +1,301 @@
+"""Drift detectors per (instrument, product), fed by predictions and lab results, as gauges.
+
+The worker calls :meth:`DriftMonitor.observe` with each micro-batch of published predictions
+and :meth:`DriftMonitor.observe_lab` with lab results from the lab-results topic. Detectors
+(see :mod:`monitoring.drift`) per group:
+
+``exceedance_rate``       share of spectra outside the 99 % T²/Q limits (input drift)
+``mean_shift``            Hotelling T² of window means of (T², Q) (input drift)
+``content_page_hinkley``  Page–Hinkley on the predicted content (output drift)
+``cnn_pls_cusum``         CUSUM on CNN − PLS (the models start to disagree)
+``lab_reference``         rolling RMSE / bias vs lab values (reference drift; needs RMSECV)
+
+Label sets are bounded by :class:`monitoring.metrics.BoundedLabels` and groups by
+``max_groups``. When the served model version changes, every detector is reset: drift is
+judged against the model now serving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from monitoring.drift import (
+    CUSUM,
+    ExceedanceRateDetector,
+    LabReferenceTracker,
+    MeanShiftDetector,
+    PageHinkley,
+)
+from monitoring.metrics import WorkerMetrics
+from nirwatch.errors import DataError
+from nirwatch.settings import NirwatchSettings
+from nirwatch.wire import Prediction
+
+
+class DriftSettings(NirwatchSettings):
+    """Drift detection settings (``NIRWATCH_DRIFT_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="NIRWATCH_DRIFT_", frozen=True, extra="ignore")
+
+    exceedance_window: int = Field(default=500, ge=10)
+    exceedance_expected_rate: float = Field(default=0.02, gt=0, lt=1)
+    exceedance_alpha: float = Field(default=1e-6, gt=0, lt=1)
+    mean_shift_window: int = Field(default=50, ge=2)
+    mean_shift_alpha: float = Field(default=1e-5, gt=0, lt=1)
+    warmup: int = Field(default=500, ge=10, description="samples to learn the in-control level")
+    page_hinkley_delta: float = Field(default=0.25, ge=0)
+    page_hinkley_threshold: float = Field(default=40.0, gt=0)
+    cusum_k: float = Field(default=0.5, ge=0)
+    cusum_h: float = Field(default=16.0, gt=0)
+    lab_window: int = Field(default=30, ge=2)
+    lab_min_samples: int = Field(default=5, ge=1)
+    lab_rmse_factor: float = Field(default=1.5, gt=0, description="drift above k x RMSECV")
+    lab_bias_limit: float | None = Field(default=None, description="default: RMSECV")
+    max_groups: int = Field(default=64, ge=1)
+    join_cache_size: int = Field(default=100_000, ge=1)
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    """A lab reference value for a sample (JSON on the lab-results topic)."""
+
+    sample_id: str
+    value: float
+    timestamp: float
+
+
+def parse_lab_result(raw: bytes | str) -> LabResult:
+    """Decode ``{"sample_id", "value", "timestamp"}``; raises :class:`DataError` if invalid."""
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"lab result is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"lab result must be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in ("sample_id", "value", "timestamp") if k not in obj]
+    if missing:
+        raise DataError(f"lab result lacks {', '.join(missing)}")
+    sample_id, value, ts = obj["sample_id"], obj["value"], obj["timestamp"]
+    if not isinstance(sample_id, str) or not sample_id:
+        raise DataError(f"sample_id must be a non-empty string, got {sample_id!r}")
+    for name, v in (("value", value), ("timestamp", ts)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise DataError(f"{name} must be a finite number, got {v!r}")
+    return LabResult(sample_id, float(value), float(ts))
+
+
+class _Detector(Protocol):
+    @property
+    def drift_detected(self) -> bool: ...
+
+    @property
+    def score(self) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class _Group:
+    """The detectors of one (instrument, product)."""
+
+    def __init__(self, s: DriftSettings, rmsecv: float | None) -> None:
+        self.exceedance = ExceedanceRateDetector(
+            s.exceedance_window, s.exceedance_expected_rate, s.exceedance_alpha
+        )
+        self.mean_shift = MeanShiftDetector(s.mean_shift_window, s.mean_shift_alpha, s.warmup)
+        self.content = PageHinkley(s.page_hinkley_delta, s.page_hinkley_threshold, s.warmup)
+        self.disagreement = CUSUM(s.cusum_k, s.cusum_h, s.warmup)
+        self.lab: LabReferenceTracker | None = None
+        if rmsecv is not None and rmsecv > 0:
+            self.lab = LabReferenceTracker(
+                rmsecv, s.lab_rmse_factor, s.lab_bias_limit, s.lab_window, s.lab_min_samples
+            )
+
+    def detectors(self) -> dict[str, _Detector]:
+        out: dict[str, _Detector] = {
+            "exceedance_rate": self.exceedance,
+            "mean_shift": self.mean_shift,
+            "content_page_hinkley": self.content,
+            "cnn_pls_cusum": self.disagreement,
+        }
+        if self.lab is not None:
+            out["lab_reference"] = self.lab
+        return out
+
+    def update(self, p: Prediction) -> None:
+        self.exceedance.update(p.out_of_model)
+        if p.t2 is not None and p.q is not None and p.t2_limit and p.q_limit:
+            # Wilson & Hilferty (1931): the cube root of a chi-square-like statistic is
+            # close to normal, which the Hotelling test on window means assumes.
+            self.mean_shift.update(np.cbrt([p.t2 / p.t2_limit, p.q / p.q_limit]))
+        if p.value is not None:
+            self.content.update(p.value)
+        if p.cnn_value is not None and p.pls_value is not None:
+            self.disagreement.update(p.cnn_value - p.pls_value)
+
+
+class LabJoiner:
+    """Joins lab results to earlier predictions by sample id, in bounded memory.
+
+    Remembers the last ``size`` predictions (and lab results that came first); older entries
+    are dropped oldest-first, so a lab value for a forgotten sample is not joined.
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._predictions: OrderedDict[str, tuple[tuple[str, str], float]] = OrderedDict()
+        self._early_labs: OrderedDict[str, float] = OrderedDict()
+
+    def add_prediction(
+        self, sample_id: str, key: tuple[str, str], value: float
+    ) -> tuple[tuple[str, str], float, float] | None:
+        """Remember a prediction; returns ``(key, prediction, lab)`` if its lab came first."""
+        lab = self._early_labs.pop(sample_id, None)
+        if lab is not None:
+            return key, value, lab
+        self._predictions[sample_id] = (key, value)
+        self._predictions.move_to_end(sample_id)
+        if len(self._predictions) > self.size:
+            self._predictions.popitem(last=False)
+        return None
+
+    def add_lab(self, result: LabResult) -> tuple[tuple[str, str], float, float] | None:
+        """Returns ``(key, prediction, lab)`` when the sample's prediction is known."""
+        found = self._predictions.pop(result.sample_id, None)
+        if found is not None:
+            return found[0], found[1], result.value
+        self._early_labs[result.sample_id] = result.value
+        if len(self._early_labs) > self.size:
+            self._early_labs.popitem(last=False)
+        return None
+
+
+class DriftMonitor:
+    """Holds drift detectors per (instrument, product) and writes them to WorkerMetrics.
+
+    Parameters
+    ----------
+    metrics : WorkerMetrics
+        Gauges ``drift_detected``, ``drift_score``, ``lab_rmse``, ``lab_bias`` are written.
+    settings : DriftSettings
+    rmsecv : float, optional
+        RMSECV of the served model (enables the lab-reference detector).
+    """
+
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        settings: DriftSettings | None = None,
+        rmsecv: float | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.settings = settings or DriftSettings()
+        self._rmsecv = rmsecv
+        self._version: str | None = None
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._joiner = LabJoiner(self.settings.join_cache_size)
+        self._lock = threading.Lock()
+        if rmsecv is not None:
+            metrics.lab_rmsecv.set(rmsecv)
+
+    def _key(self, instrument: str, product: str) -> tuple[str, str]:
+        key = (self.metrics.label(instrument), self.metrics.label(product or "none"))
+        if key not in self._groups and len(self._groups) >= self.settings.max_groups:
+            key = ("other", "other")
+        return key
+
+    def _group(self, key: tuple[str, str]) -> _Group:
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(self.settings, self._rmsecv)
+        return group
+
+    def set_model(self, version: str, rmsecv: float | None = None) -> None:
+        """A new model serves: reset every detector (drift is judged against this model)."""
+        with self._lock:
+            self._set_model(version, rmsecv)
+
+    def _set_model(self, version: str, rmsecv: float | None) -> None:
+        if version == self._version and rmsecv in (None, self._rmsecv):
+            return
+        self._version = version
+        if rmsecv is not None:
+            self._rmsecv = rmsecv
+            self.metrics.lab_rmsecv.set(rmsecv)
+        for key in list(self._groups):
+            self._groups[key] = _Group(self.settings, self._rmsecv)
+        # lab values of the previous model's predictions must not judge the new one
+        self._joiner = LabJoiner(self.settings.join_cache_size)
+        self._export(self._groups)
+
+    def observe(self, predictions: Iterable[Prediction]) -> None:
+        """Feed a micro-batch of published predictions (in order) and update the gauges."""
+        touched: dict[tuple[str, str], _Group] = {}
+        with self._lock:
+            for p in predictions:
+                if p.model_version != self._version:
+                    self._set_model(p.model_version, None)
+                key = self._key(p.instrument_id, p.product)
+                group = touched.get(key) or self._group(key)
+                touched[key] = group
+                group.update(p)
+                if p.value is not None:
+                    self._lab_pair(self._joiner.add_prediction(p.sample_id, key, p.value))
+            self._export(touched)
+
+    def observe_lab(self, results: Iterable[LabResult]) -> int:
+        """Feed lab results; returns how many were joined to a prediction."""
+        joined = 0
+        with self._lock:
+            touched: dict[tuple[str, str], _Group] = {}
+            for result in results:
+                pair = self._joiner.add_lab(result)
+                if pair is not None:
+                    joined += 1
+                    touched[pair[0]] = self._group(pair[0])
+                    self._lab_pair(pair)
+            self._export(touched)
+        return joined
+
+    def _lab_pair(self, pair: tuple[tuple[str, str], float, float] | None) -> None:
+        if pair is not None:
+            lab = self._group(pair[0]).lab
+            if lab is not None:
+                lab.update(pair[1], pair[2])
+
+    def _export(self, groups: dict[tuple[str, str], _Group]) -> None:
+        m = self.metrics
+        for (instrument, product), group in groups.items():
+            for name, det in group.detectors().items():
+                m.drift_detected.labels(instrument, product, name).set(float(det.drift_detected))
+                m.drift_score.labels(instrument, product, name).set(det.score)
+            if group.lab is not None and group.lab.n:
+                m.lab_rmse.labels(instrument, product).set(group.lab.rmse)
+                m.lab_bias.labels(instrument, product).set(group.lab.bias)
+
+    def status(self) -> dict[tuple[str, str], dict[str, float]]:
+        """Scores of every detector per group (for the demo's table)."""
+        with self._lock:
+            return {
+                key: {name: det.score for name, det in group.detectors().items()}
+                for key, group in self._groups.items()
+            }
+
+    def drifting(self) -> list[tuple[str, str, str]]:
+        """(instrument, product, detector) of every detector now in the drift state."""
+        with self._lock:
+            return [
+                (*key, name)
+                for key, group in self._groups.items()
+                for name, det in group.detectors().items()
+                if det.drift_detected
+            ]
