@@ -75,14 +75,21 @@ class LabResult:
 
 
 def parse_lab_result(raw: bytes | str) -> LabResult:
-    """Decode ``{"sample_id", "value", "timestamp"}``; raises :class:`DataError` if invalid."""
+    """Decode ``{"sample_id", "value", "timestamp"}``; raises :class:`DataError` if invalid.
+
+    Records of :mod:`ingest.lab_results` (schema ``nirwatch.lab-result/1``) carry
+    ``measured_at`` (and ``sampled_at``) instead of ``timestamp``; either is accepted and
+    other fields are ignored.
+    """
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"lab result is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise DataError(f"lab result must be a JSON object, got {type(obj).__name__}")
-    missing = [k for k in ("sample_id", "value", "timestamp") if k not in obj]
+    if "timestamp" not in obj:
+        obj["timestamp"] = obj.get("measured_at", obj.get("sampled_at"))
+    missing = [k for k in ("sample_id", "value", "timestamp") if obj.get(k) is None]
     if missing:
         raise DataError(f"lab result lacks {', '.join(missing)}")
     sample_id, value, ts = obj["sample_id"], obj["value"], obj["timestamp"]

@@ -188,6 +188,13 @@ def test_lab_result_round_trip() -> None:
     assert parse_lab_result(raw) == LabResult("s1", 201.5, 1.7e9)
 
 
+def test_lab_result_of_the_ingest_schema_is_accepted() -> None:
+    from ingest.lab_results import LabResult as IngestLabResult
+
+    record = IngestLabResult("s2", "probe-1", "api", 199.0, "mg", 1.7e9, 1.7e9 + 600)
+    assert parse_lab_result(record.encode()) == LabResult("s2", 199.0, 1.7e9 + 600)
+
+
 def test_observe_cost_per_prediction_is_reported() -> None:
     """Not a timed assertion: prints the cost so the worker's budget can be judged."""
     monitor, _ = _monitor()
