@@ -1,0 +1,110 @@
+"""CalibrationStatistics: T² / Q against sklearn PCA, limits against Monte Carlo and data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from scipy import stats
+from sklearn.decomposition import PCA
+
+from nirwatch.chemometrics import MultiplicativeScatterCorrection, SavitzkyGolay
+from nirwatch.chemometrics.diagnostics import (
+    CalibrationStatistics,
+    hotelling_t2_limit,
+    q_residual_limit,
+)
+from nirwatch.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def preprocessed(shootout_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MSC + SG first derivative of the 195 calibration and 460 test shootout spectra."""
+    X = np.loadtxt(shootout_csv, delimiter=",", skiprows=1, usecols=range(4, 654))
+    kinds = np.loadtxt(shootout_csv, delimiter=",", skiprows=1, usecols=0, dtype=str)
+    cal = kinds != "Test"
+    msc = MultiplicativeScatterCorrection().fit(X[cal])
+    sg = SavitzkyGolay(21, 2, 1).fit(X)
+    return sg.transform(msc.transform(X[cal])), sg.transform(msc.transform(X[~cal]))
+
+
+def test_t2_and_q_match_sklearn_pca(preprocessed) -> None:
+    Zc, Zt = preprocessed
+    stats_ = CalibrationStatistics(n_components=4).fit(Zc)
+    pca = PCA(n_components=4).fit(Zc)
+    scores = pca.transform(Zt)
+    t2, q = stats_.score(Zt)
+    assert_allclose(t2, (scores**2 / pca.explained_variance_).sum(axis=1), rtol=1e-8)
+    residual = Zt - pca.inverse_transform(scores)
+    assert_allclose(q, (residual**2).sum(axis=1), rtol=1e-8)
+    t2_32, q_32 = stats_.score(Zt.astype(np.float32))
+    assert_allclose(t2_32, t2, rtol=1e-3)
+    assert_allclose(q_32, q, rtol=1e-2)
+
+
+def test_t2_limit_formula() -> None:
+    # A=2, n=20: 2*19*21/(20*18) * F_0.99(2, 18)
+    assert hotelling_t2_limit(2, 20, 0.99) == pytest.approx(
+        2 * 19 * 21 / (20 * 18) * stats.f.ppf(0.99, 2, 18)
+    )
+    with pytest.raises(DataError):
+        hotelling_t2_limit(5, 5, 0.99)
+
+
+@pytest.mark.parametrize("a", [1, 3, 6, 8, 15])
+def test_q_limit_agrees_with_monte_carlo(preprocessed, a: int) -> None:
+    """Q of Gaussian data is sum_j lambda_j chi2_1; both approximations track its quantile."""
+    lam = CalibrationStatistics(n_components=a).fit(preprocessed[0]).eigenvalues_[a:]
+    rng = np.random.default_rng(a)
+    q = (rng.standard_normal((10000, lam.size)) ** 2) @ lam
+    for conf in (0.95, 0.99):
+        limit, method = q_residual_limit(lam, conf)
+        assert method in ("jackson-mudholkar", "box")
+        assert limit == pytest.approx(np.quantile(q, conf), rel=0.12)
+
+
+def test_jackson_mudholkar_used_when_valid() -> None:
+    lam = np.linspace(1.0, 0.1, 50)  # smooth decay: h0 > 0
+    limit, method = q_residual_limit(lam, 0.99)
+    assert method == "jackson-mudholkar"
+    q = (np.random.default_rng(0).standard_normal((40000, 50)) ** 2) @ lam
+    assert limit == pytest.approx(np.quantile(q, 0.99), rel=0.03)
+
+
+def test_calibration_mostly_inside_and_far_spectra_outside(preprocessed) -> None:
+    Zc, Zt = preprocessed
+    cs = CalibrationStatistics(n_components=3).fit(Zc)
+    t2, q = cs.score(Zc)
+    frac_t2, frac_q = np.mean(t2 > cs.t2_limit_99_), np.mean(q > cs.q_limit_99_)
+    print(f"calibration above 99 % limits: T² {frac_t2:.3f}, Q {frac_q:.3f}")
+    assert frac_t2 < 0.06 and frac_q < 0.06
+    assert cs.t2_limit_95_ < cs.t2_limit_99_ and cs.q_limit_95_ < cs.q_limit_99_
+    # New structure off the model plane: Q flags it.
+    p = Zc.shape[1]
+    band = np.exp(-0.5 * ((np.arange(p) - 300) / 10) ** 2)
+    off_plane = Zc[:5] + 20 * np.sqrt(cs.q_limit_99_ / (band**2).sum()) * band
+    assert (cs.score(off_plane)[1] > cs.q_limit_99_).all()
+    # Far along the first principal axis: T² flags it, Q does not move.
+    along = cs.mean_ + 10 * np.sqrt(cs.eigenvalues_[0]) * cs.loadings_[:, 0]
+    t2_far, q_far = cs.score(along[None, :])
+    assert t2_far[0] > cs.t2_limit_99_
+    assert q_far[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_components_by_explained_variance_and_state(preprocessed) -> None:
+    Zc, Zt = preprocessed
+    cs = CalibrationStatistics(explained_variance=0.9).fit(Zc)
+    cum = np.cumsum(cs.eigenvalues_) / cs.eigenvalues_.sum()
+    assert cum[cs.n_components_ - 1] >= 0.9 > cum[cs.n_components_ - 2]
+    arrays, meta = cs.to_state()
+    loaded = CalibrationStatistics.from_state(arrays, json.loads(json.dumps(meta)))
+    for got, want in zip(loaded.score(Zt), cs.score(Zt), strict=True):
+        assert_allclose(got, want)
+    assert loaded.q_limit_99_ == cs.q_limit_99_ and loaded.t2_limit_99_ == cs.t2_limit_99_
+    with pytest.raises(DataError, match="allow 1..193"):
+        CalibrationStatistics(n_components=500).fit(Zc)
+    with pytest.raises(DataError, match="expected spectra of 650 points"):
+        cs.score(Zt[:, :10])
