@@ -1,0 +1,119 @@
+"""``nirwatch worker``: run the inference worker until SIGTERM/SIGINT.
+
+Settings are read once here (``NIRWATCH_WORKER_*``, ``NIRWATCH_KAFKA_*``,
+``NIRWATCH_REGISTRY_*``; command-line options override them) and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from inference.reload import PredictorSource, RegistrySource, StaticSource
+from inference.settings import WorkerSettings
+from inference.worker import InferenceWorker
+from monitoring.metrics import WorkerMetrics
+from nirwatch.broker import kafka_bootstrap
+from nirwatch.errors import ConfigError
+from nirwatch.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+#: command-line option -> WorkerSettings field
+_OVERRIDES = {
+    "registry": "registry_dir",
+    "bundle": "bundle_path",
+    "batch_size": "max_batch_size",
+    "max_wait_ms": "max_wait_ms",
+    "device": "device",
+    "metrics_host": "metrics_host",
+    "metrics_port": "metrics_port",
+    "group_id": "group_id",
+}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--registry", type=Path, help="registry root: serve and hot-reload its champion"
+    )
+    src.add_argument("--bundle", type=Path, help="serve this one bundle directory")
+    p.add_argument("--batch-size", type=int, help="max spectra per micro-batch (default 2000)")
+    p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first spectrum")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the CNN runs")
+    p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0: none)")
+    p.add_argument("--group-id", help="Kafka consumer group (default nirwatch-worker)")
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT only set ``stop``: the worker drains its batch and exits cleanly."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def predictor_source(settings: WorkerSettings, metrics: WorkerMetrics) -> PredictorSource:
+    """The fixed bundle or the registry's champion, as configured.
+
+    Raises
+    ------
+    ConfigError
+        When neither a bundle nor a registry is configured.
+    NirwatchError
+        When the model cannot be loaded (bad checksum, no champion...).
+    """
+    from nirwatch.bundle import load_bundle
+    from nirwatch.registry import ModelRegistry, RegistrySettings
+
+    reg = load_settings(RegistrySettings)
+    loader = functools.partial(load_bundle, hmac_key=reg.key(), device=settings.device)
+    if settings.bundle_path is not None:
+        return StaticSource(loader(settings.bundle_path))
+    root = settings.registry_dir or reg.dir
+    if root is None:
+        raise ConfigError(
+            "no model: set --bundle DIR or --registry DIR (NIRWATCH_WORKER_BUNDLE_PATH, "
+            "NIRWATCH_WORKER_REGISTRY_DIR or NIRWATCH_REGISTRY_DIR)"
+        )
+    source = RegistrySource(
+        ModelRegistry(root, hmac_key=reg.key()), loader, metrics, settings.reload_interval_s
+    )
+    source.current()  # fail at start, not at the first spectrum, when there is no champion
+    return source
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        field: getattr(args, opt)
+        for opt, field in _OVERRIDES.items()
+        if getattr(args, opt, None) is not None
+    }
+    settings = load_settings(WorkerSettings, **overrides)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    source = predictor_source(settings, metrics)
+    server = None
+    if settings.metrics_port:
+        server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+        print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    try:
+        with kafka_bootstrap(settings.kafka.bootstrap) as bootstrap:
+            kafka = settings.kafka.model_copy(update={"bootstrap": bootstrap})
+            settings = settings.model_copy(update={"kafka": kafka})
+            print(f"worker consuming {kafka.topic_spectra} on {bootstrap}")
+            worker = InferenceWorker(settings, source, metrics, stop)
+            worker.run()
+            print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
+    finally:
+        if server is not None:
+            server.shutdown()
+    return 0

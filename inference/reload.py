@@ -1,0 +1,132 @@
+"""Where the worker's predictor comes from, and hot reload of the registry's champion.
+
+The worker asks its source for the current predictor *between* micro-batches only, so a
+batch is always predicted by one model and a reload never loses or reorders messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from monitoring.metrics import WorkerMetrics
+from nirwatch.errors import ModelError, NirwatchError
+from nirwatch.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+class PredictorSource(Protocol):
+    """Gives the worker the predictor to use for the next micro-batch."""
+
+    def current(self) -> Predictor:
+        """The predictor to use now (may load or swap; never raises once one is loaded)."""
+        ...
+
+
+class ChampionRegistry(Protocol):
+    """The part of :class:`nirwatch.registry.ModelRegistry` the worker needs."""
+
+    def champion(self) -> Path | None: ...
+
+    def champion_version(self) -> str | None: ...
+
+
+class StaticSource:
+    """Always the same predictor (a fixed bundle, or a test model)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    def current(self) -> Predictor:
+        return self._predictor
+
+
+class RegistrySource:
+    """The registry's champion, reloaded when a new version is promoted.
+
+    The champion version is checked at most every ``interval_s`` seconds. A version that fails
+    to load (bad checksum, missing file...) is counted as ``model_reloads{outcome="failed"}``,
+    the previous predictor keeps serving, and that version is not tried again: only a newly
+    promoted version is. Successful swaps count ``outcome="success"`` (the first load is not a
+    reload and is not counted).
+
+    Parameters
+    ----------
+    registry : ChampionRegistry
+    loader : callable
+        ``loader(bundle_dir) -> Predictor``, e.g. ``nirwatch.bundle.load_bundle`` bound to a device.
+    metrics : WorkerMetrics
+    interval_s : float
+    clock : callable
+        Monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        registry: ChampionRegistry,
+        loader: Callable[[Path], Predictor],
+        metrics: WorkerMetrics,
+        interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.loader = loader
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._clock = clock
+        self._predictor: Predictor | None = None
+        self._version: str | None = None
+        self._failed: str | None = None
+        self._next_check = float("-inf")
+
+    @property
+    def version(self) -> str | None:
+        """The registry version being served (None before the first load)."""
+        return self._version
+
+    def current(self) -> Predictor:
+        """The champion's predictor; checks for a new champion when the interval has passed.
+
+        Raises
+        ------
+        ModelError
+            Only when no predictor was ever loaded (no champion, or it fails to load).
+        """
+        now = self._clock()
+        if self._predictor is None or now >= self._next_check:
+            self._next_check = now + self.interval_s
+            self._check()
+        if self._predictor is None:
+            raise ModelError(
+                "no model to serve: the registry has no loadable champion "
+                f"(last failed version: {self._failed})"
+            )
+        return self._predictor
+
+    def _check(self) -> None:
+        try:
+            version = self.registry.champion_version()
+        except (NirwatchError, OSError) as exc:
+            log.warning("cannot read the registry's champion: %s", exc)
+            return
+        if version is None or version == self._version or version == self._failed:
+            return
+        try:
+            path = self.registry.champion()
+            if path is None:
+                return
+            predictor = self.loader(path)
+        except (NirwatchError, OSError, ValueError, RuntimeError) as exc:
+            # Keep serving the previous champion: a bad bundle must never stop inference.
+            self._failed = version
+            self.metrics.model_reloads.labels("failed").inc()
+            log.error("champion %s failed to load, keeping %s: %s", version, self._version, exc)
+            return
+        if self._predictor is not None:  # the first load is a start, not a reload
+            self.metrics.model_reloads.labels("success").inc()
+        self._predictor, self._version, self._failed = predictor, version, None
+        log.info("serving model version %s (checksum %s)", version, predictor.checksum)

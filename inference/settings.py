@@ -1,0 +1,70 @@
+"""Settings of the inference worker (``NIRWATCH_WORKER_*``), read once in ``main()``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from nirwatch.settings import KafkaSettings, NirwatchSettings
+
+
+class WorkerSettings(NirwatchSettings):
+    """How the inference worker consumes, batches, predicts and reports.
+
+    Kafka connection and topics come from ``NIRWATCH_KAFKA_*`` (:class:`KafkaSettings`).
+    Exactly one model source is used: ``registry_dir`` (the champion, hot-reloaded) or
+    ``bundle_path`` (one fixed bundle); with neither set, ``NIRWATCH_REGISTRY_DIR`` is used, and
+    the bundle signing key is ``NIRWATCH_REGISTRY_HMAC_KEY`` (:class:`RegistrySettings`).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NIRWATCH_WORKER_", frozen=True, extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    group_id: str = Field(default="nirwatch-worker", min_length=1)
+    max_batch_size: int = Field(default=2000, ge=1, le=50_000, description="spectra per batch")
+    max_wait_ms: int = Field(
+        default=20, ge=0, le=60_000, description="wait after a batch's first record"
+    )
+    idle_poll_ms: int = Field(
+        default=200, ge=1, le=10_000, description="poll timeout while idle (stop checks)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    registry_dir: Path | None = None
+    bundle_path: Path | None = None
+    reload_interval_s: float = Field(
+        default=5.0, gt=0, description="check the champion version at most this often"
+    )
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="0: no HTTP endpoint")
+
+    #: Back-pressure: bytes the consumer may fetch ahead of the batch in hand. The producer holds
+    #: at most one batch, as every batch is flushed before the next poll.
+    max_in_flight_bytes: int = Field(default=64 << 20, ge=1 << 20)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    producer_linger_ms: int = Field(default=5, ge=0)
+
+    #: A predictor that raises for a whole batch is retried this many times with exponential
+    #: backoff; then the batch's spectra go to the dead-letter topic (reason
+    #: ``predictor_error``) so the line does not stall and nothing is lost.
+    predict_attempts: int = Field(default=5, ge=1, le=20)
+    predict_backoff_s: float = Field(default=0.5, ge=0)
+    predict_backoff_max_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkerSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be below "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if self.registry_dir is not None and self.bundle_path is not None:
+            raise ValueError("set registry_dir or bundle_path, not both")
+        return self

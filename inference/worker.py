@@ -1,0 +1,327 @@
+"""The inference worker: consume spectra, predict micro-batches, publish, then commit.
+
+Delivery is at-least-once. One micro-batch is in flight at a time: poll → decode → predict →
+send dead letters and predictions → ``flush()`` → commit the batch's offsets → poll again. The
+offsets are committed only after every record of the batch was acknowledged, so a crash at any
+point makes the batch be processed again (duplicates carry the same ``message_id``), never lost.
+Memory is bounded: one batch in hand, the consumer's fetch buffer (``max_in_flight_bytes``),
+and in the producer at most that one batch's records, since every batch is flushed before the
+next poll. A slow broker therefore slows the loop and fetching (back-pressure) instead of
+queueing.
+
+When the predictor itself raises for a batch (not a CNN failure, which the bundle answers with
+the PLS fallback), nothing of the batch is published or committed: the consumer seeks back to
+the batch's first offsets and the batch is retried after an exponential backoff, counted in
+``nirwatch_predict_failures``. Retrying goes through the normal loop, so the consumer stays in
+its group and a newly promoted champion (hot reload) is picked up between attempts. Valid
+spectra are never dead-lettered because of a model fault: they wait, and consumer lag shows it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from prometheus_client import Counter
+
+from inference.batching import MicroBatch, RevocationTracker, poll_micro_batch
+from inference.records import encode_predictions
+from inference.reload import PredictorSource
+from inference.settings import WorkerSettings
+from monitoring.metrics import WorkerMetrics
+from nirwatch.deadletter import DeadLetterPublisher, source_of
+from nirwatch.errors import NirwatchError
+from nirwatch.kafka import ensure_topics, make_consumer, make_producer
+from nirwatch.predictor import BatchPrediction, Predictor
+from nirwatch.wire import DecodedBatch, decode_batch
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(NirwatchError):
+    """Some records of a batch were not acknowledged: the batch must not be committed."""
+
+
+class InferenceWorker:
+    """Consumes ``topic_spectra`` in a consumer group and publishes predictions.
+
+    Parameters
+    ----------
+    settings : WorkerSettings
+    predictor_source : PredictorSource
+        Asked for the predictor before each batch (hot reload happens there).
+    metrics : WorkerMetrics
+    stop_event : threading.Event
+        Set it (e.g. from a SIGTERM handler) to finish the current batch and exit :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        predictor_source: PredictorSource,
+        metrics: WorkerMetrics,
+        stop_event: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.source = predictor_source
+        self.metrics = metrics
+        self.stop = stop_event
+        self.predict_failures = Counter(
+            "nirwatch_predict_failures",
+            "Micro-batches whose prediction raised (batch retried, nothing committed)",
+            registry=metrics.registry,
+        )
+        self.batches = 0
+        self.published = 0
+        self._served: tuple[str, str] | None = None
+        self._lag_series: set[tuple[str, str]] = set()
+        self._backoff_s = 0.0
+        self.tracker = RevocationTracker()
+        #: Records of the micro-batch being accumulated (0 once it is committed).
+        self.holding = 0
+
+    def _hold(self, n: int) -> None:
+        self.holding = n
+
+    @property
+    def assigned_partitions(self) -> set[TopicPartition]:
+        """Partitions of the spectra topic this worker owns now (a snapshot)."""
+        return set(self.tracker.assigned)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _clients(self) -> tuple[KafkaConsumer, KafkaProducer]:
+        s, k = self.settings, self.settings.kafka
+        ensure_topics(k, [k.topic_spectra, k.topic_predictions, k.topic_dead_letter])
+        producer = make_producer(k, linger_ms=s.producer_linger_ms)
+        consumer = make_consumer(
+            k,
+            s.group_id,
+            max_poll_records=s.max_batch_size,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            fetch_max_bytes=s.max_in_flight_bytes,
+            max_partition_fetch_bytes=min(16 << 20, s.max_in_flight_bytes),
+        )
+        consumer.subscribe([k.topic_spectra], listener=self.tracker)
+        return consumer, producer
+
+    def run(self) -> None:
+        """Process micro-batches until the stop event is set; drains and closes on the way out."""
+        consumer, producer = self._clients()
+        self.metrics.broker_up.set(1)
+        dead_letters = DeadLetterPublisher(
+            producer, self.settings.kafka.topic_dead_letter, self.metrics.dead_lettered
+        )
+        try:
+            while not self.stop.is_set():
+                predictor = self.source.current()
+                self._note_model(predictor)
+                try:
+                    batch = poll_micro_batch(
+                        consumer,
+                        self.settings.max_batch_size,
+                        self.settings.max_wait_ms / 1000,
+                        self.settings.idle_poll_ms,
+                        self.stop,
+                        self.tracker,
+                        self._hold,
+                    )
+                except KafkaError as exc:
+                    self._kafka_error("poll", exc)
+                    continue
+                if batch.records:
+                    self._handle(batch, predictor, consumer, producer, dead_letters)
+                self._update_lag(consumer)
+        finally:
+            self._close(consumer, producer)
+
+    def _close(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+        try:
+            producer.close(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - closing must not mask the real error
+            log.warning("closing the producer: %s", exc)
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("closing the consumer: %s", exc)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _handle(
+        self,
+        batch: MicroBatch,
+        predictor: Predictor,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        dead_letters: DeadLetterPublisher,
+    ) -> None:
+        records = batch.records
+        decoded = decode_batch([r.value for r in records], expected_grid=predictor.grid)
+        bp: BatchPrediction | None = None
+        values: list[bytes] = []
+        if decoded.headers:
+            t0 = time.perf_counter()
+            try:
+                bp = predictor.predict(decoded.spectra)
+                values, _ = encode_predictions(decoded.headers, bp, predictor, time.time())
+            except Exception as exc:  # noqa: BLE001 - any model fault: retry, never lose
+                self._retry_later(batch, consumer, exc)
+                return
+            self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+        try:
+            futures = self._send(batch, decoded, values, producer, dead_letters)
+            self._flush(producer, futures)
+            consumer.commit(batch.commit_offsets())
+        except (KafkaError, PublishError) as exc:
+            # Not committed: the batch comes again (at-least-once; duplicates keep message_id).
+            self._kafka_error("publish_commit", exc)
+            self._seek_back(batch, consumer)
+            return
+        self._backoff_s = 0.0
+        self.holding = 0
+        self.batches += 1
+        self.metrics.broker_up.set(1)
+        self._observe(batch, decoded, bp)
+
+    def _send(
+        self,
+        batch: MicroBatch,
+        decoded: DecodedBatch,
+        values: list[bytes],
+        producer: KafkaProducer,
+        dead_letters: DeadLetterPublisher,
+    ) -> list[Any]:
+        """Send the batch's dead letters and predictions (keyed by instrument), no waiting."""
+        records = batch.records
+        futures: list[Any] = []
+        for i, err in decoded.errors:
+            r = records[i]
+            futures.append(
+                dead_letters.publish(
+                    r.value,
+                    r.key,
+                    err.reason,
+                    err.detail,
+                    source_of(r.topic, r.partition, r.offset),
+                    "worker",
+                )
+            )
+        topic, send = self.settings.kafka.topic_predictions, producer.send
+        for h, value in zip(decoded.headers, values, strict=True):
+            futures.append(send(topic, value=value, key=h.instrument_id.encode()))
+        return futures
+
+    def _flush(self, producer: KafkaProducer, futures: list[Any]) -> None:
+        """Flush, then make sure every record of the batch was acknowledged."""
+        producer.flush()
+        failed = [f.exception for f in futures if f.failed()]
+        if failed:
+            raise PublishError(f"{len(failed)} of {len(futures)} records failed: {failed[0]}")
+
+    def _retry_later(self, batch: MicroBatch, consumer: KafkaConsumer, exc: Exception) -> None:
+        self.predict_failures.inc()
+        s = self.settings
+        self._backoff_s = min(
+            s.predict_backoff_max_s, max(s.predict_backoff_s, 2 * self._backoff_s)
+        )
+        log.error(
+            "predictor raised on a batch of %d; retrying in %.1f s: %s",
+            len(batch),
+            self._backoff_s,
+            exc,
+        )
+        self._seek_back(batch, consumer)
+        self.stop.wait(self._backoff_s)
+
+    def _seek_back(self, batch: MicroBatch, consumer: KafkaConsumer) -> None:
+        for tp, offset in batch.first_offset.items():
+            try:
+                consumer.seek(tp, offset)
+            except Exception as exc:  # noqa: BLE001 - revoked meanwhile: its new owner has it
+                log.info("cannot seek %s back to %d: %s", tp, offset, exc)
+
+    def _kafka_error(self, operation: str, exc: Exception) -> None:
+        self.metrics.kafka_errors.labels(operation).inc()
+        self.metrics.broker_up.set(0)
+        log.warning("kafka %s failed: %s", operation, exc)
+        self.stop.wait(0.5)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _note_model(self, predictor: Predictor) -> None:
+        served = (predictor.version, predictor.checksum)
+        if served == self._served:
+            return
+        self._served = served
+        self.metrics.model_info.info(
+            {
+                "version": predictor.version,
+                "checksum": predictor.checksum,
+                "target": predictor.target,
+                "unit": predictor.unit,
+                "grid": predictor.grid,
+            }
+        )
+
+    def _observe(
+        self, batch: MicroBatch, decoded: DecodedBatch, bp: BatchPrediction | None
+    ) -> None:
+        m, label = self.metrics, self.metrics.label
+        records = batch.records
+        m.batch_size.observe(len(records))
+        for key, n in collections.Counter(r.key for r in records).items():
+            name = key.decode("utf-8", errors="replace") if key else ""
+            m.consumed.labels(label(name)).inc(n)
+        if bp is None:
+            return
+        headers = decoded.headers
+        instruments = [label(h.instrument_id) for h in headers]
+        models = [str(x) for x in bp.model.tolist()]
+        for (inst, model), n in collections.Counter(zip(instruments, models, strict=True)).items():
+            m.predictions.labels(inst, model).inc(n)
+        for reason, n in collections.Counter(r for r in bp.fallback_reason if r).items():
+            m.fallbacks.labels(reason).inc(n)
+        oom = bp.out_of_model.tolist()
+        for inst, n in collections.Counter(
+            i for i, o in zip(instruments, oom, strict=True) if o
+        ).items():
+            m.out_of_model.labels(inst).inc(n)
+        now = time.time()
+        observe = m.latency_seconds.observe
+        for h in headers:
+            observe(max(0.0, now - h.timestamp))
+        self.published += len(headers)
+        # Gauges show each instrument's most recent spectrum of the batch.
+        last = {inst: i for i, inst in enumerate(instruments)}
+        values, t2, q = bp.value.tolist(), bp.t2.tolist(), bp.q.tolist()
+        for inst, i in last.items():
+            m.last_prediction.labels(inst, label(headers[i].product)).set(values[i])
+            m.t2.labels(inst).set(t2[i])
+            m.q.labels(inst).set(q[i])
+        m.t2_limit.set(bp.t2_limit)
+        m.q_limit.set(bp.q_limit)
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        seen: set[tuple[str, str]] = set()
+        try:
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                pos = consumer.position(tp, timeout_ms=100) if high is not None else None
+                if high is None or pos is None:
+                    continue
+                labels = (tp.topic, str(tp.partition))
+                self.metrics.consumer_lag.labels(*labels).set(max(0, high - pos))
+                seen.add(labels)
+        except (KafkaError, AssertionError) as exc:
+            log.debug("lag not updated: %s", exc)
+            return
+        for labels in self._lag_series - seen:  # partitions this worker no longer owns
+            self.metrics.consumer_lag.remove(*labels)
+        self._lag_series = seen

@@ -1,0 +1,314 @@
+"""Inference worker against the real broker: delivery, dead letters, drain, resume, metrics."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import struct
+import threading
+
+import numpy as np
+import pytest
+from test_worker_support import (
+    LinearPredictor,
+    ScriptedPredictor,
+    SwitchableSource,
+    committed_total,
+    make_header,
+    produce,
+    read_predictions,
+    spectra_messages,
+    start_worker,
+    wait_until,
+    worker_settings,
+)
+
+from inference.cli import install_stop_handlers
+from nirwatch.deadletter import read_dead_letters
+from nirwatch.predictor import BatchPrediction
+from nirwatch.settings import KafkaSettings
+from nirwatch.wire import MAGIC, encode_spectrum
+
+pytestmark = pytest.mark.kafka
+
+INSTRUMENTS = [f"probe-{i}" for i in range(6)]
+
+
+def assert_in_order(preds: list, sent: list) -> None:
+    """Per instrument, predictions appear in the order the spectra were sent."""
+    by_inst: dict[str, list[str]] = collections.defaultdict(list)
+    for p in preds:
+        by_inst[p.instrument_id].append(p.message_id)
+    for inst in {h.instrument_id for _, _, h in sent}:
+        want = [h.message_id for _, _, h in sent if h.instrument_id == inst]
+        assert by_inst[inst] == want, f"order broken for {inst}"
+
+
+def test_n_in_exactly_n_out_in_order_with_metrics(kafka_settings: KafkaSettings) -> None:
+    sent = spectra_messages(300, INSTRUMENTS)
+    produce(kafka_settings, [(k, v) for k, v, _ in sent])
+    settings = worker_settings(kafka_settings)
+    w = start_worker(settings)
+    preds = read_predictions(kafka_settings, expected=300)
+    wait_until(lambda: committed_total(kafka_settings, settings.group_id) == 300, what="commit")
+    w.halt()
+
+    assert len(preds) == 300
+    assert collections.Counter(p.message_id for p in preds) == collections.Counter(
+        h.message_id for _, _, h in sent
+    )
+    assert_in_order(preds, sent)
+    p = preds[0]
+    assert p.model_version == "v1" and p.bundle_checksum == "sha256-v1" and p.model == "pls"
+    assert p.fallback_reason == "cnn_unavailable" and p.target == "api"
+    assert p.value is not None and 0.0 < p.value < 1.0 and p.releasable and not p.out_of_model
+    assert p.t2 is not None and p.q is not None and p.t2_limit and p.q_limit
+    # Metrics, read from this worker's own registry.
+    assert w.value("nirwatch_spectra_consumed_total", {"instrument": "probe-0"}) == 50
+    assert (
+        sum(
+            w.value("nirwatch_predictions_total", {"instrument": i, "model": "pls"})
+            for i in INSTRUMENTS
+        )
+        == 300
+    )
+    assert w.value("nirwatch_fallbacks_total", {"reason": "cnn_unavailable"}) == 300
+    assert w.value("nirwatch_batch_size_sum") == 300
+    assert w.value("nirwatch_batch_size_count") == w.worker.batches
+    assert w.value("nirwatch_end_to_end_latency_seconds_count") == 300
+    assert w.value("nirwatch_inference_seconds_count") == w.worker.batches
+    assert (
+        w.value(
+            "nirwatch_model_info",
+            {
+                "version": "v1",
+                "checksum": "sha256-v1",
+                "target": "api",
+                "unit": "fraction",
+                "grid": "lin:600:1898:2",
+            },
+        )
+        == 1
+    )
+    assert w.value("nirwatch_broker_up") == 1
+    assert w.value("nirwatch_hotelling_t2_limit") == pytest.approx(p.t2_limit)
+    lag = [
+        w.value(
+            "nirwatch_consumer_lag_messages",
+            {"topic": kafka_settings.topic_spectra, "partition": str(i)},
+        )
+        for i in range(3)
+    ]
+    assert lag == [0, 0, 0]
+
+
+def _malformed(good_value: bytes) -> dict[str, bytes | None]:
+    """One message per dead-letter reason, built from a valid one."""
+    head_len = struct.unpack_from("<H", good_value, 6)[0]
+    head = json.loads(good_value[8 : 8 + head_len])
+    body = good_value[8 + head_len :]
+
+    def with_header(h: dict, payload: bytes = body) -> bytes:
+        raw = json.dumps(h).encode()
+        return MAGIC + bytes([1, 0]) + struct.pack("<H", len(raw)) + raw + payload
+
+    nan_body = np.frombuffer(body, dtype="<f4").copy()
+    nan_body[10] = np.nan
+    inf_body = nan_body.copy()
+    inf_body[10] = np.inf
+    missing = {k: v for k, v in head.items() if k != "sample_id"}
+    other_grid = make_header("probe-0", 0, grid="lin:600:1898:4", n_points=325)
+    return {
+        "bad_magic": b"this is not a spectrum at all, just garbage bytes",
+        "too_short": b"NI",
+        "unknown_version": MAGIC + bytes([9]) + good_value[5:],
+        "non_finite": with_header(head, nan_body.tobytes()),
+        "non_finite_inf": with_header(head, inf_body.tobytes()),
+        "length_mismatch": with_header(head, body[:-8]),
+        "missing_field": with_header(missing),
+        "unknown_grid": with_header({**head, "grid": "log:1:2"}),
+        "bad_header": MAGIC + bytes([1, 0]) + struct.pack("<H", 5) + b"{nope" + body,
+        "grid_mismatch": encode_spectrum(other_grid, np.ones(325, dtype=np.float32)),
+    }
+
+
+def test_each_malformed_message_is_dead_lettered_while_good_ones_flow(
+    kafka_settings: KafkaSettings,
+) -> None:
+    good = spectra_messages(40, ["probe-0"])
+    bad = _malformed(good[0][1])
+    # Interleave: a bad message after every few good ones, all on the same instrument key.
+    messages: list[tuple[str | None, bytes | None]] = []
+    bad_items = list(bad.items())
+    for i, (k, v, _) in enumerate(good):
+        messages.append((k, v))
+        if i % 4 == 0 and bad_items:
+            messages.append(("probe-0", bad_items.pop()[1]))
+    messages.append(("probe-0", None))  # a tombstone: no value at all
+    produce(kafka_settings, messages)
+    w = start_worker(worker_settings(kafka_settings))
+    preds = read_predictions(kafka_settings, expected=40)
+    letters = read_dead_letters(kafka_settings, expected=len(bad) + 1, timeout_s=30)
+    w.halt()
+
+    assert [p.message_id for p in preds] == [h.message_id for _, _, h in good]
+    got = collections.Counter(d.reason for d in letters)
+    want = collections.Counter([r.removesuffix("_inf") for r in bad] + ["too_short"])
+    assert got == want
+    for d in letters:
+        assert (
+            d.stage == "worker" and d.detail and d.source.startswith(kafka_settings.topic_spectra)
+        )
+    originals = {v for v in bad.values()}
+    assert {d.value for d in letters if d.value is not None} == originals
+    for reason, n in want.items():
+        assert w.value("nirwatch_dead_lettered_total", {"reason": reason}) == n
+
+
+def test_sigterm_drains_the_batch_in_hand_and_commits(kafka_settings: KafkaSettings) -> None:
+    sent = spectra_messages(50, INSTRUMENTS)
+    produce(kafka_settings, [(k, v) for k, v, _ in sent])
+    # The worker would hold this batch for a minute waiting for more: only the stop drains it.
+    settings = worker_settings(kafka_settings, max_batch_size=1000, max_wait_ms=60_000)
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        install_stop_handlers(stop)
+        w = start_worker(settings, stop=stop)
+        wait_until(lambda: w.worker.holding == 50, what="the worker to hold all 50")
+        assert read_predictions(kafka_settings, expected=1, timeout_s=1) == []
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.is_set()
+        w.thread.join(30)
+        assert not w.thread.is_alive() and not w.errors
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    preds = read_predictions(kafka_settings, expected=50)
+    assert len(preds) == 50
+    assert committed_total(kafka_settings, settings.group_id) == 50
+
+
+def test_restarted_worker_resumes_from_committed_offset(kafka_settings: KafkaSettings) -> None:
+    first = spectra_messages(120, INSTRUMENTS, seed=1)
+    produce(kafka_settings, [(k, v) for k, v, _ in first])
+    settings = worker_settings(kafka_settings)
+    w1 = start_worker(settings)
+    read_predictions(kafka_settings, expected=120)
+    wait_until(lambda: committed_total(kafka_settings, settings.group_id) == 120, what="commit")
+    w1.halt()
+
+    second = spectra_messages(80, INSTRUMENTS, seed=2)
+    produce(kafka_settings, [(k, v) for k, v, _ in second])
+    w2 = start_worker(settings)
+    preds = read_predictions(kafka_settings, expected=200)
+    wait_until(lambda: committed_total(kafka_settings, settings.group_id) == 200, what="commit")
+    w2.halt()
+
+    counts = collections.Counter(p.message_id for p in preds)
+    assert len(counts) == 200 and set(counts.values()) == {1}, "lost or reprocessed messages"
+    second_probe0 = sum(1 for _, _, h in second if h.instrument_id == "probe-0")
+    assert w2.value("nirwatch_spectra_consumed_total", {"instrument": "probe-0"}) == second_probe0
+    assert_in_order(preds, first + second)
+
+
+def test_hot_swap_mid_stream_changes_version_and_loses_nothing(
+    kafka_settings: KafkaSettings,
+) -> None:
+    source = SwitchableSource(LinearPredictor("v1"))
+    w = start_worker(worker_settings(kafka_settings), source=source)
+    before = spectra_messages(60, INSTRUMENTS, seed=3)
+    produce(kafka_settings, [(k, v) for k, v, _ in before])
+    read_predictions(kafka_settings, expected=60)
+    source.predictor = LinearPredictor("v2", seed=5)
+    after = spectra_messages(60, INSTRUMENTS, seed=4)
+    produce(kafka_settings, [(k, v) for k, v, _ in after])
+    preds = read_predictions(kafka_settings, expected=120)
+    w.halt()
+
+    assert len(preds) == 120
+    version = {p.message_id: p.model_version for p in preds}
+    assert {version[h.message_id] for _, _, h in before} == {"v1"}
+    assert {version[h.message_id] for _, _, h in after} == {"v2"}
+    assert {p.bundle_checksum for p in preds} == {"sha256-v1", "sha256-v2"}
+    assert_in_order(preds, before + after)
+    info = {
+        "version": "v2",
+        "checksum": "sha256-v2",
+        "target": "api",
+        "unit": "fraction",
+        "grid": "lin:600:1898:2",
+    }
+    assert w.value("nirwatch_model_info", info) == 1
+
+
+def test_fallback_reasons_nan_and_out_of_model_are_published_and_counted(
+    kafka_settings: KafkaSettings,
+) -> None:
+    def script(call: int, X: np.ndarray, bp: BatchPrediction) -> BatchPrediction:
+        # Even rows: CNN returned NaN (PLS serves); every 3rd: no model could predict.
+        n = len(X)
+        bp.model = bp.model.copy()
+        bp.value = bp.value.copy()
+        for i in range(n):
+            if i % 2 == 0:
+                bp.model[i], bp.fallback_reason[i] = "pls", "cnn_non_finite"
+            if i % 3 == 0:
+                bp.value[i] = np.nan
+        return bp
+
+    normal = spectra_messages(30, ["probe-0"], seed=7)
+    far = spectra_messages(5, ["probe-far"], seed=8, offset=3.0)  # far outside calibration
+    produce(kafka_settings, [(k, v) for k, v, _ in normal + far])
+    predictor = ScriptedPredictor(LinearPredictor(), script)
+    w = start_worker(
+        worker_settings(kafka_settings, max_batch_size=1000), SwitchableSource(predictor)
+    )
+    preds = read_predictions(kafka_settings, expected=35)
+    w.halt()
+
+    assert len(preds) == 35
+    reasons = collections.Counter(p.fallback_reason for p in preds)
+    assert reasons[None] + reasons["cnn_non_finite"] == 35 and reasons["cnn_non_finite"] > 0
+    assert (
+        w.value("nirwatch_fallbacks_total", {"reason": "cnn_non_finite"})
+        == reasons["cnn_non_finite"]
+    )
+    for p in preds:
+        assert (p.model == "pls") == (p.fallback_reason == "cnn_non_finite")
+        if p.value is None:
+            assert not p.releasable
+    assert any(p.value is None for p in preds)
+    far_preds = [p for p in preds if p.instrument_id == "probe-far"]
+    assert all(p.out_of_model and not p.releasable for p in far_preds)
+    assert not any(p.out_of_model for p in preds if p.instrument_id == "probe-0")
+    assert w.value("nirwatch_out_of_model_total", {"instrument": "probe-far"}) == 5
+    assert w.value("nirwatch_out_of_model_total", {"instrument": "probe-0"}) == 0
+    for inst in ("probe-0", "probe-far"):
+        for model in ("cnn", "pls"):
+            n = sum(1 for p in preds if p.instrument_id == inst and p.model == model)
+            assert w.value("nirwatch_predictions_total", {"instrument": inst, "model": model}) == n
+
+
+def test_predictor_that_raises_is_retried_without_loss_or_duplicates(
+    kafka_settings: KafkaSettings,
+) -> None:
+    def script(call: int, X: np.ndarray, bp: BatchPrediction) -> BatchPrediction:
+        if call <= 3:
+            raise RuntimeError("device lost")
+        return bp
+
+    sent = spectra_messages(100, INSTRUMENTS, seed=9)
+    produce(kafka_settings, [(k, v) for k, v, _ in sent])
+    settings = worker_settings(kafka_settings)
+    predictor = ScriptedPredictor(LinearPredictor(), script)
+    w = start_worker(settings, SwitchableSource(predictor))
+    preds = read_predictions(kafka_settings, expected=100)
+    wait_until(lambda: committed_total(kafka_settings, settings.group_id) == 100, what="commit")
+    w.halt()
+
+    counts = collections.Counter(p.message_id for p in preds)
+    assert len(counts) == 100 and set(counts.values()) == {1}
+    assert w.value("nirwatch_predict_failures_total") == 3
+    assert_in_order(preds, sent)
