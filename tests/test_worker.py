@@ -312,3 +312,39 @@ def test_predictor_that_raises_is_retried_without_loss_or_duplicates(
     assert len(counts) == 100 and set(counts.values()) == {1}
     assert w.value("nirwatch_predict_failures_total") == 3
     assert_in_order(preds, sent)
+
+
+def test_two_workers_share_partitions_and_one_takes_over(kafka_settings: KafkaSettings) -> None:
+    settings = worker_settings(kafka_settings)
+    instruments = [f"probe-{i}" for i in range(12)]  # enough keys to cover all 3 partitions
+    produce(kafka_settings, [])
+    a = start_worker(settings)
+    wait_until(lambda: len(a.worker.assigned_partitions) == 3, what="a to own all partitions")
+    b = start_worker(settings)
+    wait_until(
+        lambda: (
+            a.worker.assigned_partitions
+            and b.worker.assigned_partitions
+            and len(a.worker.assigned_partitions | b.worker.assigned_partitions) == 3
+        ),
+        what="a and b to share the partitions",
+    )
+    assert not a.worker.assigned_partitions & b.worker.assigned_partitions
+    first = spectra_messages(120, instruments, seed=11)
+    produce(kafka_settings, [(k, v) for k, v, _ in first])
+    read_predictions(kafka_settings, expected=120)
+    wait_until(lambda: committed_total(kafka_settings, settings.group_id) == 120, what="commit")
+    assert a.worker.published > 0 and b.worker.published > 0
+    assert a.worker.published + b.worker.published == 120
+
+    b.halt()  # b leaves the group: a takes its partitions over
+    wait_until(lambda: len(a.worker.assigned_partitions) == 3, what="a to take over")
+    second = spectra_messages(60, instruments, seed=12)
+    produce(kafka_settings, [(k, v) for k, v, _ in second])
+    preds = read_predictions(kafka_settings, expected=180)
+    wait_until(lambda: committed_total(kafka_settings, settings.group_id) == 180, what="commit")
+    a.halt()
+
+    counts = collections.Counter(p.message_id for p in preds)
+    assert len(counts) == 180 and set(counts.values()) == {1}
+    assert_in_order(preds, first + second)

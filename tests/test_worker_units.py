@@ -1,0 +1,186 @@
+"""Worker parts without a broker: settings, record encoding, micro-batch offsets, hot reload."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+from test_worker_support import LinearPredictor, make_header, mixtures
+
+from inference.batching import MicroBatch, RevocationTracker
+from inference.records import check_batch_prediction, encode_predictions, prediction_ids
+from inference.reload import RegistrySource
+from inference.settings import WorkerSettings
+from monitoring.metrics import WorkerMetrics
+from nirwatch.errors import BundleError, ConfigError, ModelError
+from nirwatch.settings import load_settings
+from nirwatch.wire import Prediction, decode_prediction
+
+Record = namedtuple("Record", "topic partition offset value key")
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def test_settings_from_env_and_bad_value_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIRWATCH_WORKER_MAX_BATCH_SIZE", "500")
+    monkeypatch.setenv("NIRWATCH_WORKER_DEVICE", "cpu")
+    monkeypatch.setenv("NIRWATCH_KAFKA_TOPIC_SPECTRA", "line1.spectra")
+    s = load_settings(WorkerSettings)
+    assert s.max_batch_size == 500 and s.device == "cpu" and s.metrics_host == "127.0.0.1"
+    assert s.kafka.topic_spectra == "line1.spectra"
+    monkeypatch.setenv("NIRWATCH_WORKER_DEVICE", "tpu")
+    with pytest.raises(ConfigError, match="NIRWATCH_WORKER_DEVICE"):
+        load_settings(WorkerSettings)
+
+
+def test_settings_refuse_inconsistent_values() -> None:
+    with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
+        load_settings(WorkerSettings, session_timeout_ms=2000, heartbeat_interval_ms=2000)
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings(WorkerSettings, registry_dir=Path("r"), bundle_path=Path("b"))
+
+
+# -- prediction records --------------------------------------------------------------------
+
+
+def test_encoded_records_equal_prediction_encode_and_decode_back() -> None:
+    predictor = LinearPredictor()
+    rng = np.random.default_rng(3)
+    X = mixtures(rng.uniform(0.2, 0.8, 4), rng)
+    X[3] += 5.0  # far outside the calibration
+    headers = [make_header(f"p{i}", i) for i in range(4)]
+    bp = predictor.predict(X)
+    bp.value = bp.value.copy()
+    bp.value[1] = np.nan  # no model could predict this one (PLS value kept)
+    values, releasable = encode_predictions(headers, bp, predictor, published_at=123.5)
+    assert releasable == [True, False, True, False]
+    for h, raw, i in zip(headers, values, range(4), strict=True):
+        got = decode_prediction(raw)
+        want = Prediction(
+            prediction_id=got.prediction_id,
+            message_id=h.message_id,
+            instrument_id=h.instrument_id,
+            sample_id=h.sample_id,
+            timestamp=h.timestamp,
+            published_at=123.5,
+            target="api",
+            value=None if i == 1 else float(bp.value[i]),
+            model="pls",
+            model_version="v1",
+            bundle_checksum="sha256-v1",
+            product=h.product,
+            batch=h.batch,
+            unit="fraction",
+            fallback_reason="cnn_unavailable",
+            cnn_value=None,
+            pls_value=float(bp.pls_value[i]),
+            t2=float(bp.t2[i]),
+            q=float(bp.q[i]),
+            t2_limit=predictor.t2_limit_,
+            q_limit=predictor.q_limit_,
+            out_of_model=i == 3,
+            releasable=i in (0, 2),
+        )
+        assert got == want
+        assert raw == want.encode()  # byte-identical to the reference encoder
+    assert json.loads(values[3])["out_of_model"] is True
+
+
+def test_prediction_ids_are_unique_hex() -> None:
+    ids = prediction_ids(1000)
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_prediction_with_wrong_lengths_is_refused() -> None:
+    bp = LinearPredictor().predict(mixtures(np.array([0.5, 0.6]), np.random.default_rng(0)))
+    with pytest.raises(ModelError, match=r"expected \(3,\)"):
+        check_batch_prediction(bp, 3)
+    bp.fallback_reason = [None]
+    with pytest.raises(ModelError, match="fallback reasons, expected 2"):
+        check_batch_prediction(bp, 2)
+
+
+# -- micro-batch bookkeeping ---------------------------------------------------------------
+
+
+def test_micro_batch_offsets_and_revocation() -> None:
+    a, b = TopicPartition("s", 0), TopicPartition("s", 1)
+    batch = MicroBatch()
+    batch.add(a, [Record("s", 0, o, b"", b"k") for o in (10, 11)])
+    batch.add(b, [Record("s", 1, o, b"", b"k") for o in (5,)])
+    batch.add(a, [Record("s", 0, o, b"", b"k") for o in (12, 13)])
+    assert len(batch) == 5
+    assert batch.first_offset == {a: 10, b: 5}
+    offsets = batch.commit_offsets()
+    assert offsets[a].offset == 14 and offsets[b].offset == 6
+    tracker = RevocationTracker()
+    tracker.on_partitions_assigned([a, b])
+    tracker.on_partitions_revoked([a])
+    assert tracker.assigned == {b}
+    batch.drop(tracker.take_revoked())
+    assert [r.offset for r in batch.records] == [5] and set(batch.commit_offsets()) == {b}
+    assert tracker.revoked == set()
+
+
+# -- hot reload from a registry ------------------------------------------------------------
+
+
+class FakeRegistry:
+    """The two registry reads the worker uses, over an in-memory champion."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.reads = 0
+
+    def champion_version(self) -> str | None:
+        self.reads += 1
+        return self.version
+
+    def champion(self) -> Path | None:
+        return None if self.version is None else Path("models") / self.version
+
+
+def test_registry_source_reloads_on_promotion_and_keeps_old_on_failure() -> None:
+    registry = FakeRegistry()
+    now = [0.0]
+    loaded: list[Path] = []
+
+    def loader(path: Path) -> LinearPredictor:
+        loaded.append(path)
+        if path.name == "broken":
+            raise BundleError("checksum mismatch in pls.npz")
+        return LinearPredictor(path.name)
+
+    reg = CollectorRegistry()
+    source = RegistrySource(
+        registry, loader, WorkerMetrics(reg), interval_s=5, clock=lambda: now[0]
+    )
+    with pytest.raises(ModelError, match="no model to serve"):
+        source.current()
+    registry.version = "v1"
+    now[0] = 5
+    assert source.current().version == "v1"
+    registry.version = "v2"
+    now[0] = 6  # within the interval: the registry is not even read
+    reads = registry.reads
+    assert source.current().version == "v1" and registry.reads == reads
+    now[0] = 10
+    assert source.current().version == "v2" and source.version == "v2"
+    assert reg.get_sample_value("nirwatch_model_reloads_total", {"outcome": "success"}) == 1
+    registry.version = "broken"
+    now[0] = 15
+    assert source.current().version == "v2"  # the old champion keeps serving
+    assert reg.get_sample_value("nirwatch_model_reloads_total", {"outcome": "failed"}) == 1
+    now[0] = 20
+    source.current()  # the same broken version is not retried
+    assert loaded.count(Path("models/broken")) == 1
+    registry.version = "v3"
+    now[0] = 25
+    assert source.current().version == "v3"
+    assert reg.get_sample_value("nirwatch_model_reloads_total", {"outcome": "success"}) == 2
