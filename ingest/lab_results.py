@@ -6,7 +6,7 @@ Schema ``nirwatch.lab-result/1``::
 
     {"schema": "nirwatch.lab-result/1", "sample_id": "probe-1-00000042",
      "instrument_id": "probe-1", "target": "api_content", "value": 201.3, "unit": "mg",
-     "sampled_at": 1764095000.0, "measured_at": 1764095600.0, "method": "hplc"}
+     "sampled_at": 1764095000.0, "timestamp": 1764095600.0, "method": "hplc"}
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ LAB_RESULT_SCHEMA = "nirwatch.lab-result/1"
 
 @dataclass(frozen=True, slots=True)
 class LabResult:
-    """One lab reference value; times are epoch seconds (UTC)."""
+    """One lab reference value; times are epoch seconds (UTC).
+
+    ``sampled_at`` is when the tablet was measured inline, ``timestamp`` when the lab result
+    was produced. ``sample_id``, ``value`` and ``timestamp`` are what
+    :func:`monitoring.drift_monitor.parse_lab_result` reads; the rest is context.
+    """
 
     sample_id: str
     instrument_id: str
@@ -30,7 +35,7 @@ class LabResult:
     value: float
     unit: str
     sampled_at: float
-    measured_at: float
+    timestamp: float
     method: str = "hplc"
     schema: str = LAB_RESULT_SCHEMA
 

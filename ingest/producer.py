@@ -20,7 +20,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from nirwatch.wire import MAGIC, VERSION, SpectrumHeader, decode_spectrum
 
 log = logging.getLogger(__name__)
 _PREFIX = struct.Struct("<4sBBH")
+_HEADER_FIELDS = tuple(f.name for f in dataclass_fields(SpectrumHeader))
 
 
 def encode_unchecked(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
@@ -43,7 +44,9 @@ def encode_unchecked(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
 
     Header fields that JSON cannot carry are written as their ``repr``.
     """
-    head = json.dumps(asdict(header), separators=(",", ":"), default=repr).encode()
+    # Shallow field dict: dataclasses.asdict deep-copies and costs more than the rest here.
+    fields = {name: getattr(header, name) for name in _HEADER_FIELDS}
+    head = json.dumps(fields, separators=(",", ":"), default=repr).encode()
     values = np.ascontiguousarray(np.asarray(absorbances, dtype="<f4").reshape(-1))
     return _PREFIX.pack(MAGIC, VERSION, 0, min(len(head), 65535)) + head + values.tobytes()
 

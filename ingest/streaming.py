@@ -6,6 +6,8 @@ for a live probe), so end-to-end latency downstream is measured from this moment
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -15,13 +17,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from ingest.lab_results import LabResult
-from ingest.pacing import Pacer
+from ingest.pacing import Pacer, RatePacer
 from ingest.producer import SpectrumProducer
 from ingest.simulator import ProbeSchedule, SimulatedBatch, TabletLineSimulator
-from nirwatch.wire import SpectrumHeader, new_message_id
+from nirwatch.wire import SpectrumHeader
 
 #: Spectra generated per probe at once: vectorised generation, bounded memory.
 MAX_CHUNK = 1000
+
+
+class MessageIds:
+    """Unique 32-hex-digit message ids: a random 64-bit prefix per run and a 64-bit counter.
+
+    ``uuid4()`` per message reads the kernel's random source each time, which costs more than
+    encoding the spectrum at thousands of messages per second.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
 
 
 @dataclass
@@ -85,6 +102,7 @@ def stream_simulator(
     }
     pacer = Pacer(max_lag_s=max_lag_s, stop=stop)
     pending_lab: deque[tuple[float, LabResult]] = deque()
+    new_message_id = MessageIds()
     stats = StreamStats()
     start_dl = producer.dead_lettered
     while True:
@@ -117,7 +135,7 @@ def stream_simulator(
                 value=float(b.reference_mg[row]),
                 unit="mg",
                 sampled_at=now,
-                measured_at=now + lab_delay_s,
+                timestamp=now + lab_delay_s,
             )
             pending_lab.append((time.monotonic() + lab_delay_s, lab))
         while pending_lab and pending_lab[0][0] <= time.monotonic():
@@ -129,7 +147,7 @@ def stream_simulator(
 
 
 def stream_rows(
-    rows: Iterator[tuple[str, str, np.ndarray]],
+    rows: Iterator[tuple[str, str, np.ndarray, dict[str, object]]],
     grid: str,
     producer: SpectrumProducer,
     *,
@@ -138,30 +156,41 @@ def stream_rows(
     max_lag_s: float = 1.0,
     product: str = "",
     batch: str = "",
-    extra: dict[str, object] | None = None,
+    lab_target: str | None = None,
+    lab_unit: str = "",
 ) -> StreamStats:
-    """Send (instrument_id, sample_id, spectrum) rows at ``rate_hz`` in the order given."""
-    from ingest.pacing import RatePacer
+    """Send (instrument_id, sample_id, spectrum, metadata) rows at ``rate_hz`` in order.
 
+    The row's metadata travels in the header's ``extra``; with ``lab_target``, the row's value
+    of that column is also published as its lab result (keyed by sample id).
+    """
     pacer = RatePacer(rate_hz, max_lag_s=max_lag_s, stop=stop)
+    new_message_id = MessageIds()
     stats = StreamStats()
     start_dl = producer.dead_lettered
-    for instrument_id, sample_id, spectrum in rows:
+    for instrument_id, sample_id, spectrum, meta in rows:
         if not pacer.wait():
             break
+        now = time.time()
         header = SpectrumHeader(
             message_id=new_message_id(),
             instrument_id=instrument_id,
             sample_id=sample_id,
-            timestamp=time.time(),
+            timestamp=now,
             grid=grid,
             n_points=int(np.size(spectrum)),
             product=product,
             batch=batch,
-            extra=dict(extra or {}),
+            extra=dict(meta),
         )
-        if producer.send(header, spectrum):
-            stats.sent += 1
+        if not producer.send(header, spectrum):
+            continue
+        stats.sent += 1
+        ref = meta.get(lab_target) if lab_target else None
+        if isinstance(ref, float) and np.isfinite(ref):
+            lab = LabResult(sample_id, instrument_id, str(lab_target), ref, lab_unit, now, now)
+            producer.send_lab_result(lab)
+            stats.lab_results += 1
     stats.elapsed_s = pacer.elapsed()
     stats.dead_lettered = producer.dead_lettered - start_dl
     return stats

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import csv
+import signal
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_ingest_producer import read_topic
+
+from ingest.lab_results import decode_lab_result
+from ingest.producer import SpectrumProducer
+from ingest.replay import load_csv, load_dataset, load_fermentation, load_npz, replay_rows
+from ingest.settings import IngestSettings
+from ingest.streaming import stream_rows
+from nirwatch.cli import main
+from nirwatch.deadletter import read_dead_letters
+from nirwatch.errors import DataError
+from nirwatch.kafka import ensure_topics
+from nirwatch.settings import KafkaSettings
+from nirwatch.wire import decode_spectrum
+
+
+def write_csv(path: Path, n: int, bad_rows: tuple[int, ...] = ()) -> np.ndarray:
+    wl = np.arange(1000, 1100, 2)
+    X = np.random.default_rng(0).random((n, wl.size))
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample", "assay", *[str(v) for v in wl]])
+        for i, row in enumerate(X):
+            cells = [f"{v:.6f}" for v in row]
+            if i in bad_rows:
+                cells[3] = "n/a"
+            w.writerow([f"row{i}", f"{190 + i}", *cells])
+    return X
+
+
+def test_shootout_csv_is_read_on_its_grid(shootout_csv: Path) -> None:
+    ds = load_dataset(str(shootout_csv))
+    assert ds.grid == "lin:600:1898:2" and ds.spectra.shape == (655, 650)
+    assert ds.metadata[0]["SampleType"] == "Train" and isinstance(ds.metadata[0]["assay"], float)
+    assert np.isfinite(ds.spectra).all()
+
+
+def test_fermentation_resampled_onto_even_grid_keeps_values() -> None:
+    from chemotools.datasets import _base
+
+    ds = load_fermentation()
+    assert ds.grid == "lin:428:1833:1" and ds.axis_unit == "cm-1"
+    assert ds.spectra.shape == (1629, 1406)
+    raw = Path(_base.PACKAGE_DIRECTORY) / "data" / "fermentation_spectra.csv"
+    with raw.open() as f:
+        axis = np.array(next(csv.reader(f)), dtype=float)
+    first = np.loadtxt(raw, delimiter=",", skiprows=1, max_rows=1)
+    # Original wavenumbers are integers, all on the new grid: values there are unchanged.
+    idx = (axis - 428).astype(int)
+    np.testing.assert_allclose(ds.spectra[0, idx], first, rtol=1e-6)
+
+
+def test_csv_and_npz_validation(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty file"):
+        load_csv(tmp_path / "empty.csv")
+    (tmp_path / "nowl.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="numeric column headers"):
+        load_csv(tmp_path / "nowl.csv")
+    (tmp_path / "ragged.csv").write_text("id,600,602\nx,1,2\ny,1\n")
+    with pytest.raises(DataError, match="ragged.csv:3: expected 3 cells"):
+        load_csv(tmp_path / "ragged.csv")
+    np.savez(tmp_path / "bad.npz", X=np.zeros((3, 4)), wavelengths=np.arange(5.0))
+    with pytest.raises(DataError, match=r"expected X of shape \(n, 5\)"):
+        load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "ok.npz", X=np.ones((3, 5)), wavelengths=np.arange(600.0, 610, 2))
+    ds = load_npz(tmp_path / "ok.npz")
+    assert ds.grid == "lin:600:608:2" and len(ds) == 3
+    with pytest.raises(DataError, match="no such dataset"):
+        load_dataset(str(tmp_path / "missing.csv"))
+
+
+def test_replay_rows_round_robin_and_loop(tmp_path: Path) -> None:
+    write_csv(tmp_path / "d.csv", 3)
+    ds = load_csv(tmp_path / "d.csv")
+    rows = replay_rows(ds, ["a", "b"], loop=True)
+    got = [(i, s) for i, s, _, _ in (next(rows) for _ in range(7))]
+    assert got == [
+        ("a", "d-00000"),
+        ("b", "d-00001"),
+        ("a", "d-00002"),
+        ("b", "d-00000-r1"),
+        ("a", "d-00001-r1"),
+        ("b", "d-00002-r1"),
+        ("a", "d-00000-r2"),
+    ]
+
+
+@pytest.mark.kafka
+def test_replay_keeps_file_order_per_instrument_and_rate(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    ensure_topics(
+        kafka_settings,
+        [kafka_settings.topic_spectra, kafka_settings.topic_dead_letter],
+    )
+    n, rate = 40, 200.0
+    X = write_csv(tmp_path / "d.csv", n, bad_rows=(7,))
+    ds = load_csv(tmp_path / "d.csv")
+    settings = IngestSettings(kafka=kafka_settings)
+    with SpectrumProducer(settings, source="replay:d") as producer:
+        stats = stream_rows(
+            replay_rows(ds, ["i1", "i2", "i3"]),
+            ds.grid,
+            producer,
+            rate_hz=rate,
+            stop=threading.Event(),
+        )
+    assert stats.sent == n - 1 and stats.dead_lettered == 1
+    records = read_topic(kafka_settings, kafka_settings.topic_spectra, n - 1)
+    per_instrument: dict[str, list[int]] = defaultdict(list)
+    stamps = []
+    for rec in sorted(records, key=lambda r: (r.partition, r.offset)):
+        head, values = decode_spectrum(rec.value, ds.grid)
+        row = int(head.sample_id.split("-")[1])
+        per_instrument[head.instrument_id].append(row)
+        np.testing.assert_allclose(values, X[row], atol=1e-6)
+        assert head.extra == {"sample": f"row{row}", "assay": 190.0 + row}
+        stamps.append(head.timestamp)
+    expected = {f"i{k + 1}": [r for r in range(k, n, 3) if r != 7] for k in range(3)}
+    assert dict(per_instrument) == expected
+    # Paced by schedule: never faster than the rate (row 39 is due 39/rate after row 0).
+    assert max(stamps) - min(stamps) >= (n - 1) / rate - 0.005
+    (letter,) = read_dead_letters(kafka_settings, expected=1)
+    assert letter.reason == "non_finite" and letter.source == "replay:d"
+
+
+@pytest.fixture
+def cli_env(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KafkaSettings]:
+    assert kafka_settings.bootstrap
+    monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
+    for topic in ("spectra", "dead_letter", "lab_results", "predictions"):
+        monkeypatch.setenv(
+            f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
+        )
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield kafka_settings
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.kafka
+def test_cli_replay_with_lab_results(
+    cli_env: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_csv(tmp_path / "d.csv", 12)
+    argv = ["replay", "--data", str(tmp_path / "d.csv"), "--rate", "500"]
+    assert main([*argv, "--lab-target", "assay", "--lab-unit", "mg"]) == 0
+    assert "sent 12 spectra" in capsys.readouterr().out
+    labs = [decode_lab_result(r.value) for r in read_topic(cli_env, cli_env.topic_lab_results, 12)]
+    assert sorted((lab.sample_id, lab.value) for lab in labs) == [
+        (f"d-{i:05d}", 190.0 + i) for i in range(12)
+    ]
+
+
+@pytest.mark.kafka
+def test_cli_simulate_probes_and_drift(
+    cli_env: KafkaSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--probes", "2", "--rate", "40", "--duration", "0.5"]
+    assert main([*argv, "--drift", "baseline", "--drift-at", "0.25", "--lab-results"]) == 0
+    out = capsys.readouterr().out
+    assert "sent 40 spectra" in out and "4 lab results" in out
+    records = read_topic(cli_env, cli_env.topic_spectra, 40)
+    assert {r.key for r in records} == {b"probe-1", b"probe-2"}
