@@ -1,0 +1,421 @@
+"""Spectra tables from CSV or npz files into one dataclass, with clear errors for bad data.
+
+CSV layout (e.g. the IDRC 2002 shootout): metadata and target columns, then one column per
+wavelength whose header is the wavelength in nm (``SampleType,weight,hardness,assay,600,602,...``).
+npz layout: ``X`` (n, p), ``wavelengths`` (p,), optional ``y`` (n,) and any other length-n
+arrays (metadata); written without pickle, read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from nirwatch.errors import DataError
+from nirwatch.grid import grid_id_for
+
+_MISSING = {"", "na", "nan", "n/a", "null", "none"}
+
+
+@dataclass(frozen=True)
+class SpectraDataset:
+    """Spectra with their wavelength axis, metadata columns and (optionally) one target.
+
+    Attributes
+    ----------
+    X : ndarray (n, p) float64
+    wavelengths : ndarray (p,) float64, increasing, nm
+    metadata : dict of str to ndarray (n,)
+        Non-spectral columns: float arrays where every value is numeric, else str arrays.
+    target : str or None
+        Name of the target column.
+    y : ndarray (n,) float64 or None
+    source : str
+        Where the data came from (path or dataset name).
+    """
+
+    X: np.ndarray
+    wavelengths: np.ndarray
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
+    target: str | None = None
+    y: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def grid_id(self) -> str | None:
+        """``lin:first:last:step`` when the axis is evenly spaced, else None."""
+        try:
+            return grid_id_for(self.wavelengths)
+        except DataError:
+            return None
+
+    def subset(self, mask: np.ndarray) -> SpectraDataset:
+        """The rows selected by a boolean mask or an index array."""
+        return SpectraDataset(
+            X=self.X[mask],
+            wavelengths=self.wavelengths,
+            metadata={k: v[mask] for k, v in self.metadata.items()},
+            target=self.target,
+            y=None if self.y is None else self.y[mask],
+            source=self.source,
+        )
+
+
+def check_same_grid(a: SpectraDataset, b: SpectraDataset) -> None:
+    """Raise :class:`DataError` unless two datasets share the wavelength axis (to 1e-6 nm)."""
+    wa, wb = a.wavelengths, b.wavelengths
+    if wa.shape == wb.shape and np.allclose(wa, wb, rtol=0, atol=1e-6):
+        return
+    detail = (
+        f"{a.source or 'first'}: {wa.size} points {wa[0]:g}-{wa[-1]:g} nm; "
+        f"{b.source or 'second'}: {wb.size} points {wb[0]:g}-{wb[-1]:g} nm"
+    )
+    if wa.shape == wb.shape:
+        i = int(np.flatnonzero(~np.isclose(wa, wb, rtol=0, atol=1e-6))[0])
+        detail += f"; first difference at point {i}: {wa[i]:g} vs {wb[i]:g} nm"
+    raise DataError(f"wavelength grids differ: {detail}")
+
+
+def _parse_float(text: str) -> float | None:
+    t = text.strip()
+    if t.lower() in _MISSING:
+        return math.nan
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+def _wavelength_columns(header: list[str], source: str) -> tuple[int, int, np.ndarray]:
+    numeric = [
+        i
+        for i, h in enumerate(header)
+        if h.strip() and h.strip().lower() not in _MISSING and _parse_float(h) is not None
+    ]
+    if not numeric:
+        raise DataError(
+            f"{source}: no wavelength columns; expected numeric headers (nm) such as 600,602,... "
+            f"after the metadata columns, got {header[:8]}"
+        )
+    first, last = numeric[0], numeric[-1]
+    numeric_set = set(numeric)
+    for i in range(first, last + 1):
+        if i not in numeric_set:
+            raise DataError(
+                f"{source}: column {i + 1} header {header[i]!r} is not numeric but lies inside "
+                f"the wavelength columns {header[first]}..{header[last]}"
+            )
+    wl = np.array([float(header[i]) for i in range(first, last + 1)])
+    bad = np.flatnonzero(np.diff(wl) <= 0)
+    if bad.size:
+        j = int(bad[0])
+        raise DataError(
+            f"{source}: wavelength headers must increase; column {first + j + 2} "
+            f"({header[first + j + 1]}) follows {header[first + j]}"
+        )
+    return first, last, wl
+
+
+def _metadata_array(values: list[str]) -> np.ndarray:
+    parsed = [_parse_float(v) for v in values]
+    if all(p is not None for p in parsed):
+        return np.array(parsed, dtype=np.float64)
+    return np.array([v.strip() for v in values], dtype=str)
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[int]]:
+    """X, wavelengths, metadata and the file line number of each data row."""
+    source = str(path)
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{source}: empty file") from None
+        first, last, wl = _wavelength_columns(header, source)
+        rows: list[list[float]] = []
+        meta_cols = [i for i in range(len(header)) if not first <= i <= last]
+        meta_vals: list[list[str]] = [[] for _ in meta_cols]
+        lines: list[int] = []
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            line = reader.line_num
+            if len(row) != len(header):
+                raise DataError(
+                    f"{source}: line {line} has {len(row)} fields, the header has {len(header)}"
+                )
+            spectrum = []
+            for i in range(first, last + 1):
+                v = _parse_float(row[i])
+                if v is None:
+                    raise DataError(
+                        f"{source}: line {line}, column {header[i]} nm: {row[i]!r} is not a number"
+                    )
+                spectrum.append(v)
+            rows.append(spectrum)
+            for k, i in enumerate(meta_cols):
+                meta_vals[k].append(row[i])
+            lines.append(line)
+    X = np.array(rows, dtype=np.float64).reshape(len(rows), wl.size)
+    metadata = {
+        header[i].strip(): _metadata_array(v) for i, v in zip(meta_cols, meta_vals, strict=True)
+    }
+    return X, wl, metadata, lines
+
+
+def _read_npz(
+    path: Path,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[int], str | None]:
+    """X, wavelengths, metadata, row numbers and the default target (``y``, renamed)."""
+    source = str(path)
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{source}: cannot read as npz: not a zip archive")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            npz = {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        # Object arrays are pickles; nirwatch never unpickles data files.
+        raise DataError(
+            f"{source}: not a plain npz file (object arrays need pickle): {exc}"
+        ) from exc
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{source}: cannot read as npz: {exc}") from exc
+    missing = [k for k in ("X", "wavelengths") if k not in npz]
+    if missing:
+        raise DataError(f"{source}: missing keys {missing}; found {sorted(npz)}")
+    X = np.asarray(npz["X"], dtype=np.float64)
+    wl = np.asarray(npz["wavelengths"], dtype=np.float64)
+    if X.ndim != 2 or wl.ndim != 1 or X.shape[1] != wl.size:
+        raise DataError(
+            f"{source}: X of shape (n, p) and wavelengths of shape (p,) expected, got "
+            f"{X.shape} and {wl.shape}"
+        )
+    bad = np.flatnonzero(np.diff(wl) <= 0)
+    if bad.size:
+        j = int(bad[0])
+        raise DataError(
+            f"{source}: wavelengths must increase; point {j + 1} ({wl[j + 1]:g}) follows {wl[j]:g}"
+        )
+    metadata = {}
+    for key in npz:
+        if key in ("X", "wavelengths", "target_name"):
+            continue
+        arr = np.asarray(npz[key])
+        if arr.ndim != 1 or arr.shape[0] != X.shape[0]:
+            raise DataError(
+                f"{source}: key {key!r} has shape {arr.shape}, expected ({X.shape[0]},)"
+            )
+        metadata[key] = arr.astype(np.float64) if arr.dtype.kind in "fiub" else arr.astype(str)
+    default_target = "y" if "y" in metadata else None
+    if "target_name" in npz and "y" in metadata:
+        default_target = str(npz["target_name"])
+        metadata[default_target] = metadata.pop("y")
+    return X, wl, metadata, list(range(X.shape[0])), default_target
+
+
+def _select(
+    metadata: dict[str, np.ndarray], split_column: str, split_values: Collection[str], source: str
+) -> np.ndarray:
+    if split_column not in metadata:
+        raise DataError(
+            f"{source}: no split column {split_column!r}; available columns: {sorted(metadata)}"
+        )
+    col = metadata[split_column].astype(str)
+    wanted = {str(v) for v in split_values}
+    present = set(np.unique(col).tolist())
+    if not wanted & present:
+        raise DataError(
+            f"{source}: {split_column} has none of {sorted(wanted)}; its values: {sorted(present)}"
+        )
+    return np.isin(col, sorted(wanted))
+
+
+def load_spectra(
+    path: str | Path,
+    *,
+    target: str | None = None,
+    split_column: str | None = None,
+    split_values: Collection[str] | None = None,
+    min_samples: int = 1,
+) -> SpectraDataset:
+    """Load spectra from a CSV or npz file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv`` (numeric wavelength headers) or ``.npz`` (keys X, wavelengths, y, ...).
+    target : str, optional
+        Target column (CSV) or key (npz). For npz files ``y`` is the target when it is present
+        and ``target`` is not given (named by an optional ``target_name`` key).
+    split_column, split_values : optional
+        Keep only rows whose ``split_column`` is one of ``split_values``, e.g.
+        ``"SampleType", {"Train", "Validate"}``.
+    min_samples : int, default 1
+        Fewest rows (after the split) accepted.
+
+    Raises
+    ------
+    DataError
+        Non-numeric or non-increasing wavelength headers, NaN in spectra or target (naming the
+        rows), missing target or split column (listing the available ones), a constant target,
+        fewer than ``min_samples`` rows.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise DataError(f"{source}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        X, wl, metadata, lines = _read_csv(path)
+        row_name = "lines"
+    elif suffix == ".npz":
+        X, wl, metadata, lines, default_target = _read_npz(path)
+        row_name = "rows"
+        target = target if target is not None else default_target
+    else:
+        raise DataError(f"{source}: expected a .csv or .npz file, got {suffix!r}")
+    line_arr = np.asarray(lines)
+    keep = np.ones(X.shape[0], dtype=bool)
+    where = ""
+    if split_column is not None:
+        if not split_values:
+            raise DataError("split_values must name at least one value of the split column")
+        keep = _select(metadata, split_column, split_values, source)
+        where = f" with {split_column} in {sorted(map(str, split_values))}"
+    X, line_arr = X[keep], line_arr[keep]
+    metadata = {k: v[keep] for k, v in metadata.items()}
+    if X.shape[0] < min_samples:
+        raise DataError(f"{source}: {X.shape[0]} spectra{where}; at least {min_samples} are needed")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        raise DataError(
+            f"{source}: missing or non-finite absorbances in {bad.size} spectra, {row_name} "
+            f"{line_arr[bad][:20].tolist()}"
+        )
+    y = None
+    if target is not None:
+        if target not in metadata:
+            raise DataError(
+                f"{source}: no target column {target!r}; available columns: {sorted(metadata)}"
+            )
+        y_raw = metadata[target]
+        if y_raw.dtype.kind != "f":
+            raise DataError(f"{source}: target {target!r} is not numeric (e.g. {y_raw[0]!r})")
+        y = y_raw
+        bad = np.flatnonzero(~np.isfinite(y))
+        if bad.size:
+            raise DataError(
+                f"{source}: target {target!r} missing in {bad.size} rows, {row_name} "
+                f"{line_arr[bad][:20].tolist()}"
+            )
+        if y.size and np.ptp(y) == 0:
+            raise DataError(
+                f"{source}: target {target!r} is constant ({y[0]:g}) over {y.size} rows{where}; "
+                "nothing to calibrate"
+            )
+    return SpectraDataset(X=X, wavelengths=wl, metadata=metadata, target=target, y=y, source=source)
+
+
+#: The fermentation test spectra carry no time stamps; 1629 spectra over the 33.9 h spanned by
+#: the HPLC samples is one spectrum every 1.25 min from t = 0 (as in chemotools' examples).
+FERMENTATION_SPECTRUM_INTERVAL_H = 1.25 / 60
+
+
+def load_fermentation(
+    part: Literal["train", "test"] = "train",
+    target: str = "glucose",
+    *,
+    labelled_only: bool = True,
+) -> SpectraDataset:
+    """chemotools' lignocellulose fermentation data set (Cabaneros Lopez et al.) as a dataset.
+
+    Read straight from the CSV files shipped in the chemotools package (its own loaders need
+    pandas, which nirwatch does not depend on).
+
+    Parameters
+    ----------
+    part : {"train", "test"}
+        ``"train"``: 21 off-line spectra of semi-synthetic samples with glucose (g/L).
+        ``"test"``: 1629 on-line spectra of a real fermentation and 34 HPLC samples with
+        glucose, xylose, acetic_acid, ethanol, furfural.
+    target : str, default "glucose"
+    labelled_only : bool, default True
+        For ``"test"``: keep only the spectrum nearest in time to each HPLC sample (34 rows,
+        with the target); False returns all 1629 spectra without a target.
+
+    Metadata: ``time_h`` for the test part (see :data:`FERMENTATION_SPECTRUM_INTERVAL_H`).
+    """
+    data = resources.files("chemotools.datasets") / "data"
+    if part == "train":
+        with resources.as_file(data / "train_spectra.csv") as spectra_path:
+            spectra = load_spectra(spectra_path)
+        with resources.as_file(data / "train_hplc.csv") as hplc_path:
+            hplc = _read_table(hplc_path)
+        return _attach_target(spectra, hplc, target, "chemotools fermentation (train)")
+    if part != "test":
+        raise DataError(f"part must be 'train' or 'test', got {part!r}")
+    with resources.as_file(data / "fermentation_spectra.csv") as spectra_path:
+        spectra = load_spectra(spectra_path)
+    time_h = np.arange(spectra.n_samples) * FERMENTATION_SPECTRUM_INTERVAL_H
+    spectra = SpectraDataset(
+        X=spectra.X,
+        wavelengths=spectra.wavelengths,
+        metadata={"time_h": time_h},
+        source="chemotools fermentation (test)",
+    )
+    if not labelled_only:
+        return spectra
+    with resources.as_file(data / "fermentation_hplc.csv") as hplc_path:
+        hplc = _read_table(hplc_path)
+    idx = np.clip(
+        np.rint(hplc["time"] / FERMENTATION_SPECTRUM_INTERVAL_H).astype(int),
+        0,
+        spectra.n_samples - 1,
+    )
+    labelled = spectra.subset(idx)
+    labelled.metadata["hplc_time_h"] = hplc["time"]
+    return _attach_target(labelled, hplc, target, labelled.source)
+
+
+def _read_table(path: Path) -> dict[str, np.ndarray]:
+    """A small all-numeric CSV table as columns."""
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    header, body = rows[0], rows[1:]
+    return {
+        h.strip(): np.array([float(r[i]) for r in body], dtype=np.float64)
+        for i, h in enumerate(header)
+    }
+
+
+def _attach_target(
+    ds: SpectraDataset, table: dict[str, np.ndarray], target: str, source: str
+) -> SpectraDataset:
+    refs = {k: v for k, v in table.items() if k != "time"}
+    if target not in refs:
+        raise DataError(f"{source}: no target {target!r}; available: {sorted(refs)}")
+    y = refs[target]
+    if y.shape[0] != ds.n_samples:
+        raise DataError(f"{source}: {y.shape[0]} reference values for {ds.n_samples} spectra")
+    metadata = dict(ds.metadata)
+    metadata.update(refs)
+    return SpectraDataset(
+        X=ds.X, wavelengths=ds.wavelengths, metadata=metadata, target=target, y=y, source=source
+    )
