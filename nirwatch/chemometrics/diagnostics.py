@@ -133,7 +133,7 @@ class CalibrationStatistics(BaseEstimator):
         self.q_limit_95_, _ = q_residual_limit(self.eigenvalues_[a:], 0.95)
         self.q_limit_99_, self.q_limit_method_ = q_residual_limit(self.eigenvalues_[a:], 0.99)
 
-    def score(self, X: Any) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
+    def score(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """Hotelling T² and Q residual of each spectrum.
 
         Parameters
