@@ -1,0 +1,137 @@
+"""``nirwatch train`` / ``nirwatch predict`` on a small slice of the IDRC 2002 shootout data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nirwatch.bundle import load_bundle
+from nirwatch.cli import main
+from nirwatch.datasets import load_spectra
+from nirwatch.registry import ModelRegistry
+
+
+def write_slice(src: Path, dest: Path, n_train: int = 60, n_test: int = 30) -> Path:
+    """The first ``n_train`` Train and ``n_test`` Test tablets of instrument 1."""
+    with src.open() as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    train = [r for r in body if r[0] == "Train"][:n_train]
+    test = [r for r in body if r[0] == "Test"][:n_test]
+    with dest.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *train, *test])
+    return dest
+
+
+@pytest.fixture
+def shootout_slice(shootout_csv: Path, tmp_path: Path) -> Path:
+    return write_slice(shootout_csv, tmp_path / "slice.csv")
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--target",
+        "assay",
+        "--unit",
+        "mg",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_train_pls_register_and_predict(
+    shootout_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, reg = tmp_path / "bundle", tmp_path / "registry"
+    split = ["--split-column", "SampleType", "--train-values", "Train"]
+    rc = main(train_args(shootout_slice, out, *split, "--model", "pls", "--register", str(reg)))
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "report/report.json").read_text())
+    pls = report["models"]["pls"]
+    assert report["n_calibration"] == 60 and report["n_test"] == 30
+    assert 1 <= pls["n_components"] <= 20
+    # The slice is small; a PLS of MSC + 1st derivative still predicts assay (mg) to a few mg.
+    assert 1.0 < pls["rmsecv"] < 10.0 and 1.0 < pls["rmsep"] < 10.0 and pls["cv_r2"] > 0.8
+    for png in ("predicted_vs_reference.png", "residuals.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [info] = ModelRegistry(reg).list()
+    assert info.status == "candidate" and info.metrics["rmsep"] == pytest.approx(pls["rmsep"])
+
+    preds = tmp_path / "preds.csv"
+    rc = main(["predict", "--bundle", str(out), "--data", str(shootout_slice), "--out", str(preds)])
+    assert rc == 0, capsys.readouterr().err
+    with preds.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 90
+    assert {"prediction", "model", "cnn_prediction", "pls_prediction", "t2", "q"} <= set(rows[0])
+    assert all(r["model"] == "pls" and r["fallback_reason"] == "cnn_unavailable" for r in rows)
+    assert all(r["out_of_model"] in ("true", "false") for r in rows)
+    data = load_spectra(shootout_slice, target="assay")
+    expected = load_bundle(out).predict(data.X.astype(np.float32)).value
+    np.testing.assert_allclose([float(r["prediction"]) for r in rows], expected, rtol=1e-5)
+    assert data.y is not None
+    test_rmse = np.sqrt(np.mean((expected[60:] - data.y[60:]) ** 2))
+    assert test_rmse == pytest.approx(pls["rmsep"], rel=1e-4)
+
+
+def test_bad_training_data_gives_clear_cli_errors(
+    shootout_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fails(args: list[str], *needles: str) -> None:
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "nirwatch train: error:" in err
+        for needle in needles:
+            assert needle in err, err
+        assert "Traceback" not in err
+
+    out = tmp_path / "b"
+    fails(train_args(shootout_slice, out, "--target", "nope"), "no target column 'nope'")
+    fails(
+        train_args(shootout_slice, out, "--split-column", "Batch", "--train-values", "x"),
+        "Batch",
+    )
+    fails(
+        train_args(shootout_slice, out, "--split-column", "SampleType", "--train-values", "Nope"),
+        "Nope",
+    )
+    small = write_slice(shootout_slice, tmp_path / "small.csv", n_train=8, n_test=0)
+    fails(train_args(small, out, "--model", "pls"), "too few samples", "8 spectra")
+
+    rows = list(csv.reader(shootout_slice.open()))
+    rows[5][10] = "nan"
+    nan_csv = tmp_path / "nan.csv"
+    csv.writer(nan_csv.open("w", newline="")).writerows(rows)
+    fails(train_args(nan_csv, out), "non-finite", "lines [6]")
+
+    rows = list(csv.reader(shootout_slice.open()))
+    for r in rows[1:]:
+        r[3] = "200"
+    const_csv = tmp_path / "const.csv"
+    csv.writer(const_csv.open("w", newline="")).writerows(rows)
+    fails(train_args(const_csv, out), "constant")
+    assert not out.exists()
+
+
+def test_predict_refuses_other_grid(
+    shootout_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b"
+    assert main(train_args(shootout_slice, out, "--model", "pls")) == 0
+    rows = [r[:-10] for r in csv.reader(shootout_slice.open())]  # drop the last 10 wavelengths
+    short = tmp_path / "short.csv"
+    csv.writer(short.open("w", newline="")).writerows(rows)
+    capsys.readouterr()
+    args = ["predict", "--bundle", str(out), "--data", str(short), "--out", str(tmp_path / "p.csv")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "differs from the bundle's lin:600:1898:2 (650 points)" in err
+    assert not (tmp_path / "p.csv").exists()

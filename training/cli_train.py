@@ -1,0 +1,100 @@
+"""``nirwatch train``: fit CNN and/or PLS on a dataset and write a model bundle with a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from nirwatch.datasets import load_spectra
+from nirwatch.errors import DataError
+from nirwatch.registry import ModelRegistry
+from nirwatch.settings import load_settings
+from training.fit import check_training_data, fit_bundle
+from training.settings import TrainingSettings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="spectra, .csv or .npz")
+    parser.add_argument("--target", required=True, help="target column (CSV) or key (npz)")
+    parser.add_argument("--unit", default="", help="unit of the target, e.g. mg")
+    parser.add_argument("--split-column", help="metadata column that says which rows train")
+    parser.add_argument(
+        "--train-values",
+        help="comma-separated values of --split-column to train on; other rows are the test "
+        "set (RMSEP)",
+    )
+    parser.add_argument("--model", choices=["cnn", "pls", "both"], default="both")
+    parser.add_argument(
+        "--out", type=Path, help="bundle directory to create (default bundles/<target>-<time>)"
+    )
+    parser.add_argument("--register", type=Path, metavar="REGISTRY", help="register as candidate")
+    parser.add_argument("--epochs", type=int, help="override NIRWATCH_TRAIN_EPOCHS")
+    parser.add_argument("--seed", type=int, help="override NIRWATCH_TRAIN_SEED")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the device")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {
+        k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("device", args.device))
+    }
+    settings = load_settings(
+        TrainingSettings, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if (args.split_column is None) != (args.train_values is None):
+        raise DataError("--split-column and --train-values go together")
+    data = load_spectra(args.data, target=args.target)
+    assert data.y is not None  # load_spectra checked the target column
+    train = np.ones(data.n_samples, dtype=bool)
+    if args.split_column is not None:
+        values = [v.strip() for v in args.train_values.split(",") if v.strip()]
+        if args.split_column not in data.metadata:
+            raise DataError(
+                f"{args.data}: no split column {args.split_column!r}; "
+                f"available: {sorted(data.metadata)}"
+            )
+        col = data.metadata[args.split_column].astype(str)
+        train = np.isin(col, values)
+        if not train.any():
+            raise DataError(
+                f"{args.data}: no rows with {args.split_column} in {values}; "
+                f"its values: {sorted(set(col.tolist()))[:20]}"
+            )
+    test = ~train
+    check_training_data(data.X[train], data.y[train], data.wavelengths)
+    out = args.out or Path("bundles") / f"{args.target}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    print(
+        f"training {args.model} on {int(train.sum())} spectra x {data.n_points} points "
+        f"({int(test.sum())} test rows) -> {out}",
+        file=sys.stderr,
+    )
+    path = fit_bundle(
+        data.X[train],
+        data.y[train],
+        data.wavelengths,
+        target=args.target,
+        unit=args.unit,
+        model=args.model,
+        out_dir=out,
+        settings=settings,
+        X_test=data.X[test] if test.any() else None,
+        y_test=data.y[test] if test.any() else None,
+        hmac_key=settings.registry.key(),
+        progress=True,
+    )
+    report = json.loads((path / "report" / "report.json").read_text())
+    for name, m in report["models"].items():
+        rmsep = "-" if m.get("rmsep") is None else f"{m['rmsep']:.4g}"
+        print(
+            f"{name}: RMSECV {m['rmsecv']:.4g}  RMSEP {rmsep}  bias {m['bias']:.3g}  "
+            f"R² {m['r2']:.4f} [{args.unit}]"
+        )
+    print(f"bundle: {path}")
+    if args.register is not None:
+        version = ModelRegistry(args.register, hmac_key=settings.registry.key()).register(path)
+        print(f"registered candidate {version} in {args.register}")
+    return 0

@@ -1,0 +1,286 @@
+"""Fit a complete model bundle: PLS (always, the fallback), CNN (optional), diagnostics, report.
+
+* PLS: MSC, then a Savitzky-Golay first derivative, latent variables by K-fold CV
+  (:func:`nirwatch.chemometrics.pls.fit_pls_cv`) — the reference PLS of issue 3.
+* CNN: :func:`training.cnn.fit_cnn`, spectral augmentation followed by EMSC, then the 1-D CNN
+  (Bjerrum, Glahder & Skov 2017, arXiv:1710.01927).
+* Calibration statistics: PCA of the PLS-preprocessed calibration spectra with as many
+  components as PLS latent variables; Hotelling T² and Q limits at 95 / 99 %.
+* Fallback limit: ``fallback_k × RMSECV`` of PLS. Two predictions that each err by about
+  RMSECV differ by about √2 × RMSECV, so k = 3 flags only clear disagreements.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import KFold
+
+from nirwatch.bundle import BundleContents, data_hash, write_bundle
+from nirwatch.chemometrics.derivative import SavitzkyGolay
+from nirwatch.chemometrics.diagnostics import CalibrationStatistics
+from nirwatch.chemometrics.pls import PLSCalibration, fit_pls_cv
+from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
+from nirwatch.errors import DataError, ModelError
+from training.report import ModelEvaluation, build_report
+from training.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+ModelChoice = Literal["both", "cnn", "pls"]
+#: Fewest calibration spectra accepted: K-fold CV and a CNN validation split need a few each.
+MIN_SAMPLES = 20
+
+
+@dataclass
+class _CNNResult:
+    predictor: Any
+    steps: list[Any]
+    evaluation: ModelEvaluation
+    history: dict[str, list[float]] = field(default_factory=dict)
+    kernels: tuple[np.ndarray, np.ndarray | None] | None = None
+    reference: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_training_data(
+    X: Any, y: Any, wavelengths: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate training data, returning float64 arrays X (n, p), y (n,), wavelengths (p,).
+
+    Raises
+    ------
+    DataError
+        Naming the problem: shapes, NaN rows, too few samples, constant target.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    if X.ndim != 2:
+        raise DataError(f"expected spectra of shape (n, n_points), got {X.shape}")
+    if y.shape != (X.shape[0],):
+        raise DataError(f"expected y of shape ({X.shape[0]},) to match the spectra, got {y.shape}")
+    if wl.shape != (X.shape[1],):
+        raise DataError(f"expected {X.shape[1]} wavelengths to match the spectra, got {wl.shape}")
+    if X.shape[0] < MIN_SAMPLES:
+        raise DataError(f"too few samples: {X.shape[0]} spectra, at least {MIN_SAMPLES} needed")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if bad.size:
+        raise DataError(f"non-finite absorbances in {bad.size} spectra, rows {bad[:20].tolist()}")
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise DataError(f"non-finite target in {bad.size} rows, rows {bad[:20].tolist()}")
+    if np.ptp(y) == 0:
+        raise DataError(
+            f"the target is constant ({y[0]:g}) over {y.size} rows: nothing to calibrate"
+        )
+    return X, y, wl
+
+
+def pls_steps(settings: TrainingSettings) -> list[Any]:
+    """The PLS preprocessing: MSC, then a Savitzky-Golay first derivative."""
+    return [
+        MultiplicativeScatterCorrection(),
+        SavitzkyGolay(window_length=settings.sg_window, polyorder=settings.sg_polyorder, deriv=1),
+    ]
+
+
+def cv_predictions(
+    model: PLSCalibration, X: np.ndarray, y: np.ndarray, folds: int, seed: int
+) -> np.ndarray:
+    """Held-out predictions of ``model``'s pipeline with its chosen components, same folds as CV."""
+    pred = np.empty_like(y)
+    for train, test in KFold(n_splits=folds, shuffle=True, random_state=seed).split(X):
+        fold = PLSCalibration(
+            steps=[clone(s) for s in model.steps], n_components=model.n_components_
+        )
+        pred[test] = fold.fit(X[train], y[train]).predict(X[test])
+    return pred
+
+
+def fit_bundle(
+    X: Any,
+    y: Any,
+    wavelengths: Any,
+    *,
+    target: str,
+    unit: str,
+    model: ModelChoice = "both",
+    out_dir: str | Path,
+    settings: TrainingSettings | None = None,
+    X_test: Any = None,
+    y_test: Any = None,
+    hmac_key: str | bytes | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> Path:
+    """Fit PLS (always) and the CNN (``model`` "cnn" or "both") and write a bundle.
+
+    Parameters
+    ----------
+    X : array-like (n, p)
+        Calibration spectra.
+    y : array-like (n,)
+        Reference values of ``target`` in ``unit``.
+    wavelengths : array-like (p,)
+    model : {"both", "cnn", "pls"}
+        "cnn" and "both" both store the two models (PLS is the fallback and the sanity check).
+    out_dir : path
+        Bundle directory to create (must not exist).
+    settings : TrainingSettings, optional
+        Hyper-parameters; ``overrides`` (e.g. ``epochs=5``) replace individual fields.
+    X_test, y_test : array-like, optional
+        Rows not used for fitting: RMSEP, test bias and R² in the manifest and report.
+    hmac_key : optional
+        Sign the manifest.
+    progress : bool
+        Show progress (stage lines, and the CNN's per-epoch bar) on stderr.
+
+    Returns
+    -------
+    Path of the written bundle.
+    """
+    if model not in ("both", "cnn", "pls"):
+        raise DataError(f"model must be 'both', 'cnn' or 'pls', got {model!r}")
+    s = _settings(settings, overrides)
+    X, y, wl = check_training_data(X, y, wavelengths)
+    has_test = X_test is not None and y_test is not None and len(y_test) > 0
+    if has_test:
+        X_test = np.asarray(X_test, dtype=np.float64)
+        y_test = np.asarray(y_test, dtype=np.float64)
+        if X_test.ndim != 2 or X_test.shape[1] != X.shape[1] or y_test.shape != (X_test.shape[0],):
+            raise DataError(
+                f"test data: expected X_test (m, {X.shape[1]}) and y_test (m,), "
+                f"got {np.shape(X_test)} and {np.shape(y_test)}"
+            )
+    say = _reporter(progress)
+    t0 = time.perf_counter()
+
+    say(f"PLS: MSC + SG 1st derivative, {s.cv_folds}-fold CV over up to {s.pls_max_components} LVs")
+    folds = min(s.cv_folds, X.shape[0])
+    pls = fit_pls_cv(X, y, pls_steps(s), s.pls_max_components, folds, random_state=s.seed)
+    pls_eval = ModelEvaluation(
+        name="pls",
+        cv_true=y,
+        cv_pred=cv_predictions(pls, X, y, folds, s.seed),
+        cv_label=f"{folds}-fold CV",
+        test_true=y_test if has_test else None,
+        test_pred=pls.predict(X_test) if has_test else None,
+        extra={"n_components": int(pls.n_components_), "rmsec": float(pls.rmsec_)},
+    )
+    t_pls = time.perf_counter() - t0
+    say(f"PLS: {pls.n_components_} LVs, RMSECV {pls.rmsecv_:.4g} ({t_pls:.1f} s)")
+
+    Z = pls.preprocess(X)
+    stats = CalibrationStatistics(n_components=min(int(pls.n_components_), Z.shape[0] - 2)).fit(Z)
+
+    cnn: _CNNResult | None = None
+    if model in ("cnn", "both"):
+        t1 = time.perf_counter()
+        cnn = _fit_cnn(
+            X, y, wl, s, X_test if has_test else None, y_test if has_test else None, progress
+        )
+        cnn.info["train_seconds"] = time.perf_counter() - t1
+        say(f"CNN: trained in {cnn.info['train_seconds']:.1f} s")
+
+    evaluations = [pls_eval] + ([cnn.evaluation] if cnn else [])
+    metrics = (cnn.evaluation if cnn else pls_eval).metrics()
+    manifest_metrics = {k: metrics.get(k) for k in ("rmsecv", "rmsep", "bias", "r2", "n_test")} | {
+        "pls_rmsecv": float(pls.rmsecv_),
+        "pls_rmsep": pls_eval.metrics()["rmsep"],
+    }
+    fallback_limit = s.fallback_k * float(pls.rmsecv_)
+    summary = {
+        "n_calibration": int(X.shape[0]),
+        "n_test": int(len(y_test)) if has_test else 0,
+        "model": model,
+        "served_by": "cnn" if cnn else "pls",
+        "fallback_limit": fallback_limit,
+        "calibration_statistics": {
+            "n_components": int(stats.n_components_),
+            "t2_limit_99": float(stats.t2_limit_99_),
+            "q_limit_99": float(stats.q_limit_99_),
+        },
+        "seconds": {"pls": t_pls, "cnn": cnn.info.get("train_seconds") if cnn else None},
+        "settings": s.model_dump(mode="json", exclude={"registry"}),
+    }
+    report = build_report(
+        target=target,
+        unit=unit,
+        evaluations=evaluations,
+        summary=summary,
+        history=cnn.history if cnn else None,
+        kernels=cnn.kernels if cnn else None,
+        reference_spectrum=cnn.reference if cnn else None,
+        wavelengths=wl,
+    )
+    contents = BundleContents(
+        target=target,
+        unit=unit,
+        wavelengths=wl,
+        data_hash=data_hash(X, y),
+        pls=pls,
+        statistics=stats,
+        statistics_steps=pls.steps_,
+        cnn=cnn.predictor if cnn else None,
+        cnn_steps=cnn.steps if cnn else [],
+        fallback_limit=fallback_limit,
+        metrics=_finite(manifest_metrics),
+        training={"n_calibration": int(X.shape[0]), "model": model, "seed": s.seed}
+        | ({"cnn": cnn.info} if cnn else {}),
+        extra_files={f"report/{name}": data for name, data in report.items()},
+    )
+    path = write_bundle(contents, out_dir, hmac_key=hmac_key)
+    say(f"bundle written to {path} ({time.perf_counter() - t0:.1f} s in all)")
+    return path
+
+
+def _fit_cnn(
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    X_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    progress: bool,
+) -> _CNNResult:
+    try:
+        from training import cnn as cnn_training  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ModelError(f"CNN training is not available ({exc}); use --model pls") from exc
+    raise ModelError(
+        f"CNN training through {cnn_training.__name__} is not wired yet; use --model pls"
+    )
+
+
+def _settings(settings: TrainingSettings | None, overrides: dict[str, Any]) -> TrainingSettings:
+    unknown = set(overrides) - set(TrainingSettings.model_fields)
+    if unknown:
+        raise TypeError(f"fit_bundle: unknown setting(s) {sorted(unknown)}")
+    if settings is None:
+        # Validation without reading the environment: main() reads it, not library code.
+        return TrainingSettings.model_validate(overrides | {"registry": {}})
+    if not overrides:
+        return settings
+    return TrainingSettings.model_validate(settings.model_dump() | overrides)
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
+
+
+def _reporter(progress: bool) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        log.info(msg)
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
