@@ -122,6 +122,12 @@ def _wavelength_columns(header: list[str], source: str) -> tuple[int, int, np.nd
                 f"the wavelength columns {header[first]}..{header[last]}"
             )
     wl = np.array([float(header[i]) for i in range(first, last + 1)])
+    if not np.isfinite(wl).all():
+        j = int(np.flatnonzero(~np.isfinite(wl))[0])
+        raise DataError(
+            f"{source}: wavelength header {header[first + j]!r} (column {first + j + 1}) "
+            "is not a finite number"
+        )
     bad = np.flatnonzero(np.diff(wl) <= 0)
     if bad.size:
         j = int(bad[0])
@@ -142,7 +148,20 @@ def _metadata_array(values: list[str]) -> np.ndarray:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[int]]:
     """X, wavelengths, metadata and the file line number of each data row."""
     source = str(path)
-    with path.open(newline="") as fh:
+    try:
+        return _parse_csv(path, source)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
+        ) from exc
+    except csv.Error as exc:
+        raise DataError(f"{source}: malformed CSV: {exc}") from exc
+
+
+def _parse_csv(
+    path: Path, source: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[int]]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # BOM from spreadsheets
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -191,21 +210,33 @@ def _read_npz(
         with np.load(path, allow_pickle=False) as archive:
             npz = {key: archive[key] for key in archive.files}
     except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise DataError(f"{source}: cannot read as npz: {exc}") from exc
         # Object arrays are pickles; nirwatch never unpickles data files.
         raise DataError(
             f"{source}: not a plain npz file (object arrays need pickle): {exc}"
         ) from exc
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{source}: cannot read as npz: {exc}") from exc
+    except Exception as exc:
+        # A damaged archive surfaces as zlib.error, EOFError, OSError, BadZipFile, SyntaxError
+        # from the npy header...: all mean the same to the caller.
+        raise DataError(f"{source}: cannot read as npz: {type(exc).__name__}: {exc}") from exc
     missing = [k for k in ("X", "wavelengths") if k not in npz]
     if missing:
         raise DataError(f"{source}: missing keys {missing}; found {sorted(npz)}")
+    for key in ("X", "wavelengths"):
+        if npz[key].dtype.kind not in "fiu":
+            raise DataError(f"{source}: {key} must be numeric, got dtype {npz[key].dtype}")
     X = np.asarray(npz["X"], dtype=np.float64)
     wl = np.asarray(npz["wavelengths"], dtype=np.float64)
     if X.ndim != 2 or wl.ndim != 1 or X.shape[1] != wl.size:
         raise DataError(
             f"{source}: X of shape (n, p) and wavelengths of shape (p,) expected, got "
             f"{X.shape} and {wl.shape}"
+        )
+    if not np.isfinite(wl).all():
+        raise DataError(
+            f"{source}: wavelengths contain non-finite values at points "
+            f"{np.flatnonzero(~np.isfinite(wl))[:10].tolist()}"
         )
     bad = np.flatnonzero(np.diff(wl) <= 0)
     if bad.size:

@@ -167,3 +167,33 @@ def test_fermentation() -> None:
     assert online.X.shape == (1629, 1047) and online.y is None
     with pytest.raises(DataError, match=r"no target 'ethanol'; available: \['glucose'\]"):
         load_fermentation("train", target="ethanol")
+
+
+def test_damaged_inputs_raise_data_error(tmp_path: Path) -> None:
+    """Whatever is wrong with a file, the caller sees a DataError, never a decoder's exception."""
+    (tmp_path / "latin.csv").write_bytes(b"y,600,602\n1,\xff\xfe,3\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_spectra(tmp_path / "latin.csv")
+    (tmp_path / "long.csv").write_text("y,600,602\n1," + "1" * 200_000 + ",3\n")
+    with pytest.raises(DataError, match="malformed CSV"):
+        load_spectra(tmp_path / "long.csv")
+    (tmp_path / "inf.csv").write_text("y,600,inf\n1,2,3\n2,3,4\n")
+    with pytest.raises(DataError, match=r"header 'inf' \(column 3\) is not a finite number"):
+        load_spectra(tmp_path / "inf.csv")
+    (tmp_path / "bom.csv").write_bytes("\ufeffassay,600,602\n1,2,3\n2,3,4\n".encode())
+    assert load_spectra(tmp_path / "bom.csv", target="assay").y is not None
+    np.savez(tmp_path / "nanwl.npz", X=np.ones((2, 2)), wavelengths=np.array([np.nan, 2.0]))
+    with pytest.raises(DataError, match=r"non-finite values at points \[0\]"):
+        load_spectra(tmp_path / "nanwl.npz")
+    np.savez(tmp_path / "text.npz", X=np.array([["a", "b"]]), wavelengths=np.array([1.0, 2.0]))
+    with pytest.raises(DataError, match="X must be numeric"):
+        load_spectra(tmp_path / "text.npz")
+    np.savez_compressed(
+        tmp_path / "z.npz", X=np.random.default_rng(0).random((20, 50)), wavelengths=np.arange(50.0)
+    )
+    raw = bytearray((tmp_path / "z.npz").read_bytes())
+    for i in range(200, 264):  # inside X's deflate stream
+        raw[i] ^= 0xFF
+    (tmp_path / "z.npz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="cannot read as npz"):
+        load_spectra(tmp_path / "z.npz")
