@@ -1,8 +1,9 @@
 """Turning a :class:`~nirwatch.predictor.BatchPrediction` into prediction records on the wire.
 
-The arrays are converted to Python lists once per batch (vectorised), so the per-spectrum work
-is one dict and one ``json.dumps``: the same JSON that :meth:`nirwatch.wire.Prediction.encode`
-writes (``decode_prediction`` reads it back; a test checks both agree).
+The arrays are converted to Python lists once per batch (vectorised) and the fields shared by
+the batch (model version, checksum, limits...) are JSON-encoded once, so the per-spectrum work
+is filling one string template. The bytes are identical to what
+:meth:`nirwatch.wire.Prediction.encode` writes (a test checks it on every kind of value).
 """
 
 from __future__ import annotations
@@ -19,6 +20,31 @@ from nirwatch.predictor import BatchPrediction, Predictor
 from nirwatch.wire import PREDICTION_SCHEMA, SpectrumHeader
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+#: JSON string literal of a str, as json.dumps writes it (C-accelerated where available).
+_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_TRUE, _FALSE = "true", "false"
+
+
+def _num(x: float | None) -> str:
+    """JSON number as json.dumps writes it (``float.__repr__``), ``null`` for None."""
+    return "null" if x is None else float.__repr__(x)
+
+
+def _template(const: dict[str, str]) -> str:
+    """%-template of one record, keys in the order of ``nirwatch.wire.Prediction``'s fields.
+
+    Per-record slots are ``%s``; batch constants are already JSON (``%`` escaped).
+    """
+    c = {k: v.replace("%", "%%") for k, v in const.items()}
+    return (
+        '{"prediction_id":"%s","message_id":%s,"instrument_id":%s,"sample_id":%s,'
+        f'"timestamp":%s,"published_at":{c["published_at"]},"target":{c["target"]},'
+        f'"value":%s,"model":%s,"model_version":{c["model_version"]},'
+        f'"bundle_checksum":{c["bundle_checksum"]},"product":%s,"batch":%s,'
+        f'"unit":{c["unit"]},"fallback_reason":%s,"cnn_value":%s,"pls_value":%s,'
+        f'"t2":%s,"q":%s,"t2_limit":{c["t2_limit"]},"q_limit":{c["q_limit"]},'
+        f'"out_of_model":%s,"releasable":%s,"schema":{c["schema"]}}}'
+    )
 
 
 def check_batch_prediction(bp: BatchPrediction, n: int) -> None:
@@ -84,42 +110,44 @@ def encode_predictions(
     oom: list[bool] = np.asarray(bp.out_of_model, dtype=bool).tolist()
     model = [str(m) for m in np.asarray(bp.model).tolist()]
     ids = prediction_ids(n)
-    t2_limit, q_limit = _limit(bp.t2_limit), _limit(bp.q_limit)
-    version, checksum = predictor.version, predictor.checksum
-    target, unit = predictor.target, predictor.unit
     releasable = [not o and v is not None for o, v in zip(oom, value, strict=True)]
+    # Fields shared by the whole batch are encoded once; per record only its own values are.
+    const = {
+        "published_at": _dumps(published_at),
+        "target": _dumps(predictor.target),
+        "model_version": _dumps(predictor.version),
+        "bundle_checksum": _dumps(predictor.checksum),
+        "unit": _dumps(predictor.unit),
+        "t2_limit": _dumps(_limit(bp.t2_limit)),
+        "q_limit": _dumps(_limit(bp.q_limit)),
+        "schema": _dumps(PREDICTION_SCHEMA),
+    }
+    template = _template(const)
+    reasons = [_dumps(r) for r in bp.fallback_reason]
     out: list[bytes] = []
     append = out.append
     for i, h in enumerate(headers):
-        # Keys in the order of nirwatch.wire.Prediction's fields.
         append(
-            _dumps(
-                {
-                    "prediction_id": ids[i],
-                    "message_id": h.message_id,
-                    "instrument_id": h.instrument_id,
-                    "sample_id": h.sample_id,
-                    "timestamp": h.timestamp,
-                    "published_at": published_at,
-                    "target": target,
-                    "value": value[i],
-                    "model": model[i],
-                    "model_version": version,
-                    "bundle_checksum": checksum,
-                    "product": h.product,
-                    "batch": h.batch,
-                    "unit": unit,
-                    "fallback_reason": bp.fallback_reason[i],
-                    "cnn_value": cnn[i],
-                    "pls_value": pls[i],
-                    "t2": t2[i],
-                    "q": q[i],
-                    "t2_limit": t2_limit,
-                    "q_limit": q_limit,
-                    "out_of_model": oom[i],
-                    "releasable": releasable[i],
-                    "schema": PREDICTION_SCHEMA,
-                }
+            (
+                template
+                % (
+                    ids[i],
+                    _str(h.message_id),
+                    _str(h.instrument_id),
+                    _str(h.sample_id),
+                    _num(h.timestamp),
+                    _num(value[i]),
+                    _str(model[i]),
+                    _str(h.product),
+                    _str(h.batch),
+                    reasons[i],
+                    _num(cnn[i]),
+                    _num(pls[i]),
+                    _num(t2[i]),
+                    _num(q[i]),
+                    _TRUE if oom[i] else _FALSE,
+                    _TRUE if releasable[i] else _FALSE,
+                )
             ).encode()
         )
     return out, releasable

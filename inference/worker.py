@@ -30,6 +30,7 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter
 
 from inference.batching import MicroBatch, RevocationTracker, poll_micro_batch
+from inference.partitioner import CachedKeyPartitioner
 from inference.records import encode_predictions
 from inference.reload import PredictorSource
 from inference.settings import WorkerSettings
@@ -98,7 +99,9 @@ class InferenceWorker:
     def _clients(self) -> tuple[KafkaConsumer, KafkaProducer]:
         s, k = self.settings, self.settings.kafka
         ensure_topics(k, [k.topic_spectra, k.topic_predictions, k.topic_dead_letter])
-        producer = make_producer(k, linger_ms=s.producer_linger_ms)
+        producer = make_producer(
+            k, linger_ms=s.producer_linger_ms, partitioner=CachedKeyPartitioner()
+        )
         consumer = make_consumer(
             k,
             s.group_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import namedtuple
 from pathlib import Path
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from test_worker_support import LinearPredictor, make_header, mixtures
 
 from inference.batching import MicroBatch, RevocationTracker
+from inference.partitioner import CachedKeyPartitioner
 from inference.records import check_batch_prediction, encode_predictions, prediction_ids
 from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
@@ -55,6 +57,8 @@ def test_encoded_records_equal_prediction_encode_and_decode_back() -> None:
     X = mixtures(rng.uniform(0.2, 0.8, 4), rng)
     X[3] += 5.0  # far outside the calibration
     headers = [make_header(f"p{i}", i) for i in range(4)]
+    # Quotes, non-ASCII and % signs must be escaped exactly as json.dumps does.
+    headers[2] = dataclasses.replace(headers[2], instrument_id='sonde-µ"%s', product="100% \\ ß")
     bp = predictor.predict(X)
     bp.value = bp.value.copy()
     bp.value[1] = np.nan  # no model could predict this one (PLS value kept)
@@ -184,3 +188,31 @@ def test_registry_source_reloads_on_promotion_and_keeps_old_on_failure() -> None
     now[0] = 25
     assert source.current().version == "v3"
     assert reg.get_sample_value("nirwatch_model_reloads_total", {"outcome": "success"}) == 2
+
+
+class _Cluster:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def topics(self) -> set[str]:
+        return {"t"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.n))
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.n))
+
+
+def test_cached_partitioner_places_keys_like_kafkas_murmur2() -> None:
+    from kafka.partitioner import DefaultPartitioner
+
+    cached, default = CachedKeyPartitioner(max_keys=8), DefaultPartitioner()
+    for n in (3, 6, 7):
+        cluster = _Cluster(n)
+        for i in range(50):  # more keys than the cache holds: it must stay correct
+            key = f"probe-{i}".encode()
+            for _ in range(2):
+                got = cached.partition("t", key, key, None, None, cluster)
+                assert got == default.partition("t", key, key, None, None, cluster)
+    assert len(cached._cache) <= 8
