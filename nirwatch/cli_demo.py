@@ -1,0 +1,369 @@
+"""``nirwatch demo`` (``make demo``): broker, simulated probes, worker and a live table.
+
+On embedded defaults: the Tansu broker starts unless ``NIRWATCH_KAFKA_BOOTSTRAP`` is set; a PLS
+model is fitted on simulated calibration data into ``var/demo/registry`` the first time; then
+the tablet-line simulator and the inference worker run in threads of this process while the
+table shows each probe's latest prediction. ``--scenario drift`` switches on a drift part-way
+through so the out-of-model flags and the prediction error can be watched. Ctrl-C (or the end
+of ``--duration``) stops the probes, lets the worker drain and prints a summary.
+
+Every service module is imported inside :func:`run`, so ``nirwatch`` stays light to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nirwatch.errors import NirwatchError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from nirwatch.settings import KafkaSettings
+    from nirwatch.wire import Prediction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY = Path("var/demo/registry")
+DRIFT_KINDS = ("baseline", "excipient_lot", "detector_ageing", "content_shift")
+#: Tansu's first group assignment takes session_timeout_ms / 2: short, so predictions show fast.
+DEMO_SESSION_TIMEOUT_MS = 2000
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, help="run this many seconds, then print a summary")
+    p.add_argument("--scenario", choices=("normal", "drift"), default="normal")
+    p.add_argument("--drift", choices=DRIFT_KINDS, default="excipient_lot", help="drift kind")
+    p.add_argument("--drift-at", type=float, default=20.0, help="drift onset in seconds (20)")
+    p.add_argument("--probes", type=int, default=3, help="simulated probes (3)")
+    p.add_argument("--rate", type=float, default=2.0, help="spectra/s per probe (2)")
+    p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="model registry")
+    p.add_argument("--model", choices=("pls", "both"), default="pls", help="model to fit")
+    p.add_argument("--metrics-port", type=int, default=9108, help="worker metrics (0: any)")
+
+
+@dataclass
+class ProbeRow:
+    """What the table shows for one instrument."""
+
+    sample_id: str = ""
+    value: float | None = None
+    model: str = ""
+    version: str = ""
+    t2: float | None = None
+    q: float | None = None
+    t2_limit: float | None = None
+    q_limit: float | None = None
+    out_of_model: bool = False
+    count: int = 0
+    out_of_model_count: int = 0
+    latency_ms: float = 0.0
+
+
+@dataclass
+class DemoState:
+    """Predictions seen so far, per instrument, with their end-to-end latencies."""
+
+    started_at: float
+    rows: dict[str, ProbeRow] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    predictions: int = 0
+    first_prediction_s: float | None = None
+
+    def add(self, p: Prediction) -> None:
+        if p.published_at < self.started_at:
+            return  # left over from an earlier run on the same broker
+        row = self.rows.setdefault(p.instrument_id, ProbeRow())
+        latency = 1000.0 * (p.published_at - p.timestamp)
+        row.sample_id, row.value, row.model, row.version = (
+            p.sample_id,
+            p.value,
+            p.model,
+            p.model_version,
+        )
+        row.t2, row.q, row.t2_limit, row.q_limit = p.t2, p.q, p.t2_limit, p.q_limit
+        row.out_of_model = p.out_of_model
+        row.count += 1
+        row.out_of_model_count += int(p.out_of_model)
+        row.latency_ms = latency
+        self.latencies_ms.append(latency)
+        self.predictions += 1
+        if self.first_prediction_s is None:
+            self.first_prediction_s = time.time() - self.started_at
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
+    """The registry's champion version, fitting and promoting a PLS bundle when there is none."""
+    from ingest.simulator import calibration_set
+    from nirwatch.registry import ModelRegistry
+    from training.fit import fit_bundle
+
+    registry = ModelRegistry(registry_root, hmac_key=hmac_key)
+    version = registry.champion_version()
+    if version is not None:
+        return version
+    print(f"no model in {registry_root}: fitting {model} on 300 simulated calibration tablets")
+    X, y, wl = calibration_set(300, seed=0)
+    X_test, y_test, _ = calibration_set(100, seed=1)
+    staging = registry_root.parent / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    bundle = fit_bundle(
+        X,
+        y,
+        wl,
+        target="api_content",
+        unit="mg",
+        model=model,  # type: ignore[arg-type]
+        out_dir=staging / f"bundle-{int(time.time())}",
+        X_test=X_test,
+        y_test=y_test,
+        hmac_key=hmac_key,
+        progress=True,
+    )
+    version = registry.register(bundle)
+    registry.promote(version)
+    return version
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _ratio(v: float | None, limit: float | None) -> str:
+    return "-" if v is None or not limit else f"{v / limit:.2f}"
+
+
+def render(state: DemoState, title: str, counts: dict[str, int]) -> Table:
+    """The live table: one row per instrument; T² and Q as fractions of their 99 % limits."""
+    from rich.table import Table
+
+    elapsed = time.time() - state.started_at
+    caption = (
+        f"{elapsed:.0f} s: spectra in {counts['sent']}, predictions out {state.predictions}, "
+        f"dead-lettered {counts['dead_lettered']}, latency p50 {state.percentile(50):.0f} ms "
+        f"p99 {state.percentile(99):.0f} ms. Ctrl-C stops."
+    )
+    table = Table(title=title, caption=caption)
+    table.add_column("probe", no_wrap=True, min_width=7)
+    table.add_column("sample", justify="right")
+    table.add_column("API mg", justify="right")
+    table.add_column("model")
+    table.add_column("T²/lim", justify="right")
+    table.add_column("Q/lim", justify="right")
+    table.add_column("status")
+    table.add_column("n", justify="right")
+    table.add_column("out", justify="right")
+    table.add_column("ms", justify="right")
+    for instrument in sorted(state.rows):
+        r = state.rows[instrument]
+        table.add_row(
+            instrument,
+            r.sample_id.rsplit("-", 1)[-1].lstrip("0") or "0",
+            _fmt(r.value),
+            r.model,
+            _ratio(r.t2, r.t2_limit),
+            _ratio(r.q, r.q_limit),
+            "[red]OUT[/red]" if r.out_of_model else "[green]ok[/green]",
+            str(r.count),
+            str(r.out_of_model_count),
+            f"{r.latency_ms:.0f}",
+        )
+    return table
+
+
+def _predictions_consumer(kafka: KafkaSettings) -> Any:
+    from kafka import TopicPartition
+
+    from nirwatch.kafka import make_consumer
+
+    consumer = make_consumer(kafka, None)
+    parts = consumer.partitions_for_topic(kafka.topic_predictions) or {0}
+    tps = [TopicPartition(kafka.topic_predictions, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    return consumer
+
+
+def _drain(consumer: Any, state: DemoState, timeout_ms: int) -> None:
+    from nirwatch.errors import WireFormatError
+    from nirwatch.wire import decode_prediction
+
+    for records in consumer.poll(timeout_ms=timeout_ms).values():
+        for rec in records:
+            try:
+                state.add(decode_prediction(rec.value))
+            except WireFormatError as exc:
+                log.warning("undecodable prediction at offset %s: %s", rec.offset, exc)
+
+
+def start_thread(name: str, target: Any, errors: list[BaseException]) -> threading.Thread:
+    """A daemon thread running ``target``; an exception is appended to ``errors``."""
+
+    def guarded() -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            log.exception("%s failed", name)
+
+    t = threading.Thread(target=guarded, name=name, daemon=True)
+    t.start()
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from rich.console import Console
+    from rich.live import Live
+
+    from inference.reload import RegistrySource
+    from inference.settings import WorkerSettings
+    from inference.worker import InferenceWorker
+    from ingest.producer import SpectrumProducer
+    from ingest.settings import IngestSettings
+    from ingest.simulator import Drift, ProbeSpec, TabletLineSimulator
+    from ingest.streaming import stream_simulator
+    from monitoring.metrics import WorkerMetrics
+    from nirwatch.broker import free_port, kafka_bootstrap
+    from nirwatch.bundle import load_bundle
+    from nirwatch.kafka import ensure_topics
+    from nirwatch.registry import ModelRegistry, RegistrySettings
+    from nirwatch.settings import load_settings
+
+    stop = threading.Event()  # Ctrl-C / SIGTERM: stop the probes, drain, summarise
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    console = Console()
+    ingest = load_settings(IngestSettings)
+    reg_settings = load_settings(RegistrySettings)
+    hmac_key = reg_settings.key()
+    version = ensure_model(args.registry, args.model, hmac_key)
+    metrics_port = args.metrics_port or free_port()
+    errors: list[BaseException] = []
+
+    with kafka_bootstrap(ingest.kafka.bootstrap) as bootstrap:
+        kafka = ingest.kafka.model_copy(update={"bootstrap": bootstrap})
+        ingest = ingest.model_copy(update={"kafka": kafka})
+        ensure_topics(
+            kafka,
+            [
+                kafka.topic_spectra,
+                kafka.topic_predictions,
+                kafka.topic_dead_letter,
+                kafka.topic_lab_results,
+            ],
+        )
+        worker_settings = load_settings(
+            WorkerSettings,
+            kafka=kafka,
+            registry_dir=args.registry,
+            metrics_port=metrics_port,
+            session_timeout_ms=DEMO_SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=DEMO_SESSION_TIMEOUT_MS // 4,
+            group_id="nirwatch-demo",
+        )
+        registry = CollectorRegistry()
+        metrics = WorkerMetrics(registry)
+        source = RegistrySource(
+            ModelRegistry(args.registry, hmac_key=hmac_key),
+            lambda p: load_bundle(p, hmac_key=hmac_key, device=worker_settings.device),
+            metrics,
+            worker_settings.reload_interval_s,
+        )
+        source.current()
+        server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+        probes = [ProbeSpec(f"probe-{i + 1}", args.rate) for i in range(args.probes)]
+        drift = Drift(args.drift, onset_s=args.drift_at) if args.scenario == "drift" else None
+        sim = TabletLineSimulator(probes, drift=drift, seed=ingest.seed)
+        probes_stop, worker_stop = threading.Event(), threading.Event()
+        producer = SpectrumProducer(ingest, source="simulator", expected_grid=sim.grid)
+        worker = InferenceWorker(worker_settings, source, metrics, worker_stop)
+        console.print(
+            f"nirwatch demo: {args.probes} probes x {args.rate:g}/s on {bootstrap}\n"
+            f"model {version} from {args.registry}\nmetrics {metrics_url}"
+            + (f"\ndrift {args.drift} switched on at {args.drift_at:g} s" if drift else "")
+        )
+        header = "nirwatch: API content per probe" + (f" ({args.drift} drift)" if drift else "")
+        state = DemoState(started_at=time.time())
+
+        def probes_main() -> None:
+            stream_simulator(
+                sim,
+                producer,
+                stop=probes_stop,
+                product=ingest.product,
+                lab_every=10,
+                lab_delay_s=5.0,
+            )
+
+        def counts() -> dict[str, int]:
+            worker_dl = sum(
+                s.value
+                for m in metrics.dead_lettered.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            )
+            return {"sent": producer.sent, "dead_lettered": producer.dead_lettered + int(worker_dl)}
+
+        consumer = _predictions_consumer(kafka)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        try:
+            worker_thread = start_thread("worker", worker.run, errors)
+            live = Live(render(state, header, counts()), console=console, refresh_per_second=4)
+            with live:
+                # Probes start once the worker owns partitions, so latencies are steady-state.
+                joined = time.monotonic() + 10
+                while not worker.assigned_partitions and time.monotonic() < joined:
+                    if stop.wait(0.05) or errors:
+                        break
+                probes_thread = start_thread("probes", probes_main, errors)
+                while not stop.is_set() and not errors:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    _drain(consumer, state, 200)
+                    live.update(render(state, header, counts()))
+                # Stop the probes, then let the worker catch up before it drains and exits.
+                probes_stop.set()
+                probes_thread.join(timeout=10)
+                producer.flush(10)
+                catch_up = time.monotonic() + 10
+                while state.predictions < producer.sent and time.monotonic() < catch_up:
+                    _drain(consumer, state, 200)
+                    live.update(render(state, header, counts()))
+                worker_stop.set()
+                worker_thread.join(timeout=30)
+                _drain(consumer, state, 200)
+                live.update(render(state, header, counts()))
+        finally:
+            probes_stop.set()
+            worker_stop.set()
+            consumer.close()
+            producer.close(timeout=5)
+            server.shutdown()
+    c = counts()
+    first = "-" if state.first_prediction_s is None else f"{state.first_prediction_s:.1f} s"
+    console.print()
+    console.print(
+        f"summary: spectra in {c['sent']}, predictions out {state.predictions}, "
+        f"dead-lettered {c['dead_lettered']}, out-of-model "
+        f"{sum(r.out_of_model_count for r in state.rows.values())}, latency p50 "
+        f"{state.percentile(50):.1f} ms p99 {state.percentile(99):.1f} ms, "
+        f"first prediction after {first}"
+    )
+    if errors:
+        raise NirwatchError(f"demo stopped: {errors[0]!r}")
+    return 0

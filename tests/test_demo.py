@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nirwatch.cli import main
+from nirwatch.settings import KafkaSettings
+
+
+@pytest.fixture
+def demo_env(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KafkaSettings]:
+    """The demo pointed at the test broker and the test's own topics."""
+    assert kafka_settings.bootstrap
+    monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
+    for topic in ("spectra", "dead_letter", "lab_results", "predictions"):
+        monkeypatch.setenv(
+            f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
+        )
+    monkeypatch.setenv("NIRWATCH_KAFKA_PARTITIONS", "3")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield kafka_settings
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_demo_end_to_end_smoke(
+    demo_env: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "registry"
+    argv = ["demo", "--duration", "20", "--registry", str(registry), "--metrics-port", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no model in" in out  # fitted a PLS model into the fresh registry
+    m = re.search(
+        r"summary: spectra in (\d+), predictions out (\d+), dead-lettered (\d+).*"
+        r"first prediction after ([\d.]+) s",
+        out.replace("\n", " "),
+    )
+    assert m, out
+    sent, predicted, dead = (int(g) for g in m.groups()[:3])
+    assert sent > 0 and predicted > 0
+    assert predicted == sent  # every spectrum of the run was predicted once
+    assert dead == 0
+    assert (registry / "champion.json").exists()
