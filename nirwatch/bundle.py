@@ -101,7 +101,9 @@ class BundleContents:
     """Everything :func:`write_bundle` stores.
 
     ``pls`` predicts from raw spectra (n, n_points); ``statistics`` scores spectra after the
-    ``statistics_steps``; ``cnn`` predicts after the ``cnn_steps``. ``fallback_limit`` is the
+    ``statistics_steps``, or, with ``statistics_on_pls``, after the PLS's own preprocessing
+    (``pls.preprocess``, computed once per batch for both); ``cnn`` predicts after the
+    ``cnn_steps``. ``fallback_limit`` is the
     largest |CNN − PLS| difference accepted before falling back to PLS (e.g. 3 × RMSECV).
     """
 
@@ -113,6 +115,7 @@ class BundleContents:
     statistics: Stateful
     fallback_limit: float
     statistics_steps: Sequence[Stateful] = ()
+    statistics_on_pls: bool = False
     cnn: Stateful | None = None
     cnn_steps: Sequence[Stateful] = ()
     metrics: Mapping[str, float | None] = field(default_factory=dict)
@@ -255,6 +258,7 @@ def write_bundle(
         "training": dict(contents.training),
         "packages": package_versions(),
         "fallback_limit": float(contents.fallback_limit),
+        "statistics_input": "pls" if contents.statistics_on_pls else "steps",
         "models": {"cnn": contents.cnn is not None, "pls": True},
         "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
     }
@@ -394,6 +398,7 @@ def load_bundle(
         pls=pls,
         statistics=stats,
         statistics_steps=pipelines.get("statistics", []),
+        statistics_on_pls=manifest.get("statistics_input") == "pls",
         cnn=cnn,
         cnn_steps=pipelines.get("cnn", []),
         cnn_load_error=cnn_error,
@@ -431,6 +436,7 @@ class LoadedBundle:
         statistics: Any,
         statistics_steps: Sequence[Any],
         cnn: Any | None,
+        statistics_on_pls: bool = False,
         cnn_steps: Sequence[Any],
         cnn_load_error: str | None = None,
     ) -> None:
@@ -440,6 +446,7 @@ class LoadedBundle:
         self._pls = pls
         self._stats = statistics
         self._stats_steps = list(statistics_steps)
+        self._stats_on_pls = statistics_on_pls
         self._cnn = cnn
         self._cnn_steps = list(cnn_steps)
         self.cnn_load_error = cnn_load_error
@@ -488,14 +495,21 @@ class LoadedBundle:
         DataError
             If the batch is not 2-D with ``n_points`` columns.
         """
-        X = np.asarray(spectra, dtype=np.float64)
+        X = np.asarray(spectra)
+        if X.dtype not in (np.float32, np.float64):  # float32 (the wire's type) stays float32
+            X = X.astype(np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_points:
             raise DataError(
                 f"expected spectra of shape (n, {self.n_points}) on grid {self.grid}, got {X.shape}"
             )
         n = X.shape[0]
-        pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
-        Xs = _apply(self._stats_steps, X)
+        if self._stats_on_pls:
+            # One pass of the (shared) PLS preprocessing serves both PLS and the diagnostics.
+            Xs = self._pls.preprocess(X)
+            pls = Xs.astype(np.float64) @ self._pls.coef_ + self._pls.intercept_
+        else:
+            pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
+            Xs = _apply(self._stats_steps, X)
         t2, q = (np.asarray(a, dtype=np.float64).reshape(n) for a in self._stats.score(Xs))
         cnn = np.full(n, np.nan)
         reasons: list[str | None]

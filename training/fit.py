@@ -229,7 +229,7 @@ def fit_bundle(
         data_hash=data_hash(X, y),
         pls=pls,
         statistics=stats,
-        statistics_steps=pls.steps_,
+        statistics_on_pls=True,
         cnn=cnn.predictor if cnn else None,
         cnn_steps=cnn.steps if cnn else [],
         fallback_limit=fallback_limit,
