@@ -1,0 +1,362 @@
+"""One retrain: recent labelled spectra plus the calibration set → a candidate → a decision.
+
+Steps of :func:`retrain`:
+
+1. Hold out a seeded random share of the *recent* labelled spectra (they represent the process
+   as it is now; the calibration set is used when too few recent ones exist).
+2. Fit a bundle on the calibration set plus the rest of the recent spectra, through a
+   ``Fitter`` (by default :func:`training.fit.fit_bundle`, which augments and applies EMSC as
+   in Bjerrum, Glahder & Skov 2017) and register it as a **candidate**.
+3. Score candidate and champion on the holdout (RMSE, bias).
+4. Policy ``auto``: promote only when the candidate's RMSE is at least ``margin`` (relative)
+   below the champion's; ``approval``: leave it for ``nirwatch models promote`` (GMP:
+   retraining is automatic, deployment is a decision).
+5. Write a JSON report: trigger, data used, metrics, decision and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from nirwatch.bundle import data_hash, load_bundle
+from nirwatch.errors import ConfigError, DataError, NirwatchError
+from nirwatch.registry import ModelRegistry
+from nirwatch.settings import NirwatchSettings
+from training.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+
+class RetrainSettings(NirwatchSettings):
+    """Retraining service settings (``NIRWATCH_RETRAIN_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="NIRWATCH_RETRAIN_", frozen=True, extra="ignore")
+
+    policy: Literal["auto", "approval"] = "approval"
+    margin: float = Field(default=0.05, ge=0, lt=1, description="relative RMSE improvement")
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=0.9)
+    min_recent_holdout: int = Field(default=10, ge=2, description="else hold out calibration")
+    seed: int = Field(default=0, ge=0)
+    calibration_data: Path | None = Field(default=None, description="CSV or npz")
+    target: str = Field(default="y", description="target column (CSV) or array (npz)")
+    unit: str = ""
+    model: Literal["cnn", "pls", "both"] = "both"
+    reports_dir: Path = Path("retrain-reports")
+    schedule_seconds: float = Field(default=0.0, ge=0, description="0: no periodic retrain")
+    cooldown_seconds: float = Field(default=600.0, ge=0, description="between alert retrains")
+    recent_max: int = Field(default=5000, ge=1, description="labelled spectra kept")
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8095, ge=0, le=65535)
+    webhook_token: SecretStr | None = None
+    webhook_token_file: Path | None = None
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+    def token(self) -> str:
+        """The webhook's bearer token (from ``webhook_token`` or ``webhook_token_file``)."""
+        if self.webhook_token is not None:
+            token = self.webhook_token.get_secret_value().strip()
+        elif self.webhook_token_file is not None:
+            try:
+                token = self.webhook_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"NIRWATCH_RETRAIN_WEBHOOK_TOKEN_FILE: {exc}") from exc
+        else:
+            token = ""
+        if len(token) < 16:
+            raise ConfigError(
+                "NIRWATCH_RETRAIN_WEBHOOK_TOKEN (or _TOKEN_FILE) must hold a token of at "
+                f"least 16 characters, got {len(token)}"
+            )
+        return token
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Labelled spectra: X (n, p), y (n,), wavelengths (p,), sample ids (n,) optional."""
+
+    X: np.ndarray
+    y: np.ndarray
+    wavelengths: np.ndarray
+    sample_ids: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.X.ndim != 2 or self.X.shape != (self.y.size, self.wavelengths.size):
+            raise DataError(
+                f"expected X of shape ({self.y.size}, {self.wavelengths.size}), got {self.X.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.y.size)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        ids = [self.sample_ids[i] for i in idx] if len(self.sample_ids) else []
+        return Dataset(self.X[idx], self.y[idx], self.wavelengths, ids)
+
+
+def load_dataset(path: Path, target: str) -> Dataset:
+    """CSV (numeric headers = wavelengths, plus a ``target`` column) or npz (X, y, wavelengths)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"X", target, "wavelengths"} - set(z.files)
+            if missing:
+                raise DataError(f"{path} lacks arrays {sorted(missing)} (has {z.files})")
+            return Dataset(z["X"].astype(float), z[target].astype(float), z["wavelengths"])
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or target not in rows[0]:
+        raise DataError(f"{path}: no target column {target!r}")
+    header, body = rows[0], rows[1:]
+    spectral = [i for i, h in enumerate(header) if _is_number(h)]
+    t = header.index(target)
+    X = np.array([[float(r[i]) for i in spectral] for r in body])
+    y = np.array([float(r[t]) for r in body])
+    return Dataset(X, y, np.array([float(header[i]) for i in spectral]))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class LabelledBuffer:
+    """Recent spectra joined to their lab values by sample id, in bounded memory (thread-safe)."""
+
+    def __init__(self, wavelengths: np.ndarray, max_size: int = 5000) -> None:
+        self.wavelengths = np.asarray(wavelengths, dtype=float)
+        self.max_size = max_size
+        self._spectra: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._labs: OrderedDict[str, float] = OrderedDict()
+        self._labelled: deque[tuple[str, np.ndarray, float]] = deque(maxlen=max_size)
+        self._lock = threading.Lock()
+
+    def add_spectrum(self, sample_id: str, spectrum: np.ndarray) -> None:
+        with self._lock:
+            if sample_id in self._labs:
+                self._labelled.append((sample_id, spectrum, self._labs.pop(sample_id)))
+                return
+            self._spectra[sample_id] = spectrum
+            if len(self._spectra) > 4 * self.max_size:
+                self._spectra.popitem(last=False)
+
+    def add_lab(self, sample_id: str, value: float) -> None:
+        with self._lock:
+            spectrum = self._spectra.pop(sample_id, None)
+            if spectrum is not None:
+                self._labelled.append((sample_id, spectrum, value))
+                return
+            self._labs[sample_id] = value
+            if len(self._labs) > self.max_size:
+                self._labs.popitem(last=False)
+
+    def dataset(self) -> Dataset:
+        with self._lock:
+            items = list(self._labelled)
+        p = self.wavelengths.size
+        X = np.array([s for _, s, _ in items], dtype=float).reshape(len(items), p)
+        return Dataset(
+            X, np.array([v for *_, v in items]), self.wavelengths, [i for i, *_ in items]
+        )
+
+
+#: Writes a bundle fitted on the dataset into the given (new) directory and returns its path.
+Fitter = Callable[[Dataset, Path], Path]
+
+
+def fit_bundle_fitter(
+    *,
+    target: str,
+    unit: str,
+    model: Literal["cnn", "pls", "both"],
+    settings: TrainingSettings | None = None,
+    hmac_key: str | None = None,
+    **overrides: Any,
+) -> Fitter:
+    """A Fitter over :func:`training.fit.fit_bundle` (augmentation + EMSC, CNN and/or PLS)."""
+
+    def fit(data: Dataset, out_dir: Path) -> Path:
+        from training.fit import fit_bundle  # the training job's entry point (CONTRACTS.md)
+
+        return fit_bundle(
+            data.X, data.y, data.wavelengths, target=target, unit=unit, model=model,
+            out_dir=out_dir, settings=settings, hmac_key=hmac_key, **overrides,
+        )  # fmt: skip
+
+    return fit
+
+
+@dataclass
+class RetrainRequest:
+    """Why a retrain runs: ``trigger`` is ``schedule``, ``webhook`` or ``manual``."""
+
+    trigger: str
+    reason: str
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def holdout_split(
+    calibration: Dataset, recent: Dataset, settings: RetrainSettings
+) -> tuple[Dataset, Dataset, str]:
+    """(train, holdout, source): holdout from recent spectra when there are enough."""
+    rng = np.random.default_rng(settings.seed)
+    source = "recent" if len(recent) >= settings.min_recent_holdout else "calibration"
+    pool = recent if source == "recent" else calibration
+    order = rng.permutation(len(pool))
+    n_hold = max(2, int(round(settings.holdout_fraction * len(pool))))
+    hold, rest = pool.subset(order[:n_hold]), pool.subset(np.sort(order[n_hold:]))
+    other = calibration if source == "recent" else recent
+    train = Dataset(
+        np.vstack([other.X, rest.X]),
+        np.concatenate([other.y, rest.y]),
+        calibration.wavelengths,
+        [*other.sample_ids, *rest.sample_ids],
+    )
+    return train, hold, source
+
+
+def evaluate(
+    bundle: Path, holdout: Dataset, hmac_key: str | bytes | None = None
+) -> dict[str, float]:
+    """RMSE, bias and CNN share of a bundle's published predictions on the holdout."""
+    pred = load_bundle(bundle, hmac_key, device="cpu").predict(holdout.X.astype(np.float32))
+    residual = np.asarray(pred.value, dtype=float) - holdout.y
+    return {
+        "rmse": float(np.sqrt(np.mean(residual**2))),
+        "bias": float(np.mean(residual)),
+        "cnn_share": float(np.mean(np.asarray(pred.model) == "cnn")),
+        "out_of_model_share": float(np.mean(pred.out_of_model)),
+    }
+
+
+def decide(
+    policy: str, margin: float, candidate: dict[str, float], champion: dict[str, float] | None
+) -> tuple[bool, str]:
+    """Whether to promote the candidate, and why (the report's words)."""
+    if policy != "auto":
+        return False, "policy is approval: the candidate waits for `nirwatch models promote`"
+    if champion is None:
+        return True, "policy auto and no champion could be scored: the candidate is the first"
+    bar = (1.0 - margin) * champion["rmse"]
+    c = candidate["rmse"]
+    if math.isfinite(c) and c <= bar:
+        return True, (
+            f"policy auto: holdout RMSE {c:.4g} <= (1 - {margin}) x champion's "
+            f"{champion['rmse']:.4g} = {bar:.4g}"
+        )
+    return False, (
+        f"policy auto: holdout RMSE {c:.4g} does not beat (1 - {margin}) x champion's "
+        f"{champion['rmse']:.4g} = {bar:.4g}; kept as candidate"
+    )
+
+
+def retrain(
+    request: RetrainRequest,
+    calibration: Dataset,
+    recent: Dataset,
+    registry: ModelRegistry,
+    fitter: Fitter,
+    settings: RetrainSettings,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Run one retrain (see the module docstring); returns the report, also written to disk."""
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {
+        "schema": "nirwatch.retrain-report/1",
+        "started_at": started.isoformat(),
+        "trigger": request.trigger,
+        "reason": request.reason,
+        "alerts": request.alerts[:50],
+        "policy": settings.policy,
+        "margin": settings.margin,
+        "champion_before": registry.champion_version(),
+    }
+    try:
+        if len(recent) and recent.X.shape[1] != calibration.X.shape[1]:
+            raise DataError(
+                f"recent spectra have {recent.X.shape[1]} points, calibration "
+                f"{calibration.X.shape[1]}: not the same wavelength grid"
+            )
+        train, holdout, source = holdout_split(calibration, recent, settings)
+        report["data"] = {
+            "n_calibration": len(calibration),
+            "n_recent": len(recent),
+            "n_train": len(train),
+            "n_holdout": len(holdout),
+            "holdout_source": source,
+            "train_data_hash": data_hash(train.X, train.y),
+            "holdout_sample_ids": list(holdout.sample_ids)[:1000],
+        }
+        out = workdir / f"candidate-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+        bundle = fitter(train, out)
+        report["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        version = registry.register(bundle)
+        report["candidate"] = version
+        key = registry.hmac_key
+        cand = evaluate(registry.path(version), holdout, key)
+        champ: dict[str, float] | None = None
+        champion_path = registry.champion()
+        if champion_path is not None:
+            try:
+                champ = evaluate(champion_path, holdout, key)
+            except NirwatchError as exc:  # e.g. another grid: cannot be compared
+                report["champion_error"] = str(exc)
+        report["metrics"] = {"candidate": cand, "champion": champ}
+        if champ is None and champion_path is not None and settings.policy == "auto":
+            promote, why = False, "champion could not be scored on the holdout: approval needed"
+        else:
+            promote, why = decide(settings.policy, settings.margin, cand, champ)
+        if promote:
+            registry.promote(version)
+        report["decision"] = "promoted" if promote else "candidate"
+        report["why"] = why
+    except NirwatchError as exc:
+        log.exception("retrain failed")
+        report["decision"] = "failed"
+        report["why"] = f"{type(exc).__name__}: {exc}"
+    report["champion_after"] = registry.champion_version()
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["path"] = str(write_report(report, settings.reports_dir, started))
+    log.info("retrain %s: %s (%s)", report.get("candidate"), report["decision"], report["why"])
+    return report
+
+
+def write_report(report: dict[str, Any], directory: Path, started: datetime) -> Path:
+    """Write the report atomically as ``<directory>/retrain-<UTC time>-<id>.json``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"retrain-{started:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:6]}.json"
+    tmp = path.with_suffix(".tmp")
+    text = json.dumps(_json_safe({**report, "path": str(path)}), indent=2, allow_nan=False)
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and inf (e.g. the RMSE of a model that predicted nothing) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj

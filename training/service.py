@@ -1,0 +1,358 @@
+"""``nirwatch retrain-service``: retrain on a schedule and when Alertmanager asks.
+
+Threads:
+
+* an HTTP server (stdlib, bind address from settings, loopback by default):
+  ``POST /alerts`` takes Alertmanager's webhook JSON and requires ``Authorization: Bearer
+  <token>`` (constant-time comparison); anything else is answered 401, logged and triggers
+  nothing. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) need no token.
+* a retrain worker running one :func:`training.retrain.retrain` at a time; requests that
+  arrive while one runs are coalesced into one follow-up; alert-triggered retrains respect a
+  cool-down so an alert storm cannot train back to back.
+* a scheduler (``NIRWATCH_RETRAIN_SCHEDULE_SECONDS`` > 0) and, unless ``--no-kafka``, a
+  consumer joining spectra with lab results into the buffer of recent labelled spectra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from nirwatch.errors import ConfigError, DataError, WireFormatError
+from nirwatch.registry import ModelRegistry, RegistrySettings
+from nirwatch.security import check_bearer_token
+from nirwatch.settings import KafkaSettings, load_settings
+from training.retrain import (
+    Dataset,
+    Fitter,
+    LabelledBuffer,
+    RetrainRequest,
+    RetrainSettings,
+    fit_bundle_fitter,
+    load_dataset,
+    retrain,
+)
+from training.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceMetrics:
+    """What the retraining service exports on ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.retrains = Counter(
+            "nirwatch_retrains", "Retrains by decision", ["decision"], registry=registry
+        )
+        self.webhook = Counter(
+            "nirwatch_retrain_webhook_requests",
+            "Webhook requests by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.last_retrain = Gauge(
+            "nirwatch_retrain_last_timestamp_seconds", "End of the last retrain", registry=registry
+        )
+        self.labelled = Gauge(
+            "nirwatch_retrain_labelled_spectra", "Recent labelled spectra held", registry=registry
+        )
+
+
+class RetrainService:
+    """Webhook, scheduler and retrain worker around :func:`training.retrain.retrain`."""
+
+    def __init__(
+        self,
+        settings: RetrainSettings,
+        registry: ModelRegistry,
+        calibration: Dataset,
+        fitter: Fitter,
+        token: str,
+        workdir: Path,
+        buffer: LabelledBuffer | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        if not token:
+            raise ConfigError("the retrain webhook needs a token")
+        self.settings = settings
+        self.registry = registry
+        self.calibration = calibration
+        self.fitter = fitter
+        self.workdir = workdir
+        self.buffer = buffer or LabelledBuffer(calibration.wavelengths, settings.recent_max)
+        self.metrics = metrics or ServiceMetrics(CollectorRegistry())
+        self._token = token
+        self._cond = threading.Condition()
+        self._pending: RetrainRequest | None = None
+        self._busy = False
+        self._last_alert_retrain = -float("inf")
+        self._stop = threading.Event()
+        self.reports: deque[dict[str, Any]] = deque(maxlen=100)
+        self._threads: list[threading.Thread] = []
+        self._http = ThreadingHTTPServer((settings.webhook_host, settings.webhook_port), _Handler)
+        self._http.daemon_threads = True
+        self._http.service = self  # type: ignore[attr-defined]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._http.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> RetrainService:
+        targets = [self._http.serve_forever, self._work]
+        if self.settings.schedule_seconds > 0:
+            targets.append(self._schedule)
+        for target in targets:
+            t = threading.Thread(target=target, name=f"retrain-{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("retrain webhook on http://%s:%d/alerts", *self.address)
+        return self
+
+    def stop(self, timeout: float = 600.0) -> None:
+        """Stop accepting requests; a retrain in progress finishes first."""
+        self._stop.set()
+        self._http.shutdown()
+        self._http.server_close()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+
+    def request(self, req: RetrainRequest) -> str:
+        """Queue a retrain; returns ``queued``, ``coalesced`` or ``cooldown``."""
+        with self._cond:
+            if req.trigger == "webhook":
+                since = time.monotonic() - self._last_alert_retrain
+                if since < self.settings.cooldown_seconds:
+                    return "cooldown"
+                self._last_alert_retrain = time.monotonic()
+            outcome = "coalesced" if self._pending is not None else "queued"
+            if self._pending is not None:
+                req.alerts = [*self._pending.alerts, *req.alerts]
+                req.reason = f"{self._pending.reason}; {req.reason}"
+            self._pending = req
+            self._cond.notify_all()
+            return outcome
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no retrain is queued or running (for tests and ``--once``)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set() or self._pending is None:
+                    return  # a queued request is dropped on shutdown
+                req, self._pending, self._busy = self._pending, None, True
+            try:
+                recent = self.buffer.dataset()
+                report = retrain(
+                    req, self.calibration, recent, self.registry, self.fitter,
+                    self.settings, self.workdir,
+                )  # fmt: skip
+                self.reports.append(report)
+                self.metrics.retrains.labels(report["decision"]).inc()
+                self.metrics.last_retrain.set_to_current_time()
+            except Exception:  # the service must outlive a failing retrain
+                log.exception("retrain crashed")
+                self.metrics.retrains.labels("crashed").inc()
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _schedule(self) -> None:
+        while not self._stop.wait(self.settings.schedule_seconds):
+            self.request(RetrainRequest("schedule", "periodic retrain"))
+
+    # ---- HTTP (called by _Handler)
+
+    def authorised(self, header: str | None) -> bool:
+        return check_bearer_token(header, self._token)
+
+    def handle_alerts(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            return 400, {"error": "body is not JSON"}
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            return 400, {"error": "expected Alertmanager webhook JSON with an alerts list"}
+        firing = [
+            a for a in payload["alerts"] if isinstance(a, dict) and a.get("status") == "firing"
+        ]
+        if not firing:
+            return 200, {"triggered": False, "why": "no firing alerts"}
+        alerts = [
+            {"labels": a.get("labels", {}), "startsAt": a.get("startsAt")} for a in firing[:50]
+        ]
+        names = sorted({str(a["labels"].get("alertname", "?")) for a in alerts})
+        outcome = self.request(RetrainRequest("webhook", "alerts: " + ", ".join(names), alerts))
+        if outcome == "cooldown":
+            return 200, {"triggered": False, "why": "cool-down after the last alert retrain"}
+        return 202, {"triggered": True, "outcome": outcome}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "nirwatch-retrain"
+
+    @property
+    def service(self) -> RetrainService:
+        return self.server.service  # type: ignore[attr-defined,no-any-return]
+
+    def _reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="nirwatch-retrain"')
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: dict[str, Any]) -> None:
+        self._reply(status, json.dumps(obj).encode())
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path == "/healthz":
+            self._reply(200, b"ok\n", "text/plain")
+        elif self.path == "/metrics":
+            self.service.metrics.labelled.set(len(self.service.buffer.dataset()))
+            self._reply(200, generate_latest(self.service.metrics.registry), "text/plain")
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        svc = self.service
+        if not svc.authorised(self.headers.get("Authorization")):
+            # Never log the header itself: a near-miss token is still a secret.
+            log.warning(
+                "webhook: rejected unauthorised POST %s from %s", self.path, self.client_address[0]
+            )
+            svc.metrics.webhook.labels("unauthorised").inc()
+            self._json(401, {"error": "unauthorised"})
+            return
+        if self.path != "/alerts":
+            self._json(404, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            svc.metrics.webhook.labels("bad_request").inc()
+            self._json(411, {"error": "Content-Length required"})
+            return
+        if not 0 <= length <= svc.settings.max_body_bytes:
+            svc.metrics.webhook.labels("too_large").inc()
+            self._json(413, {"error": f"body over {svc.settings.max_body_bytes} bytes"})
+            return
+        status, reply = svc.handle_alerts(self.rfile.read(length))
+        svc.metrics.webhook.labels("triggered" if status == 202 else str(status)).inc()
+        self._json(status, reply)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        log.debug("webhook %s: " + format, self.client_address[0], *args)
+
+
+def consume_labelled(
+    kafka: KafkaSettings, buffer: LabelledBuffer, grid: str, stop: threading.Event
+) -> None:
+    """Join spectra and lab results from Kafka into ``buffer`` until ``stop`` is set."""
+    from monitoring.drift_monitor import parse_lab_result
+    from nirwatch.kafka import make_consumer
+    from nirwatch.wire import decode_spectrum
+
+    consumer = make_consumer(
+        kafka, "nirwatch-retrain", kafka.topic_spectra, kafka.topic_lab_results,
+        enable_auto_commit=True,
+    )  # fmt: skip
+    try:
+        while not stop.is_set():
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for rec in records:
+                    try:
+                        if tp.topic == kafka.topic_lab_results:
+                            lab = parse_lab_result(rec.value)
+                            buffer.add_lab(lab.sample_id, lab.value)
+                        else:
+                            header, spectrum = decode_spectrum(rec.value, expected_grid=grid)
+                            buffer.add_spectrum(header.sample_id, spectrum)
+                    except (DataError, WireFormatError) as exc:
+                        log.debug("skipping record %s@%d: %s", tp.topic, rec.offset, exc)
+    finally:
+        consumer.close()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", type=Path, help="registry dir (NIRWATCH_REGISTRY_DIR)")
+    parser.add_argument(
+        "--calibration", type=Path, help="calibration CSV/npz (NIRWATCH_RETRAIN_CALIBRATION_DATA)"
+    )
+    parser.add_argument("--once", action="store_true", help="retrain once now, then exit")
+    parser.add_argument(
+        "--no-kafka", action="store_true", help="do not collect recent labelled spectra"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(RetrainSettings)
+    reg_settings = load_settings(RegistrySettings)
+    root = args.registry or reg_settings.dir
+    if root is None:
+        raise ConfigError("no registry: pass --registry DIR or set NIRWATCH_REGISTRY_DIR")
+    data_path = args.calibration or settings.calibration_data
+    if data_path is None:
+        raise ConfigError("no calibration data: pass --calibration or set "
+                          "NIRWATCH_RETRAIN_CALIBRATION_DATA")  # fmt: skip
+    calibration = load_dataset(Path(data_path), settings.target)
+    registry = ModelRegistry(root, hmac_key=reg_settings.key())
+    fitter = fit_bundle_fitter(
+        target=settings.target, unit=settings.unit, model=settings.model,
+        settings=load_settings(TrainingSettings), hmac_key=reg_settings.key(),
+    )  # fmt: skip
+    workdir = settings.reports_dir / "bundles"
+    service = RetrainService(
+        settings, registry, calibration, fitter, settings.token(), workdir
+    ).start()
+    stop = threading.Event()
+    if not args.no_kafka:
+        from nirwatch.grid import grid_id_for
+
+        kafka = load_settings(KafkaSettings)
+        grid = grid_id_for(calibration.wavelengths)
+        threading.Thread(
+            target=consume_labelled, args=(kafka, service.buffer, grid, stop), daemon=True
+        ).start()
+    if args.once:
+        service.request(RetrainRequest("manual", "nirwatch retrain-service --once"))
+        service.wait_idle(timeout=24 * 3600)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    stop.set()
+    service.stop()
+    last = service.reports[-1] if service.reports else None
+    if last is not None:
+        print(json.dumps({k: last.get(k) for k in ("decision", "why", "candidate", "path")}))
+    return 0 if last is None or last["decision"] != "failed" else 1
