@@ -228,9 +228,9 @@ def _read_npz(
             raise DataError(f"{source}: {key} must be numeric, got dtype {npz[key].dtype}")
     X = np.asarray(npz["X"], dtype=np.float64)
     wl = np.asarray(npz["wavelengths"], dtype=np.float64)
-    if X.ndim != 2 or wl.ndim != 1 or X.shape[1] != wl.size:
+    if X.ndim != 2 or wl.ndim != 1 or X.shape[1] != wl.size or wl.size == 0:
         raise DataError(
-            f"{source}: X of shape (n, p) and wavelengths of shape (p,) expected, got "
+            f"{source}: X of shape (n, p) and wavelengths of shape (p,), p >= 1, expected, got "
             f"{X.shape} and {wl.shape}"
         )
     if not np.isfinite(wl).all():

@@ -185,6 +185,9 @@ def test_damaged_inputs_raise_data_error(tmp_path: Path) -> None:
     np.savez(tmp_path / "nanwl.npz", X=np.ones((2, 2)), wavelengths=np.array([np.nan, 2.0]))
     with pytest.raises(DataError, match=r"non-finite values at points \[0\]"):
         load_spectra(tmp_path / "nanwl.npz")
+    np.savez(tmp_path / "empty.npz", X=np.ones((1, 0)), wavelengths=np.ones(0))
+    with pytest.raises(DataError, match="p >= 1"):
+        load_spectra(tmp_path / "empty.npz")
     np.savez(tmp_path / "text.npz", X=np.array([["a", "b"]]), wavelengths=np.array([1.0, 2.0]))
     with pytest.raises(DataError, match="X must be numeric"):
         load_spectra(tmp_path / "text.npz")
