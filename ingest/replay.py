@@ -4,18 +4,18 @@ Sources:
 
 * a CSV file with one column per wavelength (numeric headers) plus metadata columns, e.g. the
   IDRC 2002 shootout (``SampleType, weight, hardness, assay, 600, 602, ...``);
-* an ``.npz`` file with ``X`` (n, p) and ``wavelengths`` (p,) (optional ``sample_ids``);
-* ``fermentation``: chemotools' inline fermentation spectra (1629 spectra, 1047 points).
+* an ``.npz`` file with ``X`` (n, p), ``wavelengths`` (p,) and any length-n metadata arrays;
+* ``fermentation``: chemotools' inline fermentation spectra (1629 spectra, 1047 points, one
+  every 1.25 min; the 34 nearest to an HPLC sample carry its reference values).
   Its axis (428-1833 cm⁻¹) is not evenly spaced (steps 1.2-1.5 cm⁻¹), so it is resampled by
   linear interpolation onto ``lin:428:1833:1``; no wire grid id could name it otherwise.
 
-Cells that are empty or not numbers become NaN and the producer dead-letters those rows
-(reason ``non_finite``): bad data is shown at the edge, not silently dropped.
+Files are read and validated by :mod:`nirwatch.datasets` (a file with missing or non-numeric
+absorbances is refused with the lines named); the producer still validates every spectrum.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nirwatch.datasets import FERMENTATION_SPECTRUM_INTERVAL_H, SpectraDataset, load_spectra
+from nirwatch.datasets import load_fermentation as nd_load_fermentation
 from nirwatch.errors import DataError
 from nirwatch.grid import grid_id_for, points_in_grid
 from nirwatch.grid import wavelengths as grid_wavelengths
@@ -56,20 +58,6 @@ class ReplayDataset:
         return int(self.spectra.shape[0])
 
 
-def _float(cell: str) -> float:
-    try:
-        return float(cell)
-    except ValueError:
-        return math.nan
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        return math.isfinite(float(cell))
-    except ValueError:
-        return False
-
-
 def on_even_grid(spectra: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """Spectra on an evenly spaced axis and its grid id, resampling when ``axis`` is uneven.
 
@@ -98,72 +86,42 @@ def on_even_grid(spectra: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.
     return out, new_axis, grid
 
 
-def load_csv(path: Path | str, name: str | None = None) -> ReplayDataset:
-    """Read a spectra CSV: numeric headers are wavelengths, the other columns metadata."""
-    path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        try:
-            head = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file, expected a header row") from None
-        spec_cols = [i for i, h in enumerate(head) if _is_number(h)]
-        meta_cols = [i for i, h in enumerate(head) if not _is_number(h)]
-        if len(spec_cols) < 2:
-            raise DataError(
-                f"{path}: expected numeric column headers (wavelengths), found {len(spec_cols)}"
-            )
-        rows: list[list[float]] = []
-        meta: list[dict[str, object]] = []
-        for line_no, rec in enumerate(reader, start=2):
-            if not rec:
-                continue
-            if len(rec) != len(head):
-                raise DataError(
-                    f"{path}:{line_no}: expected {len(head)} cells as in the header, got {len(rec)}"
-                )
-            rows.append([_float(rec[i]) for i in spec_cols])
-            meta.append(
-                {
-                    head[i]: (float(rec[i]) if _is_number(rec[i]) else rec[i] or None)
-                    for i in meta_cols
-                }
-            )
-    if not rows:
-        raise DataError(f"{path}: no data rows")
-    axis = np.array([float(head[i]) for i in spec_cols])
-    spectra, axis, grid = on_even_grid(np.array(rows, dtype=np.float64), axis)
-    stem = name or path.stem
-    ids = [f"{stem}-{i:05d}" for i in range(len(rows))]
-    return ReplayDataset(stem, spectra, axis, grid, ids, meta)
+def _rows_of(metadata: dict[str, np.ndarray], n: int) -> list[dict[str, object]]:
+    """Column arrays to one JSON-able dict per row (NaN becomes None)."""
+    rows: list[dict[str, object]] = [{} for _ in range(n)]
+    for name, col in metadata.items():
+        for i, v in enumerate(col.tolist()):
+            rows[i][name] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return rows
 
 
-def load_npz(path: Path | str, name: str | None = None) -> ReplayDataset:
-    """Read ``X`` (n, p) and ``wavelengths`` (p,) from an npz file (no pickled objects)."""
+def from_dataset(data: SpectraDataset, name: str, axis_unit: str = "nm") -> ReplayDataset:
+    """A :class:`nirwatch.datasets.SpectraDataset` on a wire grid, ready to replay."""
+    spectra, axis, grid = on_even_grid(data.X, data.wavelengths)
+    ids = [f"{name}-{i:05d}" for i in range(data.n_samples)]
+    meta = _rows_of(data.metadata, data.n_samples)
+    return ReplayDataset(name, spectra, axis, grid, ids, meta, axis_unit)
+
+
+def load_file(path: Path | str, name: str | None = None) -> ReplayDataset:
+    """A CSV (numeric wavelength headers) or npz file, validated by :mod:`nirwatch.datasets`."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("X", "wavelengths") if k not in z]
-        if missing:
-            raise DataError(f"{path}: npz lacks {', '.join(missing)} (has {sorted(z.files)})")
-        X, axis = np.asarray(z["X"], dtype=np.float64), np.asarray(z["wavelengths"], float)
-        ids = [str(s) for s in z["sample_ids"]] if "sample_ids" in z else None
-    if X.ndim != 2 or X.shape[1] != axis.size:
-        raise DataError(
-            f"{path}: expected X of shape (n, {axis.size}) to match wavelengths, got {X.shape}"
-        )
-    spectra, axis, grid = on_even_grid(X, axis)
-    stem = name or path.stem
-    ids = ids or [f"{stem}-{i:05d}" for i in range(X.shape[0])]
-    return ReplayDataset(stem, spectra, axis, grid, ids, [{} for _ in ids])
+    return from_dataset(load_spectra(path), name or path.stem)
 
 
 def load_fermentation() -> ReplayDataset:
-    """chemotools' inline fermentation test spectra (read directly: pandas is not needed)."""
-    from chemotools.datasets import _base
+    """chemotools' 1629 inline fermentation spectra in time order (``time_h`` metadata).
 
-    path = Path(_base.PACKAGE_DIRECTORY) / "data" / "fermentation_spectra.csv"
-    ds = load_csv(path, name=FERMENTATION)
-    ds.axis_unit = "cm-1"
+    The 34 spectra nearest to an HPLC sample also carry its reference values (glucose, xylose,
+    acetic_acid, ethanol, furfural in g/L), so ``--lab-target glucose`` publishes those.
+    """
+    data = nd_load_fermentation("test", labelled_only=False)
+    ds = from_dataset(data, FERMENTATION, axis_unit="cm-1")
+    labelled = nd_load_fermentation("test", labelled_only=True)
+    idx = np.rint(labelled.metadata["time_h"] / FERMENTATION_SPECTRUM_INTERVAL_H).astype(int)
+    refs = {k: v for k, v in labelled.metadata.items() if k not in ("time_h", "hplc_time_h")}
+    for j, i in enumerate(idx):
+        ds.metadata[i].update({k: float(v[j]) for k, v in refs.items()})
     return ds
 
 
@@ -171,12 +129,7 @@ def load_dataset(source: str) -> ReplayDataset:
     """``fermentation``, or a path to a ``.csv`` / ``.npz`` file."""
     if source == FERMENTATION:
         return load_fermentation()
-    path = Path(source)
-    if not path.exists():
-        raise DataError(f"no such dataset file: {path} (or use '{FERMENTATION}')")
-    if path.suffix.lower() == ".npz":
-        return load_npz(path)
-    return load_csv(path)
+    return load_file(source)
 
 
 def replay_rows(

@@ -13,7 +13,7 @@ from test_ingest_producer import read_topic
 
 from ingest.lab_results import decode_lab_result
 from ingest.producer import SpectrumProducer
-from ingest.replay import load_csv, load_dataset, load_fermentation, load_npz, replay_rows
+from ingest.replay import load_dataset, load_fermentation, load_file, replay_rows
 from ingest.settings import IngestSettings
 from ingest.streaming import stream_rows
 from nirwatch.cli import main
@@ -58,31 +58,44 @@ def test_fermentation_resampled_onto_even_grid_keeps_values() -> None:
     # Original wavenumbers are integers, all on the new grid: values there are unchanged.
     idx = (axis - 428).astype(int)
     np.testing.assert_allclose(ds.spectra[0, idx], first, rtol=1e-6)
+    # Spectra in time order; the 34 nearest an HPLC sample carry its reference values.
+    times = [float(m["time_h"]) for m in ds.metadata]  # type: ignore[arg-type]
+    assert times == sorted(times)
+    labelled = [m for m in ds.metadata if "glucose" in m]
+    assert len(labelled) == 34 and labelled[0]["glucose"] == pytest.approx(44.41567094)
 
 
-def test_csv_and_npz_validation(tmp_path: Path) -> None:
-    (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(DataError, match="empty file"):
-        load_csv(tmp_path / "empty.csv")
-    (tmp_path / "nowl.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match="numeric column headers"):
-        load_csv(tmp_path / "nowl.csv")
-    (tmp_path / "ragged.csv").write_text("id,600,602\nx,1,2\ny,1\n")
-    with pytest.raises(DataError, match="ragged.csv:3: expected 3 cells"):
-        load_csv(tmp_path / "ragged.csv")
+def test_files_are_validated_by_datasets(tmp_path: Path) -> None:
+    write_csv(tmp_path / "bad.csv", 10, bad_rows=(7,))
+    with pytest.raises(DataError, match=r"non-finite absorbances in 1 spectra, lines \[9\]"):
+        load_file(tmp_path / "bad.csv")
     np.savez(tmp_path / "bad.npz", X=np.zeros((3, 4)), wavelengths=np.arange(5.0))
-    with pytest.raises(DataError, match=r"expected X of shape \(n, 5\)"):
-        load_npz(tmp_path / "bad.npz")
-    np.savez(tmp_path / "ok.npz", X=np.ones((3, 5)), wavelengths=np.arange(600.0, 610, 2))
-    ds = load_npz(tmp_path / "ok.npz")
+    with pytest.raises(DataError, match="shape"):
+        load_file(tmp_path / "bad.npz")
+    np.savez(
+        tmp_path / "ok.npz",
+        X=np.ones((3, 5)),
+        wavelengths=np.arange(600.0, 610, 2),
+        batch=np.array(["a", "b", "c"]),
+    )
+    ds = load_file(tmp_path / "ok.npz")
     assert ds.grid == "lin:600:608:2" and len(ds) == 3
-    with pytest.raises(DataError, match="no such dataset"):
+    assert [m["batch"] for m in ds.metadata] == ["a", "b", "c"]
+    with pytest.raises(DataError, match="no such file"):
         load_dataset(str(tmp_path / "missing.csv"))
+
+
+def test_uneven_axis_is_resampled_onto_a_grid(tmp_path: Path) -> None:
+    wl = np.array([600.0, 601.0, 603.0, 604.0, 606.0, 607.0])
+    np.savez(tmp_path / "u.npz", X=np.vstack([wl, 2 * wl]), wavelengths=wl)
+    ds = load_file(tmp_path / "u.npz")
+    assert ds.grid == "lin:600:607:1"
+    np.testing.assert_allclose(ds.spectra[1], 2 * np.arange(600.0, 608.0))
 
 
 def test_replay_rows_round_robin_and_loop(tmp_path: Path) -> None:
     write_csv(tmp_path / "d.csv", 3)
-    ds = load_csv(tmp_path / "d.csv")
+    ds = load_file(tmp_path / "d.csv")
     rows = replay_rows(ds, ["a", "b"], loop=True)
     got = [(i, s) for i, s, _, _ in (next(rows) for _ in range(7))]
     assert got == [
@@ -105,8 +118,9 @@ def test_replay_keeps_file_order_per_instrument_and_rate(
         [kafka_settings.topic_spectra, kafka_settings.topic_dead_letter],
     )
     n, rate = 40, 200.0
-    X = write_csv(tmp_path / "d.csv", n, bad_rows=(7,))
-    ds = load_csv(tmp_path / "d.csv")
+    X = write_csv(tmp_path / "d.csv", n)
+    ds = load_file(tmp_path / "d.csv")
+    ds.spectra[7, 3] = np.inf  # a glitch in the stream: dead-lettered at the edge
     settings = IngestSettings(kafka=kafka_settings)
     with SpectrumProducer(settings, source="replay:d") as producer:
         stats = stream_rows(
