@@ -108,3 +108,21 @@ def test_components_by_explained_variance_and_state(preprocessed) -> None:
         CalibrationStatistics(n_components=500).fit(Zc)
     with pytest.raises(DataError, match="expected spectra of 650 points"):
         cs.score(Zt[:, :10])
+
+
+def test_false_alarm_rate_is_one_percent_on_gaussian_data() -> None:
+    """Data that meets the assumptions: new in-model spectra exceed a 99 % limit ~1 % of the time."""
+    rng = np.random.default_rng(11)
+    p, a = 60, 3
+    basis = np.linalg.qr(rng.normal(size=(p, p)))[0]
+    sd = np.concatenate([[5.0, 3.0, 2.0], np.linspace(0.4, 0.05, p - a)])
+
+    def draw(n: int) -> np.ndarray:
+        return 1.0 + (rng.normal(size=(n, p)) * sd) @ basis.T
+
+    cs = CalibrationStatistics(n_components=a).fit(draw(1000))
+    t2, q = cs.score(draw(20000))
+    rate_t2, rate_q = np.mean(t2 > cs.t2_limit_99_), np.mean(q > cs.q_limit_99_)
+    assert 0.006 < rate_t2 < 0.015 and 0.006 < rate_q < 0.015
+    assert 0.04 < np.mean(t2 > cs.t2_limit_95_) < 0.065
+    assert 0.04 < np.mean(q > cs.q_limit_95_) < 0.065
