@@ -125,8 +125,9 @@ class SpectrumProducer:
 
     def _resend(self) -> None:
         assert self._producer is not None
-        pending = list(self._retry)
-        self._retry.clear()
+        with self._lock:
+            pending = list(self._retry)
+            self._retry.clear()
         for topic, key, value in pending:
             self._send_record(self._producer, topic, key, value)
 
