@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -310,6 +311,7 @@ def retrain(
         bundle = fitter(train, out)
         report["fit_seconds"] = round(time.perf_counter() - t0, 3)
         version = registry.register(bundle)
+        shutil.rmtree(bundle, ignore_errors=True)  # the registry holds its own verified copy
         report["candidate"] = version
         key = registry.hmac_key
         cand = evaluate(registry.path(version), holdout, key)

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from nirwatch.errors import ConfigError, DataError, WireFormatError
@@ -306,7 +307,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration", type=Path, help="calibration CSV/npz (NIRWATCH_RETRAIN_CALIBRATION_DATA)"
     )
+    parser.add_argument(
+        "--simulated-calibration",
+        type=int,
+        metavar="N",
+        help="without a calibration file: N spectra from the tablet-line simulator",
+    )
     parser.add_argument("--once", action="store_true", help="retrain once now, then exit")
+    parser.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="fit and register a first model when the registry has no champion, then exit",
+    )
     parser.add_argument(
         "--no-kafka", action="store_true", help="do not collect recent labelled spectra"
     )
@@ -318,16 +330,14 @@ def run(args: argparse.Namespace) -> int:
     root = args.registry or reg_settings.dir
     if root is None:
         raise ConfigError("no registry: pass --registry DIR or set NIRWATCH_REGISTRY_DIR")
-    data_path = args.calibration or settings.calibration_data
-    if data_path is None:
-        raise ConfigError("no calibration data: pass --calibration or set "
-                          "NIRWATCH_RETRAIN_CALIBRATION_DATA")  # fmt: skip
-    calibration = load_dataset(Path(data_path), settings.target)
+    calibration = _calibration(args, settings)
     registry = ModelRegistry(root, hmac_key=reg_settings.key())
     fitter = fit_bundle_fitter(
         target=settings.target, unit=settings.unit, model=settings.model,
         settings=load_settings(TrainingSettings), hmac_key=reg_settings.key(),
     )  # fmt: skip
+    if args.bootstrap:
+        return _bootstrap(settings, registry, calibration, fitter)
     workdir = settings.reports_dir / "bundles"
     service = RetrainService(
         settings, registry, calibration, fitter, settings.token(), workdir
@@ -356,3 +366,35 @@ def run(args: argparse.Namespace) -> int:
     if last is not None:
         print(json.dumps({k: last.get(k) for k in ("decision", "why", "candidate", "path")}))
     return 0 if last is None or last["decision"] != "failed" else 1
+
+
+def _calibration(args: argparse.Namespace, settings: RetrainSettings) -> Dataset:
+    data_path = args.calibration or settings.calibration_data
+    if data_path is not None:
+        return load_dataset(Path(data_path), settings.target)
+    if args.simulated_calibration:
+        from ingest.simulator import calibration_set
+
+        X, y, wl = calibration_set(args.simulated_calibration, seed=settings.seed)
+        return Dataset(X.astype(float), y, wl)
+    raise ConfigError(
+        "no calibration data: pass --calibration FILE, --simulated-calibration N or set "
+        "NIRWATCH_RETRAIN_CALIBRATION_DATA"
+    )
+
+
+def _bootstrap(
+    settings: RetrainSettings, registry: ModelRegistry, calibration: Dataset, fitter: Fitter
+) -> int:
+    """First model of an empty registry (the stack's init step); no-op when one serves."""
+    champion = registry.champion_version()
+    if champion is not None:
+        print(json.dumps({"decision": "none", "why": f"champion {champion} already serves"}))
+        return 0
+    empty = calibration.subset(np.arange(0))
+    report = retrain(
+        RetrainRequest("bootstrap", "empty registry"), calibration, empty, registry, fitter,
+        settings, settings.reports_dir / "bundles",
+    )  # fmt: skip
+    print(json.dumps({k: report.get(k) for k in ("decision", "why", "candidate", "path")}))
+    return 0 if report["decision"] != "failed" else 1
