@@ -27,7 +27,7 @@ class WorkerSettings(NirwatchSettings):
     group_id: str = Field(default="nirwatch-worker", min_length=1)
     max_batch_size: int = Field(default=2000, ge=1, le=50_000, description="spectra per batch")
     max_wait_ms: int = Field(
-        default=20, ge=0, le=60_000, description="wait after a batch's first record"
+        default=10, ge=0, le=60_000, description="wait after a batch's first record"
     )
     idle_poll_ms: int = Field(
         default=200, ge=1, le=10_000, description="poll timeout while idle (stop checks)"
@@ -46,6 +46,8 @@ class WorkerSettings(NirwatchSettings):
     #: Back-pressure: bytes the consumer may fetch ahead of the batch in hand. The producer holds
     #: at most one batch, as every batch is flushed before the next poll.
     max_in_flight_bytes: int = Field(default=64 << 20, ge=1 << 20)
+    #: How long the broker may hold a fetch waiting for data: the floor of idle latency.
+    fetch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)

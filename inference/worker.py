@@ -109,6 +109,7 @@ class InferenceWorker:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_max_bytes=s.max_in_flight_bytes,
             max_partition_fetch_bytes=min(16 << 20, s.max_in_flight_bytes),
         )
