@@ -264,10 +264,13 @@ def worker_settings(kafka: KafkaSettings, **kw: Any) -> WorkerSettings:
 
 
 def start_worker(
-    settings: WorkerSettings, source: Any = None, stop: threading.Event | None = None
+    settings: WorkerSettings,
+    source: Any = None,
+    stop: threading.Event | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> RunningWorker:
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    metrics = metrics or WorkerMetrics(CollectorRegistry())
+    registry = metrics.registry
     stop = stop or threading.Event()
     worker = InferenceWorker(settings, source or StaticSource(LinearPredictor()), metrics, stop)
     errors: list[BaseException] = []
