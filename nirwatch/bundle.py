@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -411,11 +411,7 @@ def _load_cnn(root: Path, device: str) -> Any:
     spec = _read_json(root, "cnn.json")
     cls = _component_class(str(spec.get("class")))
     arrays = load_file(str(root / "cnn.safetensors"))
-    from_state: Callable[..., Any] = cls.from_state
-    try:
-        return from_state(arrays, spec.get("meta", {}), device=device)
-    except TypeError:
-        return from_state(arrays, spec.get("meta", {}))
+    return cls.from_state(arrays, spec.get("meta", {}), device=device)
 
 
 class LoadedBundle:

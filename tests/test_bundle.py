@@ -74,7 +74,9 @@ class LinearModel:
         return arrays, {"fail": self.fail}
 
     @classmethod
-    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> LinearModel:
+    def from_state(
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], device: str = "cpu"
+    ) -> LinearModel:
         obj = cls(float(arrays["scale"].item()), meta["fail"])
         obj.coef_, obj.intercept_ = arrays["coef_"], float(arrays["intercept_"].item())
         return obj
