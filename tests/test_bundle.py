@@ -255,11 +255,19 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         load_bundle(tmp_path)
 
 
+def rewrite(path: Path, name: str, data: bytes) -> None:
+    """Replace a bundle file and its checksum (what an attacker without the HMAC key can do)."""
+    (path / name).write_bytes(data)
+    m = json.loads((path / "manifest.json").read_text())
+    m["files"][name] = bundle_mod.sha256_bytes(data)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
 def test_unknown_component_class_is_refused(tmp_path: Path) -> None:
     path = write_bundle(make_contents(), tmp_path / "b")
-    assert path.exists()
-    with pytest.raises(BundleError, match="os.system"):
-        bundle_mod._component_class("os.system")
+    rewrite(path, "pls.json", json.dumps({"class": "Popen", "meta": {}}).encode())
+    with pytest.raises(BundleError, match="'Popen', which nirwatch lacks"):
+        load_bundle(path)
 
 
 def test_wrong_shape_is_a_data_error(tmp_path: Path) -> None:
@@ -280,13 +288,7 @@ def test_fallback_cnn_unavailable(tmp_path: Path) -> None:
 
 def test_fallback_cnn_failed_to_load(tmp_path: Path) -> None:
     path = write_bundle(make_contents(cnn=fitted_cnn()), tmp_path / "b")
-    # an unknown class in cnn.json (checksummed, so re-sign the manifest's file list)
-    spec = {"class": "NoSuchNet", "meta": {}}
-    data = json.dumps(spec).encode()
-    (path / "cnn.json").write_bytes(data)
-    m = json.loads((path / "manifest.json").read_text())
-    m["files"]["cnn.json"] = bundle_mod.sha256_bytes(data)
-    (path / "manifest.json").write_text(json.dumps(m))
+    rewrite(path, "cnn.json", json.dumps({"class": "NoSuchNet", "meta": {}}).encode())
     loaded = load_bundle(path)
     assert loaded.cnn_load_error and "NoSuchNet" in loaded.cnn_load_error
     assert loaded.predict(make_data(2)[0]).fallback_reason == ["cnn_unavailable"] * 2
