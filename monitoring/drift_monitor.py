@@ -234,14 +234,16 @@ class DriftMonitor:
     def _set_model(self, version: str, rmsecv: float | None) -> None:
         if version == self._version and rmsecv in (None, self._rmsecv):
             return
+        first = self._version is None
         self._version = version
         if rmsecv is not None:
             self._rmsecv = rmsecv
             self.metrics.lab_rmsecv.set(rmsecv)
         for key in list(self._groups):
             self._groups[key] = _Group(self.settings, self._rmsecv)
-        # lab values of the previous model's predictions must not judge the new one
-        self._joiner = LabJoiner(self.settings.join_cache_size)
+        if not first:
+            # lab values of the previous model's predictions must not judge the new one
+            self._joiner = LabJoiner(self.settings.join_cache_size)
         self._export(self._groups)
 
     def observe(self, predictions: Iterable[Prediction]) -> None:

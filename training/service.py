@@ -274,16 +274,22 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def consume_labelled(
-    kafka: KafkaSettings, buffer: LabelledBuffer, grid: str, stop: threading.Event
+    kafka: KafkaSettings,
+    buffer: LabelledBuffer,
+    grid: str,
+    stop: threading.Event,
+    group_id: str = "nirwatch-retrain",
+    **consumer_options: Any,
 ) -> None:
     """Join spectra and lab results from Kafka into ``buffer`` until ``stop`` is set."""
     from monitoring.drift_monitor import parse_lab_result
-    from nirwatch.kafka import make_consumer
+    from nirwatch.kafka import ensure_topics, make_consumer
     from nirwatch.wire import decode_spectrum
 
+    ensure_topics(kafka, [kafka.topic_spectra, kafka.topic_lab_results])
     consumer = make_consumer(
-        kafka, "nirwatch-retrain", kafka.topic_spectra, kafka.topic_lab_results,
-        enable_auto_commit=True,
+        kafka, group_id, kafka.topic_spectra, kafka.topic_lab_results,
+        **{"enable_auto_commit": True, **consumer_options},
     )  # fmt: skip
     try:
         while not stop.is_set():

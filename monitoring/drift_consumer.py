@@ -1,0 +1,75 @@
+"""Feed a :class:`~monitoring.drift_monitor.DriftMonitor` from Kafka.
+
+Consumes the predictions topic and the lab-results topic in its own consumer group, so drift
+detection can run beside the inference workers (one process for the whole line, no cost on
+the workers' hot path) instead of inside them. The monitor writes the WorkerMetrics gauges
+that Prometheus scrapes from the process running this loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from monitoring.drift_monitor import DriftMonitor, parse_lab_result
+from nirwatch.errors import DataError, WireFormatError
+from nirwatch.kafka import ensure_topics, make_consumer
+from nirwatch.settings import KafkaSettings
+from nirwatch.wire import Prediction, decode_prediction
+
+log = logging.getLogger(__name__)
+
+
+def run_drift_consumer(
+    kafka: KafkaSettings,
+    monitor: DriftMonitor,
+    stop: threading.Event,
+    *,
+    group_id: str = "nirwatch-drift",
+    on_predictions: Callable[[list[Prediction]], None] | None = None,
+    **consumer_options: Any,
+) -> None:
+    """Consume predictions and lab results into ``monitor`` until ``stop`` is set.
+
+    Malformed records are logged and skipped (they never stop monitoring). Offsets are
+    committed automatically: detector state is in memory, so after a restart the detectors
+    warm up again on new data.
+
+    Parameters
+    ----------
+    on_predictions : callable, optional
+        Called with each polled batch of decoded predictions (after the monitor saw them).
+    consumer_options
+        Extra kafka-python consumer options (e.g. ``session_timeout_ms`` in tests).
+    """
+    topics = [kafka.topic_predictions, kafka.topic_lab_results]
+    ensure_topics(kafka, topics)
+    consumer = make_consumer(
+        kafka, group_id, *topics, **{"enable_auto_commit": True, **consumer_options}
+    )
+    try:
+        while not stop.is_set():
+            polled = consumer.poll(timeout_ms=250)
+            for tp, records in polled.items():
+                if tp.topic == kafka.topic_lab_results:
+                    labs = []
+                    for rec in records:
+                        try:
+                            labs.append(parse_lab_result(rec.value))
+                        except DataError as exc:
+                            log.warning("skipping lab result at offset %d: %s", rec.offset, exc)
+                    monitor.observe_lab(labs)
+                    continue
+                predictions = []
+                for rec in records:
+                    try:
+                        predictions.append(decode_prediction(rec.value))
+                    except WireFormatError as exc:
+                        log.warning("skipping prediction at offset %d: %s", rec.offset, exc)
+                monitor.observe(predictions)
+                if on_predictions is not None and predictions:
+                    on_predictions(predictions)
+    finally:
+        consumer.close()
