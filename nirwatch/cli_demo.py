@@ -74,14 +74,13 @@ class DemoState:
     """Predictions seen so far, per instrument, with their end-to-end latencies."""
 
     started_at: float
+    lab_topic: str = ""
     rows: dict[str, ProbeRow] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     predictions: int = 0
     first_prediction_s: float | None = None
 
     def add(self, p: Prediction) -> None:
-        if p.published_at < self.started_at:
-            return  # left over from an earlier run on the same broker
         row = self.rows.setdefault(p.instrument_id, ProbeRow())
         latency = 1000.0 * (p.published_at - p.timestamp)
         row.sample_id, row.value, row.model, row.version = (
@@ -102,6 +101,103 @@ class DemoState:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+class DriftLoop:
+    """The drift story of ``--scenario drift``: detectors, lab join and one automatic retrain.
+
+    Predictions and lab results feed a :class:`monitoring.drift_monitor.DriftMonitor` (with
+    demo-sized windows so it reacts within seconds at 2 spectra/s); labelled spectra collect in
+    a :class:`training.retrain.LabelledBuffer`. The first time a detector fires, a retrain runs
+    in the background on the calibration set plus the recent labelled spectra, policy ``auto``;
+    a promoted candidate is hot-reloaded by the worker and shows up in the table.
+    """
+
+    def __init__(self, metrics: Any, registry: Any, hmac_key: str | None, retrain: bool) -> None:
+        from monitoring.drift_monitor import DriftMonitor, DriftSettings
+        from training.retrain import LabelledBuffer
+
+        champion = next((m for m in registry.list() if m.status == "champion"), None)
+        rmsecv = (champion.metrics.get("pls_rmsecv") if champion else None) or None
+        demo = DriftSettings(
+            warmup=30,
+            exceedance_window=50,  # the detector needs at least 50 samples
+            mean_shift_window=10,
+            lab_window=10,
+            lab_min_samples=3,
+        )
+        self.monitor = DriftMonitor(metrics, demo, rmsecv=rmsecv)
+        self.registry, self.hmac_key, self.retrain_enabled = registry, hmac_key, retrain
+        self.buffer = LabelledBuffer(np.arange(600.0, 1900.0, 2.0))
+        self.status = "no drift detected"
+        self.min_recent = 24
+        self._alarm: list[str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def drifting(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for instrument, _product, detector in self.monitor.drifting():
+            out.setdefault(instrument, []).append(detector)
+        return out
+
+    def check(self, errors: list[BaseException]) -> None:
+        """On the first alarm, collect lab values from then on; retrain once there are enough.
+
+        Spectra labelled before the alarm mostly show the process as it was, so the retrain
+        (and its holdout) uses only those sampled after it.
+        """
+        if self._thread is not None:
+            return
+        if self._alarm is None:
+            firing = sorted({d for *_, d in self.monitor.drifting()})
+            if not firing:
+                return
+            self._alarm = firing
+            self.buffer = type(self.buffer)(self.buffer.wavelengths)
+        n = len(self.buffer.dataset())
+        self.status = f"drift detected ({', '.join(self._alarm)})"
+        if not self.retrain_enabled:
+            return
+        if n < self.min_recent:
+            self.status += f": collecting lab values {n}/{self.min_recent}"
+            return
+        self.status += f": retraining on {n} recent lab values"
+        self._thread = start_thread("retrain", lambda: self._retrain(self._alarm or []), errors)
+
+    @property
+    def retraining(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _retrain(self, names: list[str]) -> None:
+        from ingest.simulator import calibration_set
+        from training.retrain import (
+            Dataset,
+            RetrainRequest,
+            RetrainSettings,
+            fit_bundle_fitter,
+            retrain,
+        )
+
+        X, y, wl = calibration_set(300, seed=0)
+        root = self.registry.root.parent
+        settings = RetrainSettings(policy="auto", model="pls", reports_dir=root / "reports")
+        report = retrain(
+            RetrainRequest("alert", f"demo: drift detected by {', '.join(names)}"),
+            Dataset(X, y, wl),
+            self.buffer.dataset(),
+            self.registry,
+            fit_bundle_fitter(target="api_content", unit="mg", model="pls", hmac_key=self.hmac_key),
+            settings,
+            root / "staging",
+        )
+        self.status = (
+            f"retrained on {report.get('data', {}).get('n_recent', 0)} recent lab values: "
+            f"{report['decision']} {report.get('candidate', '')}: {report['why']}"
+        )
 
 
 def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
@@ -141,11 +237,20 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+_SHORT = {
+    "exceedance_rate": "T²/Q",
+    "mean_shift": "scores",
+    "content_page_hinkley": "content",
+    "cnn_pls_cusum": "cnn-pls",
+    "lab_reference": "lab",
+}
+
+
 def _ratio(v: float | None, limit: float | None) -> str:
     return "-" if v is None or not limit else f"{v / limit:.2f}"
 
 
-def render(state: DemoState, title: str, counts: dict[str, int]) -> Table:
+def render(state: DemoState, title: str, counts: dict[str, int], loop: DriftLoop) -> Table:
     """The live table: one row per instrument; T² and Q as fractions of their 99 % limits."""
     from rich.table import Table
 
@@ -153,59 +258,85 @@ def render(state: DemoState, title: str, counts: dict[str, int]) -> Table:
     caption = (
         f"{elapsed:.0f} s: spectra in {counts['sent']}, predictions out {state.predictions}, "
         f"dead-lettered {counts['dead_lettered']}, latency p50 {state.percentile(50):.0f} ms "
-        f"p99 {state.percentile(99):.0f} ms. Ctrl-C stops."
+        f"p99 {state.percentile(99):.0f} ms.\n{loop.status}. T² and Q as fractions of their 99 % "
+        "limits. Ctrl-C stops."
     )
+    drifting = loop.drifting()
     table = Table(title=title, caption=caption)
-    table.add_column("probe", no_wrap=True, min_width=7)
-    table.add_column("sample", justify="right")
-    table.add_column("API mg", justify="right")
-    table.add_column("model")
-    table.add_column("T²/lim", justify="right")
-    table.add_column("Q/lim", justify="right")
-    table.add_column("status")
+    table.add_column("probe", no_wrap=True)
+    table.add_column("#", justify="right")
+    table.add_column("API mg", justify="right", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("T²", justify="right")
+    table.add_column("Q", justify="right")
+    table.add_column("ok", no_wrap=True)
     table.add_column("n", justify="right")
     table.add_column("out", justify="right")
     table.add_column("ms", justify="right")
+    table.add_column("drift", no_wrap=True)
     for instrument in sorted(state.rows):
         r = state.rows[instrument]
         table.add_row(
             instrument,
             r.sample_id.rsplit("-", 1)[-1].lstrip("0") or "0",
             _fmt(r.value),
-            r.model,
+            f"{r.model} {r.version[-4:]}",
             _ratio(r.t2, r.t2_limit),
             _ratio(r.q, r.q_limit),
-            "[red]OUT[/red]" if r.out_of_model else "[green]ok[/green]",
+            "[red]OUT[/red]" if r.out_of_model else "[green]in[/green]",
             str(r.count),
             str(r.out_of_model_count),
             f"{r.latency_ms:.0f}",
+            "[red]" + ",".join(_SHORT.get(d, d) for d in drifting[instrument]) + "[/red]"
+            if instrument in drifting
+            else "-",
         )
     return table
 
 
-def _predictions_consumer(kafka: KafkaSettings) -> Any:
+def _results_consumer(kafka: KafkaSettings) -> Any:
+    """A group-less consumer of the predictions and lab-results topics, from the beginning."""
     from kafka import TopicPartition
 
     from nirwatch.kafka import make_consumer
 
     consumer = make_consumer(kafka, None)
-    parts = consumer.partitions_for_topic(kafka.topic_predictions) or {0}
-    tps = [TopicPartition(kafka.topic_predictions, p) for p in sorted(parts)]
+    tps = [
+        TopicPartition(topic, p)
+        for topic in (kafka.topic_predictions, kafka.topic_lab_results)
+        for p in sorted(consumer.partitions_for_topic(topic) or {0})
+    ]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     return consumer
 
 
-def _drain(consumer: Any, state: DemoState, timeout_ms: int) -> None:
-    from nirwatch.errors import WireFormatError
+def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) -> None:
+    """Poll once: predictions to the table and the drift detectors, lab results to both loops."""
+    from monitoring.drift_monitor import parse_lab_result
     from nirwatch.wire import decode_prediction
 
-    for records in consumer.poll(timeout_ms=timeout_ms).values():
+    predictions: list[Prediction] = []
+    labs = []
+    for tp, records in consumer.poll(timeout_ms=timeout_ms).items():
         for rec in records:
             try:
-                state.add(decode_prediction(rec.value))
-            except WireFormatError as exc:
-                log.warning("undecodable prediction at offset %s: %s", rec.offset, exc)
+                if tp.topic == state.lab_topic:
+                    lab = parse_lab_result(rec.value)
+                    if lab.timestamp >= state.started_at:
+                        labs.append(lab)
+                else:
+                    p = decode_prediction(rec.value)
+                    if p.published_at >= state.started_at:  # not an earlier run's
+                        predictions.append(p)
+            except NirwatchError as exc:
+                log.warning("undecodable record %s:%s: %s", tp.topic, rec.offset, exc)
+    for p in predictions:
+        state.add(p)
+    loop.monitor.observe(predictions)
+    loop.monitor.observe_lab(labs)
+    for lab in labs:
+        loop.buffer.add_lab(lab.sample_id, lab.value)
 
 
 def start_thread(name: str, target: Any, errors: list[BaseException]) -> threading.Thread:
@@ -276,8 +407,9 @@ def run(args: argparse.Namespace) -> int:
         )
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
+        model_registry = ModelRegistry(args.registry, hmac_key=hmac_key)
         source = RegistrySource(
-            ModelRegistry(args.registry, hmac_key=hmac_key),
+            model_registry,
             lambda p: load_bundle(p, hmac_key=hmac_key, device=worker_settings.device),
             metrics,
             worker_settings.reload_interval_s,
@@ -298,7 +430,13 @@ def run(args: argparse.Namespace) -> int:
             + (f"\ndrift {args.drift} switched on at {args.drift_at:g} s" if drift else "")
         )
         header = "nirwatch: API content per probe" + (f" ({args.drift} drift)" if drift else "")
-        state = DemoState(started_at=time.time())
+        loop = DriftLoop(metrics, model_registry, hmac_key, retrain=drift is not None)
+        lab_every = 3 if drift is not None else 10  # the drift story needs lab values soon
+        state = DemoState(started_at=time.time(), lab_topic=kafka.topic_lab_results)
+
+        def keep_for_lab(batch: Any, row: int) -> None:
+            if int(batch.indices[row]) % lab_every == 0:
+                loop.buffer.add_spectrum(batch.sample_ids[row], batch.spectra[row].copy())
 
         def probes_main() -> None:
             stream_simulator(
@@ -306,8 +444,9 @@ def run(args: argparse.Namespace) -> int:
                 producer,
                 stop=probes_stop,
                 product=ingest.product,
-                lab_every=10,
+                lab_every=lab_every,
                 lab_delay_s=5.0,
+                on_spectrum=keep_for_lab,
             )
 
         def counts() -> dict[str, int]:
@@ -319,11 +458,13 @@ def run(args: argparse.Namespace) -> int:
             )
             return {"sent": producer.sent, "dead_lettered": producer.dead_lettered + int(worker_dl)}
 
-        consumer = _predictions_consumer(kafka)
+        consumer = _results_consumer(kafka)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         try:
             worker_thread = start_thread("worker", worker.run, errors)
-            live = Live(render(state, header, counts()), console=console, refresh_per_second=4)
+            live = Live(
+                render(state, header, counts(), loop), console=console, refresh_per_second=4
+            )
             with live:
                 # Probes start once the worker owns partitions, so latencies are steady-state.
                 joined = time.monotonic() + 10
@@ -334,20 +475,25 @@ def run(args: argparse.Namespace) -> int:
                 while not stop.is_set() and not errors:
                     if deadline is not None and time.monotonic() >= deadline:
                         break
-                    _drain(consumer, state, 200)
-                    live.update(render(state, header, counts()))
+                    _drain(consumer, state, loop, 200)
+                    loop.check(errors)
+                    live.update(render(state, header, counts(), loop))
                 # Stop the probes, then let the worker catch up before it drains and exits.
                 probes_stop.set()
                 probes_thread.join(timeout=10)
                 producer.flush(10)
                 catch_up = time.monotonic() + 10
                 while state.predictions < producer.sent and time.monotonic() < catch_up:
-                    _drain(consumer, state, 200)
-                    live.update(render(state, header, counts()))
+                    _drain(consumer, state, loop, 200)
+                    live.update(render(state, header, counts(), loop))
                 worker_stop.set()
                 worker_thread.join(timeout=30)
-                _drain(consumer, state, 200)
-                live.update(render(state, header, counts()))
+                _drain(consumer, state, loop, 200)
+                live.update(render(state, header, counts(), loop))
+            if args.duration is not None and loop.retraining:
+                # Unattended: let a started retrain finish so the summary can tell its outcome.
+                console.print("waiting for the retrain to finish")
+                loop.join(timeout=300)
         finally:
             probes_stop.set()
             worker_stop.set()
@@ -364,6 +510,7 @@ def run(args: argparse.Namespace) -> int:
         f"{state.percentile(50):.1f} ms p99 {state.percentile(99):.1f} ms, "
         f"first prediction after {first}"
     )
+    console.print(f"drift: {loop.status}")
     if errors:
         raise NirwatchError(f"demo stopped: {errors[0]!r}")
     return 0

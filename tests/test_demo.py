@@ -50,3 +50,26 @@ def test_demo_end_to_end_smoke(
     assert predicted == sent  # every spectrum of the run was predicted once
     assert dead == 0
     assert (registry / "champion.json").exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_demo_drift_scenario_detects_retrains_and_promotes(
+    demo_env: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue-5 story in one process: a new excipient lot at 5 s is flagged out of model,
+    drift detectors fire, lab values collected after the alarm retrain a candidate that beats
+    the champion on them, and it is promoted (the worker then hot-reloads it)."""
+    registry = tmp_path / "registry"
+    argv = ["demo", "--duration", "45", "--registry", str(registry), "--metrics-port", "0"]
+    argv += ["--scenario", "drift", "--drift", "excipient_lot", "--drift-at", "5", "--rate", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    m = re.search(r"out-of-model (\d+),", out)
+    assert m and int(m.group(1)) > 50, out
+    assert re.search(r"drift: retrained on \d+ recent lab values: promoted", out), out
+    from nirwatch.registry import ModelRegistry
+
+    versions = ModelRegistry(registry).list()
+    assert len(versions) == 2
+    assert sum(v.status == "champion" for v in versions) == 1
