@@ -1,0 +1,494 @@
+"""Training of :class:`~nirwatch.chemometrics.cnn.SpectralCNN`: augment, preprocess, fit.
+
+The pipeline is the one Bjerrum, Glahder & Skov (2017, arXiv:1710.01927) found best: the raw
+training spectra are *augmented* (random offset, tilt, gain and noise copies), and only then
+preprocessed (e.g. EMSC), with the preprocessing fitted on the un-augmented spectra. The
+network is trained with AdamW on the standardised target, a learning-rate schedule and early
+stopping on a validation split that the caller carves from the calibration data (never the test
+set). :func:`fit_cnn_ensemble` trains one network per fold of a stratified K-fold split of the
+calibration data, each early-stopped on its own held-out fold, and averages them: the held-out
+predictions give an honest RMSECV for free, and averaging reduces the variance that training a
+network on ~200 spectra has from seed to seed.
+
+Layout follows torchvision's reference scripts: :func:`train_one_epoch`, :func:`evaluate`,
+then the driver :func:`fit_cnn`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from torch import nn
+
+from nirwatch.chemometrics.augmentation import SpectralAugmenter
+from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN, resolve_device
+from nirwatch.chemometrics.selection import WavelengthRange
+from nirwatch.chemometrics.state import apply_steps, dump_steps, load_steps
+from nirwatch.errors import DataError, ModelError
+
+Schedule = Literal["onecycle", "cosine", "plateau", "constant"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (not what to train: that is :class:`CNNConfig`).
+
+    Parameters
+    ----------
+    epochs : int
+        Maximum passes over the (augmented) training set.
+    batch_size : int
+    learning_rate : float
+        Peak learning rate (OneCycle) or initial rate (others).
+    weight_decay : float
+        AdamW decoupled weight decay (Loshchilov & Hutter 2019).
+    schedule : {"onecycle", "cosine", "plateau", "constant"}
+        OneCycle (Smith & Topin 2019) and cosine step per batch; plateau halves the rate after
+        ``patience // 2`` epochs without a better validation RMSE.
+    patience : int
+        Early stopping: stop after this many epochs without a better validation RMSE; the
+        best epoch's weights are restored.
+    seed : int
+        Seeds weight initialisation, dropout and batch order.
+    deterministic : bool
+        ``torch.use_deterministic_algorithms(True)`` while training (bit-identical reruns on
+        the same device, possibly slower on CUDA).
+    device : {"auto", "cpu", "cuda"}
+    num_threads : int, optional
+        ``torch.set_num_threads`` for CPU training; None leaves torch's setting.
+    progress : bool
+        Show a rich progress bar.
+    """
+
+    epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-3
+    schedule: Schedule = "onecycle"
+    patience: int = 15
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    num_threads: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ModelError("TrainConfig: epochs, batch_size and patience must be >= 1")
+        if not self.learning_rate > 0 or self.weight_decay < 0:
+            raise ModelError("TrainConfig: learning_rate must be > 0 and weight_decay >= 0")
+        if self.schedule not in ("onecycle", "cosine", "plateau", "constant"):
+            raise ModelError(f"TrainConfig: unknown schedule {self.schedule!r}")
+
+
+def train_one_epoch(
+    model: SpectralCNN,
+    optimizer: torch.optim.Optimizer,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> float:
+    """One pass over shuffled mini-batches; returns the mean standardised MSE.
+
+    Parameters
+    ----------
+    X : tensor (n, L) on the model's device
+    y : tensor (n,), the target already standardised with the model's ``y_mean``/``y_scale``
+    scheduler : stepped after every batch when given (OneCycle, cosine)
+    """
+    model.train()
+    order = torch.randperm(X.shape[0], generator=generator).to(X.device)
+    total, count = 0.0, 0
+    for start in range(0, X.shape[0], batch_size):
+        idx = order[start : start + batch_size]
+        loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * idx.shape[0]
+        count += idx.shape[0]
+    return total / count
+
+
+def evaluate(model: SpectralCNN, X: torch.Tensor, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """RMSE in the target's units and the predictions (n,) float64, in eval mode."""
+    model.eval()
+    with torch.inference_mode():
+        pred = model.predict_units(X).double().cpu().numpy()
+    return float(np.sqrt(np.mean((pred - y) ** 2))), pred
+
+
+def split_augmentation_steps(steps: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Leading :class:`WavelengthRange` steps, then the rest.
+
+    Augmentation is applied between the two, so that its spread and tilt refer to the
+    modelled region rather than to wavelengths the model never sees.
+    """
+    steps = list(steps)
+    k = 0
+    while k < len(steps) and isinstance(steps[k], WavelengthRange):
+        k += 1
+    return steps[:k], steps[k:]
+
+
+@dataclass
+class FittedCNN:
+    """A trained CNN (or ensemble) with the preprocessing it was trained on.
+
+    Attributes
+    ----------
+    steps : list of fitted transformers applied to raw spectra before the network
+    predictor : CNNPredictor
+    history : list (one per member) of list of dict
+        Per epoch: ``epoch``, ``train_loss`` (standardised MSE), ``val_rmse``, ``lr``,
+        ``seconds``.
+    best_epochs : list of int
+        The restored epoch of each member.
+    train_seconds : float
+    oof_pred : ndarray (n,), optional
+        Held-out predictions of the calibration spectra (ensemble only).
+    """
+
+    steps: list[Any]
+    predictor: CNNPredictor
+    history: list[list[dict[str, float]]] = field(default_factory=list)
+    best_epochs: list[int] = field(default_factory=list)
+    train_seconds: float = 0.0
+    oof_pred: np.ndarray | None = None
+
+    def preprocess(self, X: Any) -> np.ndarray:
+        """Raw spectra (n, p) to the network's input (n, L)."""
+        return apply_steps(self.steps, np.asarray(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions in the target's units for raw spectra (n, p); float64 (n,)."""
+        return self.predictor.predict(self.preprocess(X))
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Preprocessing and network tensors in one flat dict, plus JSON-able metadata."""
+        step_arrays, step_meta = dump_steps(self.steps, prefix="cnn_steps")
+        net_arrays, net_meta = self.predictor.to_state()
+        meta = {
+            "class": type(self).__name__,
+            "steps": step_meta,
+            "predictor": net_meta,
+            "best_epochs": list(self.best_epochs),
+            "train_seconds": self.train_seconds,
+        }
+        return {**step_arrays, **net_arrays}, meta
+
+    @classmethod
+    def from_state(
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], device: str = "auto"
+    ) -> Self:
+        """Rebuild from :meth:`to_state` output (history is not stored)."""
+        steps = load_steps(arrays, meta["steps"])
+        net_arrays = {k: v for k, v in arrays.items() if k.startswith("member.")}
+        predictor = CNNPredictor.from_state(net_arrays, meta["predictor"], device=device)
+        return cls(
+            steps=steps,
+            predictor=predictor,
+            best_epochs=list(meta.get("best_epochs", [])),
+            train_seconds=float(meta.get("train_seconds", 0.0)),
+        )
+
+
+def _check_xy(X: Any, y: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if X.ndim != 2 or X.shape[0] != y.shape[0] or X.shape[0] < 2:
+        raise DataError(
+            f"{who}: expected X (n, p) and y (n,) with n >= 2, got {X.shape} and {y.shape}"
+        )
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise DataError(f"{who}: non-finite values in X or y")
+    return X, y
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int
+) -> tuple[Any, bool]:
+    """The schedule and whether it steps per batch (True) or per epoch on the val RMSE."""
+    if train.schedule == "onecycle":
+        total = train.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.learning_rate, total_steps=total
+        ), True
+    if train.schedule == "cosine":
+        total = train.epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
+    if train.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(1, train.patience // 2)
+        ), False
+    return None, True
+
+
+def fit_cnn(
+    X_train: Any,
+    y_train: Any,
+    X_val: Any,
+    y_val: Any,
+    config: CNNConfig,
+    *,
+    steps: Sequence[Any] = (),
+    augmenter: SpectralAugmenter | None = None,
+    train: TrainConfig | None = None,
+    fitted_steps: bool = False,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FittedCNN:
+    """Train one network: augment the raw training spectra, preprocess, fit, early-stop.
+
+    Parameters
+    ----------
+    X_train : array-like (n, p), raw spectra
+    y_train : array-like (n,)
+    X_val, y_val : validation split carved from the calibration data, (m, p) and (m,)
+    config : CNNConfig
+        ``input_length`` is replaced by the preprocessed length.
+    steps : transformers, e.g. ``[WavelengthRange(...), ExtendedMultiplicativeScatterCorrection()]``
+        Fitted here on the un-augmented training spectra (cloned first) unless ``fitted_steps``.
+    augmenter : SpectralAugmenter, optional
+        Fitted here on the training spectra after the leading wavelength selection, then its
+        copies (plus the originals) go through the remaining steps: augment, then EMSC.
+    train : TrainConfig
+    fitted_steps : bool
+        ``steps`` are already fitted (e.g. shared by the members of an ensemble).
+    on_epoch : callable, optional
+        Called with each epoch's history record.
+
+    Returns
+    -------
+    FittedCNN
+    """
+    train = train or TrainConfig()
+    X_train, y_train = _check_xy(X_train, y_train, "fit_cnn training data")
+    X_val, y_val = _check_xy(X_val, y_val, "fit_cnn validation data")
+    if X_val.shape[1] != X_train.shape[1]:
+        raise DataError(
+            f"fit_cnn: validation spectra have {X_val.shape[1]} points, "
+            f"expected {X_train.shape[1]} like the training spectra"
+        )
+    if float(np.std(y_train)) == 0.0:
+        raise DataError("fit_cnn: the training target is constant")
+    device = resolve_device(train.device)
+    if train.num_threads is not None:
+        torch.set_num_threads(train.num_threads)
+    started = time.perf_counter()
+
+    steps = list(steps) if fitted_steps else [clone(s) for s in steps]
+    select, rest = split_augmentation_steps(steps)
+    Z = X_train
+    for step in select:
+        Z = step.transform(Z) if fitted_steps else step.fit_transform(Z)
+    Z_fit = Z
+    if not fitted_steps:
+        for step in rest:
+            Z_fit = step.fit_transform(Z_fit)
+    if augmenter is not None:
+        aug = clone(augmenter).fit(Z)
+        Z, y_fit = aug.augment(Z, y_train, include_original=True)
+        assert y_fit is not None
+        Z = apply_steps(rest, Z)
+    else:
+        Z, y_fit = apply_steps(rest, Z), y_train
+    V = apply_steps(steps, X_val)
+
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(train.deterministic)
+    try:
+        torch.manual_seed(train.seed)
+        model = SpectralCNN(config.with_input_length(Z.shape[1]))
+        model.set_scaling(Z, y_fit)
+        model.to(device)
+        xt = torch.as_tensor(Z, dtype=torch.float32, device=device)
+        yt = (torch.as_tensor(y_fit, dtype=torch.float32, device=device) - model.y_mean) / (
+            model.y_scale
+        )
+        xv = torch.as_tensor(V, dtype=torch.float32, device=device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
+        )
+        steps_per_epoch = -(-xt.shape[0] // train.batch_size)
+        scheduler, per_batch = _scheduler(optimizer, train, steps_per_epoch)
+        generator = torch.Generator().manual_seed(train.seed)
+        history, best_state, best_rmse, best_epoch = _loop(
+            model,
+            optimizer,
+            scheduler,
+            per_batch,
+            xt,
+            yt,
+            xv,
+            y_val,
+            train,
+            generator,
+            on_epoch,
+        )
+        model.load_state_dict(best_state)
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+    predictor = CNNPredictor([model.cpu()], device=train.device)
+    return FittedCNN(
+        steps=steps,
+        predictor=predictor,
+        history=[history],
+        best_epochs=[best_epoch],
+        train_seconds=time.perf_counter() - started,
+    )
+
+
+def _loop(
+    model: SpectralCNN,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    per_batch: bool,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    xv: torch.Tensor,
+    y_val: np.ndarray,
+    train: TrainConfig,
+    generator: torch.Generator,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], float, int]:
+    """Epochs with early stopping; returns history, best weights, best RMSE and epoch."""
+    from rich.progress import Progress
+
+    history: list[dict[str, float]] = []
+    best_rmse, best_epoch = np.inf, -1
+    best_state = copy.deepcopy(model.state_dict())
+    with Progress(disable=not train.progress, transient=True) as bar:
+        task = bar.add_task("training CNN", total=train.epochs)
+        for epoch in range(train.epochs):
+            t0 = time.perf_counter()
+            lr = float(optimizer.param_groups[0]["lr"])
+            loss = train_one_epoch(
+                model,
+                optimizer,
+                xt,
+                yt,
+                train.batch_size,
+                generator,
+                scheduler if per_batch else None,
+            )
+            rmse, _ = evaluate(model, xv, y_val)
+            if not np.isfinite(loss):
+                raise ModelError(f"training diverged at epoch {epoch} (loss {loss})")
+            if scheduler is not None and not per_batch:
+                scheduler.step(rmse)
+            record = {
+                "epoch": float(epoch),
+                "train_loss": loss,
+                "val_rmse": rmse,
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            bar.update(task, advance=1, description=f"val RMSE {rmse:.3f}")
+            if rmse < best_rmse:
+                best_rmse, best_epoch = rmse, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            elif epoch - best_epoch >= train.patience:
+                break
+    return history, best_state, float(best_rmse), best_epoch
+
+
+def stratified_folds(y: Any, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index (n,) for a K-fold split stratified on the sorted target.
+
+    Consecutive blocks of ``n_folds`` spectra in target order are spread over the folds at
+    random, so every fold spans the whole concentration range (each validation fold then
+    tests interpolation over the full range, as the test set will).
+    """
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if not 2 <= n_folds <= y.shape[0]:
+        raise DataError(f"n_folds: need 2 <= folds <= {y.shape[0]}, got {n_folds}")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(y, kind="stable")
+    folds = np.empty(y.shape[0], dtype=np.int64)
+    for start in range(0, y.shape[0], n_folds):
+        block = order[start : start + n_folds]
+        folds[block] = rng.permutation(n_folds)[: block.shape[0]]
+    return folds
+
+
+def fit_cnn_ensemble(
+    X: Any,
+    y: Any,
+    config: CNNConfig,
+    *,
+    steps: Sequence[Any] = (),
+    augmenter: SpectralAugmenter | None = None,
+    train: TrainConfig | None = None,
+    n_members: int = 5,
+) -> FittedCNN:
+    """One network per fold of a stratified K-fold split, each early-stopped on its fold.
+
+    The preprocessing (unsupervised: no target involved) is fitted once on all calibration
+    spectra and shared by the members; the augmenter is seeded differently per member.
+
+    Returns
+    -------
+    FittedCNN
+        With the members' mean as predictor and ``oof_pred`` (n,): each calibration
+        spectrum predicted by the member that did not train on it.
+    """
+    train = train or TrainConfig()
+    X, y = _check_xy(X, y, "fit_cnn_ensemble")
+    started = time.perf_counter()
+    fitted = [clone(s) for s in steps]
+    Z = X
+    for step in fitted:
+        Z = step.fit_transform(Z)
+    folds = stratified_folds(y, n_members, seed=train.seed)
+    members: list[SpectralCNN] = []
+    history: list[list[dict[str, float]]] = []
+    best_epochs: list[int] = []
+    oof = np.empty_like(y)
+    for k in range(n_members):
+        tr, va = folds != k, folds == k
+        member_train = TrainConfig(**{**_asdict(train), "seed": train.seed * 1000 + k})
+        member_aug = None
+        if augmenter is not None:
+            base = augmenter.random_state or 0
+            member_aug = clone(augmenter).set_params(random_state=base * 1000 + k)
+        fit = fit_cnn(
+            X[tr],
+            y[tr],
+            X[va],
+            y[va],
+            config,
+            steps=fitted,
+            augmenter=member_aug,
+            train=member_train,
+            fitted_steps=True,
+        )
+        oof[va] = fit.predict(X[va])
+        members.extend(fit.predictor.members)
+        history.extend(fit.history)
+        best_epochs.extend(fit.best_epochs)
+    return FittedCNN(
+        steps=fitted,
+        predictor=CNNPredictor(members, device=train.device),
+        history=history,
+        best_epochs=best_epochs,
+        train_seconds=time.perf_counter() - started,
+        oof_pred=oof,
+    )
+
+
+def _asdict(train: TrainConfig) -> dict[str, Any]:
+    return {name: getattr(train, name) for name in train.__dataclass_fields__}
