@@ -1,0 +1,481 @@
+"""Faults against the real broker: workers killed with SIGKILL, a broker restart, monitoring down.
+
+Each test runs ``nirwatch worker`` as a separate process (the real CLI, a real PLS bundle) and
+feeds it through the ingest edge's :class:`~ingest.producer.SpectrumProducer`. What is asserted
+is delivery: every spectrum sent has at least one prediction (zero lost) and every duplicate is
+a redelivery of the same message id. Figures (counts, duplicates, recovery times) are printed
+with ``-s`` and reported in docs/results/reliability.md; no assertion depends on a duration.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kafka import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from test_worker_support import WL, make_header, mixtures, wait_until
+
+from ingest.producer import SpectrumProducer
+from ingest.settings import IngestSettings
+from nirwatch.audit import SQLiteAuditTrail, audit_records
+from nirwatch.broker import EmbeddedBroker, free_port
+from nirwatch.kafka import ensure_topics, make_consumer
+from nirwatch.settings import KafkaSettings
+from nirwatch.wire import Prediction, decode_prediction, encode_spectrum
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES: dict[str, dict[str, float | int | str]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_figures() -> Iterator[None]:
+    yield
+    for name, figs in FIGURES.items():
+        print(f"\n{name}: {figs}", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def pls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PLS bundle (MSC + CV-chosen PLS, T²/Q statistics) on synthetic mixtures."""
+    from nirwatch.bundle import BundleContents, data_hash, write_bundle
+    from nirwatch.chemometrics.diagnostics import CalibrationStatistics
+    from nirwatch.chemometrics.pls import fit_pls_cv
+    from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0.1, 0.9, 120) * 250
+    X = mixtures(y / 250, rng).astype(np.float64)
+    pls = fit_pls_cv(X, y, [MultiplicativeScatterCorrection()], max_components=6, cv=5)
+    contents = BundleContents(
+        target="api",
+        unit="mg",
+        wavelengths=WL,
+        data_hash=data_hash(X, y),
+        pls=pls,
+        statistics=CalibrationStatistics().fit(X),
+        fallback_limit=3 * float(pls.rmsecv_),
+    )
+    return write_bundle(contents, tmp_path_factory.mktemp("bundle") / "pls")
+
+
+# ---- a worker process --------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """``nirwatch worker`` in a child process with its own metrics endpoint."""
+
+    kafka: KafkaSettings
+    bundle: Path
+    group_id: str
+    log_path: Path
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        k = self.kafka
+        env = {
+            **os.environ,
+            "NIRWATCH_KAFKA_BOOTSTRAP": str(k.bootstrap),
+            "NIRWATCH_KAFKA_TOPIC_SPECTRA": k.topic_spectra,
+            "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": k.topic_predictions,
+            "NIRWATCH_KAFKA_TOPIC_DEAD_LETTER": k.topic_dead_letter,
+            "NIRWATCH_KAFKA_PARTITIONS": str(k.partitions),
+            "NIRWATCH_WORKER_SESSION_TIMEOUT_MS": "2000",
+            "NIRWATCH_WORKER_HEARTBEAT_INTERVAL_MS": "500",
+            "NIRWATCH_WORKER_IDLE_POLL_MS": "100",
+        }
+        cmd = [sys.executable, "-m", "nirwatch.cli", "worker", "--bundle", str(self.bundle)]
+        cmd += ["--group-id", self.group_id, "--metrics-port", str(self.metrics_port)]
+        cmd += ["--batch-size", "256", "--max-wait-ms", "20", "--device", "cpu"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+        wait_until(lambda: self.metrics() is not None, 60, f"worker metrics ({self.log_tail()})")
+        return self
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-1500:] if self.log_path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        """Samples by name from the worker's /metrics, or None while it does not answer."""
+        if not self.alive:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        out: dict[str, list[tuple[dict[str, str], float]]] = collections.defaultdict(list)
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[s.name].append((s.labels, s.value))
+        return out
+
+    def value(self, name: str) -> float:
+        m = self.metrics() or {}
+        return sum(v for _, v in m.get(name, []))
+
+    def partitions(self) -> set[int]:
+        """Spectra partitions this worker reports lag for (the ones it owns)."""
+        m = self.metrics() or {}
+        return {
+            int(labels["partition"])
+            for labels, _ in m.get("nirwatch_consumer_lag_messages", [])
+            if labels.get("topic") == self.kafka.topic_spectra
+        }
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.terminate()
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Started workers are appended here and always stopped at the end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        if w.alive:
+            w.proc.kill()  # type: ignore[union-attr]
+            w.proc.wait()  # type: ignore[union-attr]
+
+
+# ---- load and bookkeeping ----------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Spectra sent at a steady rate from a thread through the ingest producer."""
+
+    producer: SpectrumProducer
+    n: int
+    rate: float
+    instruments: list[str]
+    seed: int = 0
+    sent: dict[str, bytes] = field(default_factory=dict)  # message_id -> raw value
+    sample_of: dict[str, str] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        X = mixtures(rng.uniform(0.2, 0.8, self.n), rng)
+        t0 = time.monotonic()
+        for i in range(self.n):
+            h = make_header(self.instruments[i % len(self.instruments)], self.seed * 10**6 + i)
+            raw = encode_spectrum(h, X[i])
+            assert self.producer.send_raw(raw, h.instrument_id)
+            self.sent[h.message_id] = raw
+            self.sample_of[h.message_id] = h.sample_id
+            ahead = t0 + (i + 1) / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        self.producer.flush(60)
+
+    def start(self) -> Load:
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float = 120) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "load generator did not finish"
+
+
+def ingest_producer(kafka: KafkaSettings) -> SpectrumProducer:
+    settings = IngestSettings(kafka=kafka, delivery_timeout_ms=8000, max_block_ms=4000)
+    return SpectrumProducer(settings, source="fault-test")
+
+
+def collect_predictions(
+    kafka: KafkaSettings, wanted: set[str], timeout_s: float = 120
+) -> list[Prediction]:
+    """Every prediction on the topic, waiting until each wanted message id has one."""
+    consumer = make_consumer(kafka, None)
+    preds: list[Prediction] = []
+    seen: set[str] = set()
+    try:
+        parts = None
+        deadline = time.monotonic() + timeout_s
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(kafka.topic_predictions)
+            time.sleep(0.1)
+        tps = [TopicPartition(kafka.topic_predictions, p) for p in sorted(parts or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        quiet = 0
+        while time.monotonic() < deadline and (not wanted <= seen or quiet < 3):
+            got = consumer.poll(timeout_ms=300)
+            batch = [decode_prediction(r.value) for recs in got.values() for r in recs]
+            quiet = quiet + 1 if not batch and wanted <= seen else 0
+            preds.extend(batch)
+            seen.update(p.message_id for p in batch)
+    finally:
+        consumer.close()
+    return preds
+
+
+def delivery_figures(sent: set[str], preds: list[Prediction]) -> dict[str, int]:
+    """Lost and duplicated counts; asserts every duplicate is the same spectrum republished."""
+    per_message = collections.Counter(p.message_id for p in preds)
+    assert len({p.prediction_id for p in preds}) == len(preds), "prediction ids must be unique"
+    by_id: dict[str, list[Prediction]] = collections.defaultdict(list)
+    for p in preds:
+        by_id[p.message_id].append(p)
+    for mid, group in by_id.items():
+        if len(group) > 1:  # traceable: same message, same sample, same instrument
+            assert len({(p.sample_id, p.instrument_id) for p in group}) == 1, mid
+    return {
+        "sent": len(sent),
+        "predictions": len(preds),
+        "lost": len(sent - set(per_message)),
+        "unexpected": len(set(per_message) - sent),
+        "duplicated_messages": sum(1 for m in sent if per_message[m] > 1),
+        "duplicate_predictions": sum(n - 1 for m, n in per_message.items() if m in sent),
+    }
+
+
+def where_lost(kafka: KafkaSettings, group: str, lost: set[str]) -> str:
+    """Partition/offset of lost spectra and the group's committed offsets (failure message)."""
+    from nirwatch.wire import decode_spectrum
+
+    consumer = make_consumer(kafka, None)
+    try:
+        parts = sorted(consumer.partitions_for_topic(kafka.topic_spectra) or ())
+        tps = [TopicPartition(kafka.topic_spectra, p) for p in parts]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        found: list[tuple[int, int]] = []
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            got = consumer.poll(timeout_ms=500)
+            if not got:
+                break
+            for recs in got.values():
+                for r in recs:
+                    if decode_spectrum(r.value)[0].message_id in lost:
+                        found.append((r.partition, r.offset))
+        high = {tp.partition: consumer.highwater(tp) for tp in tps}
+    finally:
+        consumer.close()
+    g = make_consumer(kafka, group)
+    try:
+        committed = {p: g.committed(TopicPartition(kafka.topic_spectra, p)) for p in parts}
+    finally:
+        g.close(autocommit=False)
+    return f"lost at (partition, offset) {sorted(found)}; committed {committed}; high {high}"
+
+
+def published_at_least(w: WorkerProcess, n: int) -> Callable[[], bool]:
+    return lambda: w.value("nirwatch_predictions_total") >= n
+
+
+# ---- the faults ----------------------------------------------------------------------------
+
+
+def test_kill9_under_load_then_restart_loses_nothing(
+    kafka_settings: KafkaSettings, pls_bundle: Path, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    ensure_topics(kafka_settings, [kafka_settings.topic_spectra, kafka_settings.topic_predictions])
+    group = f"faults-{uuid.uuid4().hex[:6]}"
+    producer = ingest_producer(kafka_settings)
+    # Offered faster than one worker drains on this machine: the worker is always mid-batch.
+    load = Load(producer, n=15000, rate=4000, instruments=[f"probe-{i}" for i in range(6)])
+    load.start()
+    kills, recovery = 0, []
+    w = WorkerProcess(kafka_settings, pls_bundle, group, tmp_path / "w0.log").start()
+    workers.append(w)
+    for cycle in range(1, 4):  # SIGKILL three times at arbitrary points of the stream
+        wait_until(published_at_least(w, 1500), 90, "a busy worker")
+        w.kill9()
+        kills += 1
+        t_kill = time.monotonic()
+        w = WorkerProcess(kafka_settings, pls_bundle, group, tmp_path / f"w{cycle}.log").start()
+        workers.append(w)
+        wait_until(published_at_least(w, 1), 60, "the restarted worker to publish")
+        recovery.append(round(time.monotonic() - t_kill, 1))
+    load.join()
+    producer.close()
+    preds = collect_predictions(kafka_settings, set(load.sent))
+    figs = delivery_figures(set(load.sent), preds)
+    assert figs["lost"] == 0 and figs["unexpected"] == 0, figs
+
+    # The audit trail of this run: every publication exactly once, duplicates traceable.
+    with SQLiteAuditTrail(tmp_path / "audit.sqlite3") as trail:
+        raws = [load.sent[p.message_id] for p in preds]
+        assert trail.append_many(audit_records(preds, raws)) == len(preds)
+        assert trail.append_many(audit_records(preds, raws)) == 0  # re-audit adds nothing
+        assert trail.count() == len(preds)
+        dups = trail.duplicate_message_ids()
+        assert len(dups) == figs["duplicated_messages"]
+        assert sum(n - 1 for n in dups.values()) == figs["duplicate_predictions"]
+        for mid in list(dups)[:20]:
+            rows = trail.query(message_id=mid)
+            assert len(rows) == dups[mid] and len({r.spectrum_sha256 for r in rows}) == 1
+
+    assert w.terminate() == 0, w.log_tail()  # SIGTERM: drains and exits cleanly
+    FIGURES["kill9_restart"] = {
+        **figs,
+        "kills": kills,
+        "s_kill_to_first_prediction_of_restart": str(recovery),
+        "producer_acked": producer.acked,
+        "producer_failed": producer.failed,
+    }
+
+
+def test_two_workers_one_killed_the_other_takes_over(
+    kafka_settings: KafkaSettings, pls_bundle: Path, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    ensure_topics(kafka_settings, [kafka_settings.topic_spectra, kafka_settings.topic_predictions])
+    group = f"faults-{uuid.uuid4().hex[:6]}"
+    a = WorkerProcess(kafka_settings, pls_bundle, group, tmp_path / "a.log").start()
+    b = WorkerProcess(kafka_settings, pls_bundle, group, tmp_path / "b.log").start()
+    workers += [a, b]
+    producer = ingest_producer(kafka_settings)
+    # Enough instruments that every partition gets spectra; keep sending until both work.
+    warm = Load(producer, n=300, rate=300, instruments=[f"probe-{i}" for i in range(12)]).start()
+    warm.join()
+    wait_until(
+        lambda: (
+            bool(a.partitions() and b.partitions()) and len(a.partitions() | b.partitions()) == 3
+        ),
+        60,
+        "a and b to share the partitions",
+    )
+    assert not a.partitions() & b.partitions()
+    load = Load(producer, n=2000, rate=400, instruments=[f"probe-{i}" for i in range(12)], seed=1)
+    load.start()
+    wait_until(lambda: b.value("nirwatch_predictions_total") >= 300, 90, "b to be busy")
+    b_partitions = b.partitions()
+    b.kill9()
+    t_kill = time.monotonic()
+    wait_until(lambda: a.partitions() == {0, 1, 2}, 60, "a to take over b's partitions")
+    t_takeover = time.monotonic()
+    load.join()
+    producer.close()
+    sent = set(warm.sent) | set(load.sent)
+    preds = collect_predictions(kafka_settings, sent)
+    figs = delivery_figures(sent, preds)
+    lost = sent - {p.message_id for p in preds}
+    assert not lost, (figs, where_lost(kafka_settings, group, lost), a.log_tail())
+    assert figs["unexpected"] == 0, figs
+    assert a.terminate() == 0, a.log_tail()
+    FIGURES["two_workers_one_killed"] = {
+        **figs,
+        "b_partitions_before_kill": str(sorted(b_partitions)),
+        "s_from_kill_to_takeover": round(t_takeover - t_kill, 1),
+    }
+
+
+def test_broker_restart_worker_and_producer_recover(
+    pls_bundle: Path, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "broker.log").start()
+    tag = uuid.uuid4().hex[:6]
+    kafka = KafkaSettings(
+        bootstrap=broker.bootstrap,
+        topic_spectra=f"r{tag}.spectra",
+        topic_predictions=f"r{tag}.predictions",
+        topic_dead_letter=f"r{tag}.dlq",
+        partitions=3,
+    )
+    topics = [kafka.topic_spectra, kafka.topic_predictions, kafka.topic_dead_letter]
+    try:
+        ensure_topics(kafka, topics)
+        w = WorkerProcess(kafka, pls_bundle, f"restart-{tag}", tmp_path / "w.log").start()
+        workers.append(w)
+        producer = ingest_producer(kafka)
+        first = Load(producer, n=300, rate=300, instruments=["probe-1", "probe-2"]).start()
+        first.join()
+        assert not delivery_figures(set(first.sent), collect_predictions(kafka, set(first.sent)))[
+            "lost"
+        ]
+        assert w.value("nirwatch_broker_up") == 1
+
+        broker.stop(kill=True)
+        t_down = time.monotonic()
+        # The outage must be visible in the worker's metrics while the broker is away.
+        wait_until(lambda: w.value("nirwatch_broker_up") == 0, 60, "broker_up to drop to 0")
+        t_seen = time.monotonic()
+        time.sleep(2)
+        broker.start()  # same port; Tansu keeps nothing in memory: topics come back empty
+        ensure_topics(kafka, topics)
+        t_up = time.monotonic()
+        second = Load(producer, n=300, rate=300, instruments=["probe-1", "probe-2"], seed=2)
+        second.start().join()
+        preds = collect_predictions(kafka, set(second.sent), timeout_s=120)
+        t_done = time.monotonic()
+        figs = delivery_figures(set(second.sent), preds)
+        assert figs["lost"] == 0, figs
+        assert w.alive, w.log_tail()  # the same process: it recovered by itself
+        wait_until(lambda: w.value("nirwatch_broker_up") == 1, 30, "broker_up back to 1")
+        producer.close()
+        FIGURES["broker_restart"] = {
+            **figs,
+            "s_outage_seen_in_metrics": round(t_seen - t_down, 1),
+            "s_from_broker_up_to_all_predicted": round(t_done - t_up, 1),
+            "kafka_errors_total": w.value("nirwatch_kafka_errors_total"),
+            "producer_recreated": producer.recreated,
+        }
+        assert w.terminate() == 0, w.log_tail()
+    finally:
+        broker.stop()
+
+
+def test_inference_goes_on_when_monitoring_is_down_or_stalls(
+    kafka_settings: KafkaSettings, pls_bundle: Path, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    """No Prometheus scrapes here (the worker pushes nothing), and stuck scrapers cannot stall it."""
+    ensure_topics(kafka_settings, [kafka_settings.topic_spectra, kafka_settings.topic_predictions])
+    w = WorkerProcess(kafka_settings, pls_bundle, f"mon-{uuid.uuid4().hex[:6]}", tmp_path / "w.log")
+    workers.append(w.start())
+    stuck = []
+    for _ in range(20):  # scrapers that connect, send half a request and never read
+        s = socket.create_connection(("127.0.0.1", w.metrics_port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        stuck.append(s)
+    try:
+        producer = ingest_producer(kafka_settings)
+        load = Load(producer, n=600, rate=600, instruments=["probe-1", "probe-2", "probe-3"])
+        load.start().join()
+        producer.close()
+        preds = collect_predictions(kafka_settings, set(load.sent))
+        figs = delivery_figures(set(load.sent), preds)
+        assert figs["lost"] == 0, figs
+    finally:
+        for s in stuck:
+            s.close()
+    assert w.value("nirwatch_predictions_total") >= 600  # the endpoint still answers
+    assert w.terminate() == 0, w.log_tail()
+    FIGURES["monitoring_down"] = {**figs, "stalled_scrapers": len(stuck)}
