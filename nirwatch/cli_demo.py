@@ -327,7 +327,7 @@ def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) ->
                         labs.append(lab)
                 else:
                     p = decode_prediction(rec.value)
-                    if p.published_at >= state.started_at:  # not an earlier run's
+                    if p.timestamp >= state.started_at:  # spectra of this run only
                         predictions.append(p)
             except NirwatchError as exc:
                 log.warning("undecodable record %s:%s: %s", tp.topic, rec.offset, exc)
