@@ -62,6 +62,8 @@ class DriftSettings(NirwatchSettings):
     lab_rmse_factor: float = Field(default=1.5, gt=0, description="drift above k x RMSECV")
     lab_bias_limit: float | None = Field(default=None, description="default: RMSECV")
     max_groups: int = Field(default=64, ge=1)
+    metrics_host: str = Field(default="127.0.0.1", description="nirwatch drift-monitor endpoint")
+    metrics_port: int = Field(default=9109, ge=1, le=65535)
     join_cache_size: int = Field(default=100_000, ge=1)
 
 

@@ -1,0 +1,52 @@
+"""``nirwatch drift-monitor``: drift detectors for the whole line, beside the workers.
+
+Consumes the predictions and lab-results topics (:mod:`monitoring.drift_consumer`), runs a
+:class:`~monitoring.drift_monitor.DriftMonitor` per (instrument, product) and serves the
+drift gauges (``nirwatch_drift_*``, ``nirwatch_lab_*``) on a Prometheus endpoint. Settings:
+``NIRWATCH_DRIFT_*`` (detectors, endpoint) and ``NIRWATCH_KAFKA_*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from monitoring.drift_consumer import run_drift_consumer
+from monitoring.drift_monitor import DriftMonitor, DriftSettings
+from monitoring.metrics import WorkerMetrics
+from nirwatch.broker import kafka_bootstrap
+from nirwatch.settings import KafkaSettings, load_settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 9109)")
+    parser.add_argument("--rmsecv", type=float, help="RMSECV of the served model (lab checks)")
+    parser.add_argument("--group-id", default="nirwatch-drift", help="Kafka consumer group")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {
+        k: v
+        for k, v in (("metrics_host", args.metrics_host), ("metrics_port", args.metrics_port))
+        if v is not None
+    }
+    settings = load_settings(DriftSettings, **overrides)
+    kafka = load_settings(KafkaSettings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    registry = CollectorRegistry()
+    monitor = DriftMonitor(WorkerMetrics(registry), settings, rmsecv=args.rmsecv)
+    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+    print(f"drift metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    try:
+        with kafka_bootstrap(kafka.bootstrap) as bootstrap:
+            kafka = kafka.model_copy(update={"bootstrap": bootstrap})
+            run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
+    finally:
+        server.shutdown()
+    return 0
