@@ -135,3 +135,51 @@ def test_predict_refuses_other_grid(
     err = capsys.readouterr().err
     assert "differs from the bundle's lin:600:1898:2 (650 points)" in err
     assert not (tmp_path / "p.csv").exists()
+
+
+FALLBACK_REASONS = {"", "cnn_pls_disagree", "cnn_non_finite", "cnn_error"}
+
+
+def test_train_tiny_cnn_and_predict(
+    shootout_slice: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A tiny CNN (2 networks, 3 epochs, 2 augmented copies): the plumbing, not the accuracy.
+    monkeypatch.setenv("NIRWATCH_TRAIN_CNN_MEMBERS", "2")
+    monkeypatch.setenv("NIRWATCH_TRAIN_AUGMENT_COPIES", "2")
+    out = tmp_path / "bundle"
+    split = ["--split-column", "SampleType", "--train-values", "Train"]
+    rc = main(train_args(shootout_slice, out, *split, "--epochs", "3", "--device", "cpu"))
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "cnn.safetensors").exists() and (out / "cnn.json").exists()
+    report = json.loads((out / "report/report.json").read_text())
+    assert set(report["models"]) == {"pls", "cnn"} and report["served_by"] == "cnn"
+    cnn = report["models"]["cnn"]
+    assert cnn["members"] == 2 and cnn["n_cv"] == 60 and cnn["n_test"] == 30
+    for png in ("learning_curves.png", "conv1_kernel_activations.png"):
+        assert (out / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    assert report["settings"]["epochs"] == 3
+
+    preds = tmp_path / "preds.csv"
+    args = ["predict", "--bundle", str(out), "--data", str(shootout_slice), "--out", str(preds)]
+    assert main([*args, "--device", "cpu", "--id-column", "SampleType"]) == 0
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 90 and rows[0]["SampleType"] == "Train" and rows[-1]["SampleType"] == "Test"
+    assert all(r["cnn_prediction"] != "" for r in rows)
+    assert all(r["fallback_reason"] in FALLBACK_REASONS for r in rows)
+    assert all((r["model"] == "cnn") == (r["fallback_reason"] == "") for r in rows)
+    # The loaded CNN predicts the test rows exactly as the in-memory one did at training time.
+    data = load_spectra(shootout_slice, target="assay")
+    assert data.y is not None
+    cnn_test = np.array([float(r["cnn_prediction"]) for r in rows[60:]])
+    rmsep = float(np.sqrt(np.mean((cnn_test - data.y[60:]) ** 2)))
+    assert rmsep == pytest.approx(cnn["rmsep"], rel=1e-5)
+
+    import torch
+
+    if not torch.cuda.is_available():  # CUDA asked for but absent: PLS serves, visibly
+        on_cuda = load_bundle(out, device="cuda")
+        assert not on_cuda.has_cnn and "CUDA" in str(on_cuda.cnn_load_error)
+        assert on_cuda.predict(data.X[:2]).fallback_reason == ["cnn_unavailable"] * 2

@@ -29,7 +29,7 @@ from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import PLSCalibration, fit_pls_cv
 from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
-from nirwatch.errors import DataError, ModelError
+from nirwatch.errors import DataError
 from training.report import ModelEvaluation, build_report
 from training.settings import TrainingSettings
 
@@ -45,8 +45,8 @@ class _CNNResult:
     predictor: Any
     steps: list[Any]
     evaluation: ModelEvaluation
-    history: dict[str, list[float]] = field(default_factory=dict)
-    kernels: tuple[np.ndarray, np.ndarray | None] | None = None
+    history: list[list[dict[str, float]]] = field(default_factory=list)
+    activations: np.ndarray | None = None
     reference: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -186,7 +186,7 @@ def fit_bundle(
     if model in ("cnn", "both"):
         t1 = time.perf_counter()
         cnn = _fit_cnn(
-            X, y, wl, s, X_test if has_test else None, y_test if has_test else None, progress
+            X, y, s, X_test if has_test else None, y_test if has_test else None, progress
         )
         cnn.info["train_seconds"] = time.perf_counter() - t1
         say(f"CNN: trained in {cnn.info['train_seconds']:.1f} s")
@@ -218,7 +218,7 @@ def fit_bundle(
         evaluations=evaluations,
         summary=summary,
         history=cnn.history if cnn else None,
-        kernels=cnn.kernels if cnn else None,
+        activations=cnn.activations if cnn else None,
         reference_spectrum=cnn.reference if cnn else None,
         wavelengths=wl,
     )
@@ -246,18 +246,87 @@ def fit_bundle(
 def _fit_cnn(
     X: np.ndarray,
     y: np.ndarray,
-    wl: np.ndarray,
     s: TrainingSettings,
     X_test: np.ndarray | None,
     y_test: np.ndarray | None,
     progress: bool,
 ) -> _CNNResult:
-    try:
-        from training import cnn as cnn_training  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ModelError(f"CNN training is not available ({exc}); use --model pls") from exc
-    raise ModelError(
-        f"CNN training through {cnn_training.__name__} is not wired yet; use --model pls"
+    """Augment, then EMSC, then the CNN (an ensemble over stratified folds by default)."""
+    import torch
+
+    from nirwatch.chemometrics.augmentation import SpectralAugmenter
+    from nirwatch.chemometrics.cnn import CNNConfig
+    from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
+    from training.cnn import TrainConfig, fit_cnn, fit_cnn_ensemble
+
+    given: dict[str, Any] = {
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "learning_rate": s.learning_rate,
+        "patience": s.patience,
+    }
+    train = TrainConfig(
+        **{k: v for k, v in given.items() if v is not None},
+        seed=s.seed,
+        deterministic=s.deterministic,
+        device=s.device,
+        progress=progress,
+    )
+    steps = [ExtendedMultiplicativeScatterCorrection(order=s.emsc_order)]
+    augmenter = (
+        SpectralAugmenter(n_copies=s.augment_copies, random_state=s.seed)
+        if s.augment_copies > 0
+        else None
+    )
+    config = CNNConfig()
+    if s.cnn_members > 1:
+        fitted = fit_cnn_ensemble(
+            X, y, config, steps=steps, augmenter=augmenter, train=train, n_members=s.cnn_members
+        )
+        assert fitted.oof_pred is not None
+        cv_true, cv_pred = y, fitted.oof_pred
+        cv_label = f"{s.cnn_members}-fold CV (ensemble members)"
+    else:
+        # One network: a seeded validation split carved from the calibration data.
+        rng = np.random.default_rng(s.seed)
+        order = rng.permutation(X.shape[0])
+        n_val = max(2, int(round(s.validation_fraction * X.shape[0])))
+        val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
+        fitted = fit_cnn(
+            X[tr], y[tr], X[val], y[val], config, steps=steps, augmenter=augmenter, train=train
+        )
+        cv_true, cv_pred = y[val], fitted.predict(X[val])
+        cv_label = "validation split"
+    evaluation = ModelEvaluation(
+        name="cnn",
+        cv_true=cv_true,
+        cv_pred=np.asarray(cv_pred, dtype=float),
+        cv_label=cv_label,
+        test_true=y_test,
+        test_pred=fitted.predict(X_test) if X_test is not None else None,
+        extra={"members": len(fitted.predictor.members), "best_epochs": fitted.best_epochs},
+    )
+    # The paper's figure: first conv layer's response to the mean calibration spectrum.
+    reference = fitted.preprocess(X).mean(axis=0)
+    net = fitted.predictor.members[0]
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        x = torch.as_tensor(reference[None], dtype=torch.float32, device=device)
+        activations = net.first_layer_activations(x)[0].cpu().numpy()
+    return _CNNResult(
+        predictor=fitted.predictor,
+        steps=fitted.steps,
+        evaluation=evaluation,
+        history=fitted.history,
+        activations=activations,
+        reference=reference,
+        info={
+            "members": len(fitted.predictor.members),
+            "best_epochs": list(fitted.best_epochs),
+            "augment_copies": s.augment_copies,
+            "emsc_order": s.emsc_order,
+            "config": config.to_dict(),
+        },
     )
 
 

@@ -106,59 +106,46 @@ def plot_residuals(evals: Sequence[ModelEvaluation], target: str, unit: str) -> 
     return _png(fig)
 
 
-def plot_learning_curves(history: Mapping[str, Sequence[float]]) -> bytes:
-    """``history``: per-epoch series such as ``train_loss`` and ``val_loss``."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    for name, values in history.items():
-        v = np.asarray(values, dtype=float)
-        if v.ndim == 1 and v.size and np.isfinite(v).any():
-            ax.plot(np.arange(1, v.size + 1), v, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
+def plot_learning_curves(history: Sequence[Sequence[Mapping[str, float]]]) -> bytes:
+    """Per network: training loss (standardised MSE) and validation RMSE against the epoch.
+
+    ``history``: one list per network of per-epoch records with ``train_loss`` and
+    ``val_rmse`` (as :class:`training.cnn.FittedCNN` keeps them).
+    """
+    fig = Figure(figsize=(9, 3.8))
+    loss_ax, val_ax = fig.subplots(1, 2)
+    for i, records in enumerate(history):
+        epochs = np.arange(1, len(records) + 1)
+        loss_ax.plot(epochs, [r.get("train_loss", np.nan) for r in records], lw=1, label=f"net {i}")
+        val_ax.plot(epochs, [r.get("val_rmse", np.nan) for r in records], lw=1, label=f"net {i}")
+    loss_ax.set_yscale("log")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (standardised MSE)")
+    val_ax.set(xlabel="epoch", ylabel="validation RMSE (target units)")
+    val_ax.legend(fontsize=7)
     return _png(fig)
 
 
-def first_layer_activations(
-    kernels: np.ndarray, bias: np.ndarray | None, spectrum: np.ndarray
-) -> np.ndarray:
-    """Each first-layer kernel cross-correlated with a spectrum ('same' length, as conv1d).
-
-    Parameters
-    ----------
-    kernels : ndarray (n_filters, 1, k) or (n_filters, k)
-    bias : ndarray (n_filters,) or None
-    spectrum : ndarray (n_points,)
-
-    Returns
-    -------
-    ndarray (n_filters, n_points): pre-activation responses.
-    """
-    w = np.asarray(kernels, dtype=float).reshape(kernels.shape[0], -1)
-    x = np.asarray(spectrum, dtype=float).ravel()
-    out = np.stack(
-        [np.correlate(np.pad(x, (w.shape[1] // 2, (w.shape[1] - 1) // 2)), k) for k in w]
-    )
-    if bias is not None:
-        out += np.asarray(bias, dtype=float).reshape(-1, 1)
-    return out
-
-
 def plot_kernel_activations(
-    kernels: np.ndarray, bias: np.ndarray | None, spectrum: np.ndarray, wavelengths: np.ndarray
+    activations: np.ndarray, spectrum: np.ndarray, wavelengths: np.ndarray
 ) -> bytes:
-    act = first_layer_activations(kernels, bias, spectrum)
+    """First conv layer's output (filters, L') on a reference spectrum (L,), as in the paper.
+
+    A valid convolution of kernel size k shortens the axis by k − 1; each output is drawn at
+    the centre of its window.
+    """
+    act = np.asarray(activations, dtype=float)
+    wl = np.asarray(wavelengths, dtype=float)
     fig = Figure(figsize=(7, 6))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2])
-    wl = np.asarray(wavelengths, dtype=float)[: act.shape[1]]
-    top.plot(wl, np.asarray(spectrum)[: wl.size], "k", lw=1)
-    top.set_ylabel("reference spectrum\n(preprocessed)")
+    top.plot(wl[: len(spectrum)], np.asarray(spectrum)[: wl.size], "k", lw=1)
+    top.set_ylabel("reference spectrum\n(network input)")
+    offset = (len(spectrum) - act.shape[1]) // 2
+    centres = wl[offset : offset + act.shape[1]]
     for i, a in enumerate(act):
+        a = a - np.median(a)  # the filters' response around their baseline level
         scale = np.abs(a).max() or 1.0
-        bottom.plot(wl, i + 0.45 * a / scale, lw=0.8)
-    bottom.set_ylabel("first conv layer filter (normalised activation)")
+        bottom.plot(centres[: a.size], i + 0.45 * a[: centres.size] / scale, lw=0.8)
+    bottom.set_ylabel("first conv layer filters\n(normalised activation)")
     bottom.set_xlabel("wavelength [nm]")
     return _png(fig)
 
@@ -169,8 +156,8 @@ def build_report(
     unit: str,
     evaluations: Sequence[ModelEvaluation],
     summary: Mapping[str, Any],
-    history: Mapping[str, Sequence[float]] | None = None,
-    kernels: tuple[np.ndarray, np.ndarray | None] | None = None,
+    history: Sequence[Sequence[Mapping[str, float]]] | None = None,
+    activations: np.ndarray | None = None,
     reference_spectrum: np.ndarray | None = None,
     wavelengths: np.ndarray | None = None,
 ) -> dict[str, bytes]:
@@ -187,9 +174,9 @@ def build_report(
     }
     if history:
         files["learning_curves.png"] = plot_learning_curves(history)
-    if kernels is not None and reference_spectrum is not None and wavelengths is not None:
+    if activations is not None and reference_spectrum is not None and wavelengths is not None:
         files["conv1_kernel_activations.png"] = plot_kernel_activations(
-            kernels[0], kernels[1], reference_spectrum, wavelengths
+            activations, reference_spectrum, wavelengths
         )
     return files
 

@@ -26,13 +26,24 @@ class TrainingSettings(NirwatchSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = Field(default=False, description="deterministic torch kernels")
 
-    # CNN (Bjerrum, Glahder & Skov 2017: augment, then EMSC, then the network)
-    epochs: int = Field(default=300, ge=1, le=100_000)
-    batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    patience: int = Field(default=40, ge=1, description="early-stopping patience in epochs")
+    # CNN (Bjerrum, Glahder & Skov 2017: augment, then EMSC, then the network). Unset
+    # hyper-parameters keep training.cnn.TrainConfig's defaults.
+    epochs: int | None = Field(default=None, ge=1, le=100_000)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    patience: int | None = Field(default=None, ge=1, description="early stopping, in epochs")
+    cnn_members: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="ensemble of networks, one per stratified fold (each early-stopped on its "
+        "held-out fold, which also gives the CNN's RMSECV); 1 = one network",
+    )
     validation_fraction: float = Field(
-        default=0.15, gt=0, lt=0.5, description="carved from the calibration data, never test"
+        default=0.15,
+        gt=0,
+        lt=0.5,
+        description="with cnn_members=1: validation share carved from the calibration data",
     )
     augment_copies: int = Field(default=10, ge=0, description="0 turns augmentation off")
     emsc_order: int = Field(default=2, ge=0, le=6)
