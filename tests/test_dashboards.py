@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from monitoring.metrics import WorkerMetrics
 from nirwatch.broker import free_port
+from training.service import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "monitoring" / "grafana"
@@ -104,6 +105,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     metrics.broker_up.set(1)
     metrics.model_info.info({"version": "v0003", "checksum": "9f2c41", "target": "assay_mg"})
     metrics.model_reloads.labels("ok").inc()
+    retrain = ServiceMetrics(registry)  # the retrain service's metrics, same scrape for brevity
+    retrain.retrains.labels("promoted").inc()
+    retrain.retrains.labels("candidate").inc(2)
+    retrain.webhook.labels("triggered").inc()
+    retrain.webhook.labels("unauthorised").inc()
+    retrain.labelled.set(312)
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     stop = threading.Event()
@@ -177,6 +184,7 @@ def test_dashboards_are_well_formed() -> None:
 def test_dashboards_cover_the_required_views_with_existing_metrics() -> None:
     registry = CollectorRegistry()
     WorkerMetrics(registry)
+    ServiceMetrics(registry)
     suffixes = {
         "counter": ["_total"],
         "histogram": ["_bucket", "_sum", "_count"],
