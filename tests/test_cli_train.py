@@ -149,6 +149,7 @@ def test_train_tiny_cnn_and_predict(
     # A tiny CNN (2 networks, 3 epochs, 2 augmented copies): the plumbing, not the accuracy.
     monkeypatch.setenv("NIRWATCH_TRAIN_CNN_MEMBERS", "2")
     monkeypatch.setenv("NIRWATCH_TRAIN_AUGMENT_COPIES", "2")
+    monkeypatch.setenv("NIRWATCH_TRAIN_CNN_START_NM", "1100")  # as benchmarks/shootout.py
     out = tmp_path / "bundle"
     split = ["--split-column", "SampleType", "--train-values", "Train"]
     rc = main(train_args(shootout_slice, out, *split, "--epochs", "3", "--device", "cpu"))
@@ -161,6 +162,11 @@ def test_train_tiny_cnn_and_predict(
     for png in ("learning_curves.png", "conv1_kernel_activations.png"):
         assert (out / "report" / png).read_bytes()[:4] == b"\x89PNG"
     assert report["settings"]["epochs"] == 3
+    steps = json.loads((out / "preprocessing.json").read_text())["pipelines"]["cnn"]["steps"]
+    assert [st["class"] for st in steps] == [
+        "WavelengthRange",
+        "ExtendedMultiplicativeScatterCorrection",
+    ]
 
     preds = tmp_path / "preds.csv"
     args = ["predict", "--bundle", str(out), "--data", str(shootout_slice), "--out", str(preds)]

@@ -48,6 +48,7 @@ class _CNNResult:
     history: list[list[dict[str, float]]] = field(default_factory=list)
     activations: np.ndarray | None = None
     reference: np.ndarray | None = None
+    wavelengths: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,7 +187,7 @@ def fit_bundle(
     if model in ("cnn", "both"):
         t1 = time.perf_counter()
         cnn = _fit_cnn(
-            X, y, s, X_test if has_test else None, y_test if has_test else None, progress
+            X, y, wl, s, X_test if has_test else None, y_test if has_test else None, progress
         )
         cnn.info["train_seconds"] = time.perf_counter() - t1
         say(f"CNN: trained in {cnn.info['train_seconds']:.1f} s")
@@ -220,7 +221,7 @@ def fit_bundle(
         history=cnn.history if cnn else None,
         activations=cnn.activations if cnn else None,
         reference_spectrum=cnn.reference if cnn else None,
-        wavelengths=wl,
+        wavelengths=cnn.wavelengths if cnn else wl,
     )
     contents = BundleContents(
         target=target,
@@ -246,6 +247,7 @@ def fit_bundle(
 def _fit_cnn(
     X: np.ndarray,
     y: np.ndarray,
+    wl: np.ndarray,
     s: TrainingSettings,
     X_test: np.ndarray | None,
     y_test: np.ndarray | None,
@@ -257,6 +259,7 @@ def _fit_cnn(
     from nirwatch.chemometrics.augmentation import SpectralAugmenter
     from nirwatch.chemometrics.cnn import CNNConfig
     from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
+    from nirwatch.chemometrics.selection import WavelengthRange
     from training.cnn import TrainConfig, fit_cnn, fit_cnn_ensemble
 
     given: dict[str, Any] = {
@@ -272,7 +275,11 @@ def _fit_cnn(
         device=s.device,
         progress=progress,
     )
-    steps = [ExtendedMultiplicativeScatterCorrection(order=s.emsc_order)]
+    steps: list[Any] = []
+    if s.cnn_start_nm is not None or s.cnn_stop_nm is not None:
+        # Selected before augmentation and EMSC (training.cnn.split_augmentation_steps).
+        steps.append(WavelengthRange(wl, start=s.cnn_start_nm, stop=s.cnn_stop_nm))
+    steps.append(ExtendedMultiplicativeScatterCorrection(order=s.emsc_order))
     augmenter = (
         SpectralAugmenter(n_copies=s.augment_copies, random_state=s.seed)
         if s.augment_copies > 0
@@ -313,6 +320,10 @@ def _fit_cnn(
     with torch.inference_mode():
         x = torch.as_tensor(reference[None], dtype=torch.float32, device=device)
         activations = net.first_layer_activations(x)[0].cpu().numpy()
+    wl_in = wl
+    for step in fitted.steps:
+        if isinstance(step, WavelengthRange):
+            wl_in = step.wavelengths_out_
     return _CNNResult(
         predictor=fitted.predictor,
         steps=fitted.steps,
@@ -320,11 +331,13 @@ def _fit_cnn(
         history=fitted.history,
         activations=activations,
         reference=reference,
+        wavelengths=wl_in,
         info={
             "members": len(fitted.predictor.members),
             "best_epochs": list(fitted.best_epochs),
             "augment_copies": s.augment_copies,
             "emsc_order": s.emsc_order,
+            "wavelength_range": [s.cnn_start_nm, s.cnn_stop_nm],
             "config": config.to_dict(),
         },
     )

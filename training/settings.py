@@ -45,6 +45,10 @@ class TrainingSettings(NirwatchSettings):
         lt=0.5,
         description="with cnn_members=1: validation share carved from the calibration data",
     )
+    cnn_start_nm: float | None = Field(
+        default=None, description="CNN input starts here (nm); e.g. 1100 on the shootout"
+    )
+    cnn_stop_nm: float | None = Field(default=None, description="CNN input ends here (nm)")
     augment_copies: int = Field(default=10, ge=0, description="0 turns augmentation off")
     emsc_order: int = Field(default=2, ge=0, le=6)
 
