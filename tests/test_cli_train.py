@@ -189,3 +189,31 @@ def test_train_tiny_cnn_and_predict(
         on_cuda = load_bundle(out, device="cuda")
         assert not on_cuda.has_cnn and "CUDA" in str(on_cuda.cnn_load_error)
         assert on_cuda.predict(data.X[:2]).fallback_reason == ["cnn_unavailable"] * 2
+
+
+def test_train_and_predict_npz(
+    shootout_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = load_spectra(shootout_slice, target="assay")
+    assert data.y is not None
+    npz = tmp_path / "slice.npz"
+    np.savez(
+        npz,
+        X=data.X,
+        wavelengths=data.wavelengths,
+        assay=data.y,
+        SampleType=data.metadata["SampleType"].astype(str),
+    )
+    out = tmp_path / "b"
+    split = ["--split-column", "SampleType", "--train-values", "Train"]
+    assert main(train_args(npz, out, *split, "--model", "pls")) == 0, capsys.readouterr().err
+    preds = tmp_path / "p.csv"
+    assert main(["predict", "--bundle", str(out), "--data", str(npz), "--out", str(preds)]) == 0
+    assert len(list(csv.DictReader(preds.open()))) == 90
+    # The same data as CSV gives the same model: the bundle records the same data hash.
+    out_csv = tmp_path / "c"
+    assert main(train_args(shootout_slice, out_csv, *split, "--model", "pls")) == 0
+    m_npz = json.loads((out / "manifest.json").read_text())
+    m_csv = json.loads((out_csv / "manifest.json").read_text())
+    assert m_npz["data_hash"] == m_csv["data_hash"]
+    assert m_npz["files"]["pls.npz"] == m_csv["files"]["pls.npz"]
