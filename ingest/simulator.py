@@ -375,8 +375,13 @@ def calibration_set(
     low: float = 0.8,
     high: float = 1.2,
     grid: str = GRID,
+    lab_noise: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A designed calibration set: contents uniform in [low, high] × nominal, no drift.
+
+    As in practice, ``y`` is the lab's reference value (true content + lab noise of
+    ``line.lab_sd_mg``), so RMSECV and the lab residuals seen in production are comparable;
+    ``lab_noise=False`` gives the true content.
 
     Returns
     -------
@@ -389,12 +394,13 @@ def calibration_set(
     line = line or TabletLine()
     rng = np.random.default_rng([seed, 1_000_003])
     wl = grid_wavelengths(grid)
-    y = line.nominal_mg * rng.uniform(low, high, n)
-    absorbance = _mix(line, y, rng, component_spectra(wl))
+    content = line.nominal_mg * rng.uniform(low, high, n)
+    absorbance = _mix(line, content, rng, component_spectra(wl))
     # Probe-to-probe gain differences of the streaming simulator are within the calibration.
     gain = 1.0 + 0.01 * rng.standard_normal((n, 1))
     X = _measure(line, absorbance, wl, rng, gain)
-    return X.astype(np.float32), y, wl
+    reference = content + line.lab_sd_mg * rng.standard_normal(n)
+    return X.astype(np.float32), reference if lab_noise else content, wl
 
 
 @dataclass

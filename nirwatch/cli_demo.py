@@ -75,6 +75,7 @@ class DemoState:
 
     started_at: float
     lab_topic: str = ""
+    metrics_url: str = ""
     rows: dict[str, ProbeRow] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     predictions: int = 0
@@ -123,8 +124,8 @@ class DriftLoop:
             warmup=30,
             exceedance_window=50,  # the detector needs at least 50 samples
             mean_shift_window=10,
-            lab_window=10,
-            lab_min_samples=3,
+            lab_window=20,  # RMSE over 20 lab values: few false alarms from lab noise
+            lab_min_samples=5,
         )
         self.monitor = DriftMonitor(metrics, demo, rmsecv=rmsecv)
         self.registry, self.hmac_key, self.retrain_enabled = registry, hmac_key, retrain
@@ -259,7 +260,7 @@ def render(state: DemoState, title: str, counts: dict[str, int], loop: DriftLoop
         f"{elapsed:.0f} s: spectra in {counts['sent']}, predictions out {state.predictions}, "
         f"dead-lettered {counts['dead_lettered']}, latency p50 {state.percentile(50):.0f} ms "
         f"p99 {state.percentile(99):.0f} ms.\n{loop.status}. T² and Q as fractions of their 99 % "
-        "limits. Ctrl-C stops."
+        f"limits.\nMetrics: {state.metrics_url}. Ctrl-C stops."
     )
     drifting = loop.drifting()
     table = Table(title=title, caption=caption)
@@ -432,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
         header = "nirwatch: API content per probe" + (f" ({args.drift} drift)" if drift else "")
         loop = DriftLoop(metrics, model_registry, hmac_key, retrain=drift is not None)
         lab_every = 3 if drift is not None else 10  # the drift story needs lab values soon
-        state = DemoState(started_at=time.time(), lab_topic=kafka.topic_lab_results)
+        state = DemoState(time.time(), kafka.topic_lab_results, metrics_url)
 
         def keep_for_lab(batch: Any, row: int) -> None:
             if int(batch.indices[row]) % lab_every == 0:

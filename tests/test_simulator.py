@@ -27,11 +27,13 @@ def test_calibration_set_shapes_and_design() -> None:
     X, y, wl = calibration_set(200, seed=3)
     assert X.shape == (200, points_in_grid(GRID)) and X.dtype == np.float32
     assert wl[0] == 600 and wl[-1] == 1898
-    assert 160 <= y.min() and y.max() <= 240 and y.std() > 15
     assert np.isfinite(X).all()
     X2, y2, _ = calibration_set(200, seed=3)
     np.testing.assert_array_equal(X, X2)
     np.testing.assert_array_equal(y, y2)
+    _, content, _ = calibration_set(200, seed=3, lab_noise=False)
+    assert 160 <= content.min() and content.max() <= 240 and content.std() > 15
+    assert 1.0 < np.std(y - content) < 2.0  # lab reference = true content + lab noise
 
 
 def test_pls_fitted_on_calibration_predicts_streamed_content(pls: PLSRegression) -> None:
