@@ -141,7 +141,8 @@ def replay_rows(
     """Rows in file order, dealt round-robin to the instruments; forever when ``loop``.
 
     Yields (instrument_id, sample_id, spectrum, metadata); after the first pass sample ids
-    get a ``-rN`` suffix so that each replayed measurement stays unique.
+    get a ``-rN`` suffix so that each replayed measurement stays unique. A dataset whose axis
+    is not in nm says so in the metadata's ``axis_unit`` (e.g. ``cm-1``).
     """
     if not instrument_ids:
         raise DataError("need at least one instrument id to replay as")
@@ -150,6 +151,8 @@ def replay_rows(
     for n_pass in passes:
         for i in range(len(ds)):
             sid = ds.sample_ids[i] if n_pass == 0 else f"{ds.sample_ids[i]}-r{n_pass}"
-            meta = ds.metadata[i] if ds.metadata else {}
+            meta = dict(ds.metadata[i]) if ds.metadata else {}
+            if ds.axis_unit != "nm":  # grid ids are read as nm unless the header says otherwise
+                meta["axis_unit"] = ds.axis_unit
             yield instrument_ids[k % len(instrument_ids)], sid, ds.spectra[i], meta
             k += 1

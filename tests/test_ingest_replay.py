@@ -63,6 +63,8 @@ def test_fermentation_resampled_onto_even_grid_keeps_values() -> None:
     assert times == sorted(times)
     labelled = [m for m in ds.metadata if "glucose" in m]
     assert len(labelled) == 34 and labelled[0]["glucose"] == pytest.approx(44.41567094)
+    _, _, _, meta = next(replay_rows(ds, ["f1"]))
+    assert meta["axis_unit"] == "cm-1" and meta["time_h"] == 0.0
 
 
 def test_files_are_validated_by_datasets(tmp_path: Path) -> None:
