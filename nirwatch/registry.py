@@ -132,16 +132,26 @@ class ModelRegistry:
         return p
 
     def list(self) -> builtins.list[ModelInfo]:
-        """Every registered version, oldest first, with its status."""
+        """Every registered version, oldest first, with its status.
+
+        A version whose manifest cannot be read is listed with status ``unreadable`` rather
+        than hiding the others (``list`` is what an operator runs when something is wrong).
+        """
         state = self._champion_state() or {}
         champion = state.get("version")
         previous = {h["version"] for h in state.get("history", [])}
         out = []
         for version in self._versions():
             p = self.models / version
-            m = read_manifest(p)
+            try:
+                m = read_manifest(p)
+                checksum = bundle_checksum(p)
+            except (BundleError, OSError):
+                m, checksum = {"target": {"name": "?", "unit": "?"}}, ""
             status = (
-                "champion"
+                "unreadable"
+                if not checksum
+                else "champion"
                 if version == champion
                 else "previous"
                 if version in previous
@@ -152,7 +162,7 @@ class ModelRegistry:
                     version=version,
                     status=status,
                     created_at=str(m.get("created_at", "")),
-                    checksum=bundle_checksum(p),
+                    checksum=checksum,
                     target=str(m["target"]["name"]),
                     unit=str(m["target"]["unit"]),
                     has_cnn=bool(m.get("models", {}).get("cnn")),

@@ -72,6 +72,15 @@ def test_unknown_version_and_double_promote(tmp_path: Path) -> None:
         reg.promote(v)
 
 
+def test_list_survives_an_unreadable_version(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    v = reg.register(make_bundle(tmp_path, "a"))
+    (reg.models / "junk").mkdir()
+    assert {i.version: i.status for i in reg.list()} == {v: "candidate", "junk": "unreadable"}
+    with pytest.raises(RegistryError, match="refusing to promote junk"):
+        reg.promote("junk")
+
+
 def test_tampered_bundle_is_refused(tmp_path: Path) -> None:
     src = make_bundle(tmp_path, "a")
     f = src / "pls.npz"
