@@ -28,7 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="comma-separated values of --split-column to train on; other rows are the test "
         "set (RMSEP)",
     )
-    parser.add_argument("--model", choices=["cnn", "pls", "both"], default="both")
+    parser.add_argument(
+        "--model",
+        choices=["cnn", "pls", "both"],
+        default="both",
+        help="pls: PLS only; cnn or both: the CNN serves and PLS is stored as its fallback",
+    )
     parser.add_argument(
         "--out", type=Path, help="bundle directory to create (default bundles/<target>-<time>)"
     )
