@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 
 from ingest.lab_results import LabResult
 from ingest.settings import IngestSettings
@@ -190,6 +190,9 @@ class SpectrumProducer:
         assert self._dlq is not None
         try:
             self._dlq.publish(value, key, exc.reason, exc.detail, self.source, "ingest")
+        except MessageSizeTooLargeError as err:
+            # Too big for the broker even as a dead letter: counted and logged, client intact.
+            log.warning("dead letter (%s) too large to send: %s", exc.reason, err)
         except KafkaError as err:
             self._broken.set()
             log.warning("dead letter (%s) could not be sent: %s", exc.reason, err)
