@@ -416,7 +416,11 @@ def run(args: argparse.Namespace) -> int:
             worker_settings.reload_interval_s,
         )
         source.current()
-        server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
+        try:
+            server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
+        except OSError:  # port taken (another demo or worker): any free one will do
+            metrics_port = free_port()
+            server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
         probes = [ProbeSpec(f"probe-{i + 1}", args.rate) for i in range(args.probes)]
