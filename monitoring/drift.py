@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -133,8 +135,8 @@ class MeanShiftDetector:
 
     def reset(self) -> None:
         mean, cov = self._given
-        self._ref: list[np.ndarray] = []
-        self._buf: list[np.ndarray] = []
+        self._ref: list[Any] = []
+        self._buf: list[Any] = []
         self._mean: np.ndarray | None = None
         self._inv: np.ndarray | None = None
         self._n_ref = math.inf
@@ -150,22 +152,25 @@ class MeanShiftDetector:
         self._inv = np.linalg.pinv(cov)
         self._limit = float(stats.chi2.ppf(1.0 - self.alpha, mean.size))
 
-    def update(self, x: np.ndarray | float) -> None:
-        """Add one sample, a vector of shape (p,) or a scalar."""
-        v = np.atleast_1d(np.asarray(x, dtype=float)).ravel()
+    def update(self, x: np.ndarray | Sequence[float] | float) -> None:
+        """Add one sample, a vector of shape (p,) (array, tuple or list) or a scalar."""
+        # Samples are buffered as given and converted once per window: a numpy conversion
+        # per sample would cost more than the test itself.
+        size = len(x) if isinstance(x, tuple | list | np.ndarray) else 1
         if self._mean is None:
-            self._ref.append(v)
+            self._ref.append(x)
             if len(self._ref) >= self.n_reference:
-                ref = np.vstack(self._ref)
+                ref = np.asarray(self._ref, dtype=float).reshape(len(self._ref), -1)
                 self._n_ref = float(len(ref))
                 self._set_reference(ref.mean(axis=0), np.atleast_2d(np.cov(ref, rowvar=False)))
                 self._ref = []
             return
-        if v.size != self._mean.size:
-            raise DataError(f"expected a vector of {self._mean.size} values, got {v.size}")
-        self._buf.append(v)
+        if size != self._mean.size:
+            raise DataError(f"expected a vector of {self._mean.size} values, got {size}")
+        self._buf.append(x)
         if len(self._buf) == self.window:
-            d = np.mean(self._buf, axis=0) - self._mean
+            buf = np.asarray(self._buf, dtype=float).reshape(self.window, -1)
+            d = buf.mean(axis=0) - self._mean
             assert self._inv is not None
             self.t2 = float(d @ self._inv @ d) / (1.0 / self.window + 1.0 / self._n_ref)
             self.n_windows += 1

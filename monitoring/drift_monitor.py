@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -145,7 +144,9 @@ class _Group:
         if p.t2 is not None and p.q is not None and p.t2_limit and p.q_limit:
             # Wilson & Hilferty (1931): the cube root of a chi-square-like statistic is
             # close to normal, which the Hotelling test on window means assumes.
-            self.mean_shift.update(np.cbrt([p.t2 / p.t2_limit, p.q / p.q_limit]))
+            t2, q = p.t2 / p.t2_limit, p.q / p.q_limit
+            if t2 >= 0 and q >= 0:
+                self.mean_shift.update((t2 ** (1 / 3), q ** (1 / 3)))
         if p.value is not None:
             self.content.update(p.value)
         if p.cnn_value is not None and p.pls_value is not None:
@@ -211,15 +212,21 @@ class DriftMonitor:
         self._rmsecv = rmsecv
         self._version: str | None = None
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         self._joiner = LabJoiner(self.settings.join_cache_size)
         self._lock = threading.Lock()
         if rmsecv is not None:
             metrics.lab_rmsecv.set(rmsecv)
 
     def _key(self, instrument: str, product: str) -> tuple[str, str]:
-        key = (self.metrics.label(instrument), self.metrics.label(product or "none"))
-        if key not in self._groups and len(self._groups) >= self.settings.max_groups:
-            key = ("other", "other")
+        raw = (instrument, product)
+        key = self._keys.get(raw)
+        if key is None:
+            key = (self.metrics.label(instrument), self.metrics.label(product or "none"))
+            if key not in self._groups and len(self._groups) >= self.settings.max_groups:
+                key = ("other", "other")
+            if len(self._keys) < 8 * self.settings.max_groups:  # bounded like the labels
+                self._keys[raw] = key
         return key
 
     def _group(self, key: tuple[str, str]) -> _Group:
