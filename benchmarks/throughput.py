@@ -56,21 +56,30 @@ def log(msg: str) -> None:
 # -- model ---------------------------------------------------------------------------------
 
 
-def build_bundle(out: Path, quick: bool) -> tuple[Path, str]:
-    """Fit a bundle on simulated calibration spectra: CNN + PLS if the CNN trainer exists."""
+def build_bundle(out: Path, quick: bool, members: int) -> Path:
+    """Fit a CNN + PLS bundle on simulated calibration spectra into ``out``.
+
+    Throughput depends on the architecture and ensemble size, not on how long the networks were
+    trained, so training is short (few epochs, little augmentation) and the plots-heavy report
+    is what it is. A bundle directory given with ``--bundle`` is reused when it exists.
+    """
     from training.fit import fit_bundle
 
-    X, y, wl = calibration_set(300 if quick else 600, seed=0)
-    small = {"cv_folds": 5, "pls_max_components": 12, "epochs": 3 if quick else 20}
+    X, y, wl = calibration_set(200 if quick else 400, seed=0)
+    return fit_bundle(
+        X, y, wl, target="api", unit="mg", model="both", out_dir=out,
+        cv_folds=5, pls_max_components=12, epochs=2 if quick else 5,
+        cnn_members=members, augment_copies=2,
+    )  # fmt: skip
+
+
+def _cnn_members(bundle: Path) -> int | None:
     try:
-        path = fit_bundle(
-            X, y, wl, target="api", unit="mg", model="both", out_dir=out / "both", **small
-        )
-        return path, "both"
-    except (ImportError, Exception) as exc:  # noqa: BLE001 - report and measure PLS alone
-        log(f"CNN bundle not available ({type(exc).__name__}: {exc}); measuring PLS only")
-    path = fit_bundle(X, y, wl, target="api", unit="mg", model="pls", out_dir=out / "pls", **small)
-    return path, "pls"
+        meta = json.loads((bundle / "cnn.json").read_text()).get("meta", {})
+    except OSError:
+        return None
+    members = meta.get("members") or meta.get("n_members")
+    return int(members) if isinstance(members, int) else None
 
 
 # -- spectra -------------------------------------------------------------------------------
@@ -149,10 +158,13 @@ def offered_load(kafka: KafkaSettings, factory: MessageFactory, rate: int, secon
 class WorkerProcess:
     """``nirwatch worker`` as a child, with its metrics endpoint and /proc RSS sampling."""
 
-    def __init__(self, kafka: KafkaSettings, bundle: Path, args: argparse.Namespace) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, bundle: Path, args: argparse.Namespace, tmp: Path
+    ) -> None:
         self.port = free_port()
         env = {
             **os.environ,
+            "NIRWATCH_AUDIT_PATH": str(tmp / "audit.sqlite3"),
             "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka.bootstrap),
             "NIRWATCH_KAFKA_TOPIC_SPECTRA": kafka.topic_spectra,
             "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": kafka.topic_predictions,
@@ -164,6 +176,9 @@ class WorkerProcess:
         cmd += ["--metrics-port", str(self.port), "--device", args.device]
         cmd += ["--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]
         cmd += ["--group-id", f"bench-{uuid.uuid4().hex[:6]}"]
+        cmd += [] if args.audit else ["--no-audit"]
+        if args.torch_threads is not None:
+            cmd += ["--torch-threads", str(args.torch_threads)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         self.rss: list[tuple[float, float]] = []
         self._stop = threading.Event()
@@ -335,7 +350,10 @@ def run_baseline(kafka: KafkaSettings, bundle: Path, pool: np.ndarray, seconds: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small run, about a minute")
-    p.add_argument("--bundle", type=Path, help="use this bundle instead of fitting one")
+    p.add_argument(
+        "--bundle", type=Path, help="bundle to serve; fitted there first if it does not exist"
+    )
+    p.add_argument("--cnn-members", type=int, help="CNN ensemble size when fitting (5 / quick 1)")
     p.add_argument("--drain", type=int, help="spectra pre-filled and drained (default 200000)")
     p.add_argument("--loads", default="100,1000,5000", help="offered loads, spectra/s")
     p.add_argument("--load-seconds", type=float, help="seconds per offered load")
@@ -343,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=int, default=10)
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--baseline-seconds", type=float)
+    p.add_argument("--torch-threads", type=int, help="worker's CNN threads (default: settings)")
+    p.add_argument(
+        "--no-audit", dest="audit", action="store_false", help="worker without the audit trail"
+    )
     p.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline_child:
@@ -352,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = args.load_seconds or (3.0 if args.quick else 20.0)
     base_s = args.baseline_seconds or (4.0 if args.quick else 15.0)
     loads = [int(x) for x in args.loads.split(",")]
+    members = args.cnn_members or (1 if args.quick else 5)
     t_start = time.monotonic()
 
     with (
@@ -369,18 +392,20 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(
             kafka, [kafka.topic_spectra, kafka.topic_predictions, kafka.topic_dead_letter]
         )
-        if args.bundle:
-            bundle, models = args.bundle, "given"
-        else:
+        bundle = args.bundle or Path(tmp) / "bundle"
+        if not bundle.exists():
             t0 = time.monotonic()
-            bundle, models = build_bundle(Path(tmp), args.quick)
-            log(f"bundle ({models}) fitted in {time.monotonic() - t0:.1f} s")
+            build_bundle(bundle, args.quick, members)
+            log(f"bundle fitted in {time.monotonic() - t0:.1f} s: {bundle}")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        models = {"cnn": bool(manifest.get("models", {}).get("cnn")), "bundle": str(bundle)}
+        models["cnn_members"] = _cnn_members(bundle)
         pool = spectra_pool(4096)
         factory = MessageFactory(pool)
         prefill_sps = prefill(kafka, kafka.topic_spectra, drain_n, factory)
         log(f"pre-filled {drain_n} spectra ({prefill_sps:.0f}/s)")
 
-        worker = WorkerProcess(kafka, bundle, args)
+        worker = WorkerProcess(kafka, bundle, args, Path(tmp))
         try:
             samples = worker.wait_for(drain_n, timeout=600)
             throughput = drain_rate(samples, drain_n)
@@ -414,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     half = len(rss) // 2
     report: dict[str, Any] = {
         "models": models,
+        "audit": args.audit,
+        "batch_size": args.batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "torch_threads": args.torch_threads,
         "drain_n": drain_n,
         "prefill_sps": round(prefill_sps),
         "latency": latency,

@@ -20,6 +20,7 @@ from inference.reload import PredictorSource, RegistrySource, StaticSource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
 from monitoring.metrics import WorkerMetrics
+from nirwatch.audit import AuditSettings, open_audit_trail
 from nirwatch.broker import kafka_bootstrap
 from nirwatch.errors import ConfigError
 from nirwatch.settings import load_settings
@@ -36,6 +37,8 @@ _OVERRIDES = {
     "metrics_host": "metrics_host",
     "metrics_port": "metrics_port",
     "group_id": "group_id",
+    "audit": "audit",
+    "torch_threads": "torch_threads",
 }
 
 
@@ -48,9 +51,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="max spectra per micro-batch (default 2000)")
     p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first spectrum")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the CNN runs")
+    p.add_argument("--torch-threads", type=int, help="CPU threads for the CNN (0: torch default)")
     p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
     p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0: none)")
     p.add_argument("--group-id", help="Kafka consumer group (default nirwatch-worker)")
+    p.add_argument(
+        "--no-audit",
+        dest="audit",
+        action="store_false",
+        default=None,
+        help="do not append publications to the audit trail (NIRWATCH_AUDIT_*)",
+    )
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -96,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, opt, None) is not None
     }
     settings = load_settings(WorkerSettings, **overrides)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     stop = threading.Event()
     install_stop_handlers(stop)
     registry = CollectorRegistry()
@@ -110,8 +125,13 @@ def run(args: argparse.Namespace) -> int:
             kafka = settings.kafka.model_copy(update={"bootstrap": bootstrap})
             settings = settings.model_copy(update={"kafka": kafka})
             print(f"worker consuming {kafka.topic_spectra} on {bootstrap}")
-            worker = InferenceWorker(settings, source, metrics, stop)
-            worker.run()
+            audit = open_audit_trail(load_settings(AuditSettings)) if settings.audit else None
+            worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
+            try:
+                worker.run()
+            finally:
+                if audit is not None:
+                    audit.close()
             print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
     finally:
         if server is not None:

@@ -33,12 +33,20 @@ class WorkerSettings(NirwatchSettings):
         default=200, ge=1, le=10_000, description="poll timeout while idle (stop checks)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: torch intra-op threads on CPU (0: torch's default, one per core). One thread is faster
+    #: on a small or shared machine: the worker's Kafka I/O needs a core, and idle OpenMP
+    #: threads spin-waiting for a descheduled sibling made a 1-spectrum CNN call take 30 ms
+    #: instead of 1.5 ms on the 2-core machine (docs/results/throughput.md).
+    torch_threads: int = Field(default=1, ge=0, le=256)
 
     registry_dir: Path | None = None
     bundle_path: Path | None = None
     reload_interval_s: float = Field(
         default=5.0, gt=0, description="check the champion version at most this often"
     )
+
+    #: Append every publication to the audit trail (``NIRWATCH_AUDIT_*``: SQLite by default).
+    audit: bool = True
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0: no HTTP endpoint")

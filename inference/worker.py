@@ -35,11 +35,12 @@ from inference.records import encode_predictions
 from inference.reload import PredictorSource
 from inference.settings import WorkerSettings
 from monitoring.metrics import WorkerMetrics
+from nirwatch.audit import AuditTrail, audit_records
 from nirwatch.deadletter import DeadLetterPublisher, source_of
 from nirwatch.errors import NirwatchError
 from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.predictor import BatchPrediction, Predictor
-from nirwatch.wire import DecodedBatch, decode_batch
+from nirwatch.wire import DecodedBatch, decode_batch, decode_prediction
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class InferenceWorker:
     metrics : WorkerMetrics
     stop_event : threading.Event
         Set it (e.g. from a SIGTERM handler) to finish the current batch and exit :meth:`run`.
+    audit : AuditTrail, optional
+        Every published prediction is appended (decoded from the exact bytes published, with
+        the SHA-256 of the consumed spectrum) after the flush and before the commit.
     """
 
     def __init__(
@@ -67,8 +71,10 @@ class InferenceWorker:
         predictor_source: PredictorSource,
         metrics: WorkerMetrics,
         stop_event: threading.Event,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.settings = settings
+        self.audit = audit
         self.source = predictor_source
         self.metrics = metrics
         self.stop = stop_event
@@ -182,6 +188,8 @@ class InferenceWorker:
         try:
             futures = self._send(batch, decoded, values, producer, dead_letters)
             self._flush(producer, futures)
+            if self.audit is not None and values and not self._audit(batch, decoded, values):
+                return  # stopping while the audit trail refuses: not committed, comes again
             consumer.commit(batch.commit_offsets())
         except (KafkaError, PublishError) as exc:
             # Not committed: the batch comes again (at-least-once; duplicates keep message_id).
@@ -228,6 +236,26 @@ class InferenceWorker:
         failed = [f.exception for f in futures if f.failed()]
         if failed:
             raise PublishError(f"{len(failed)} of {len(futures)} records failed: {failed[0]}")
+
+    def _audit(self, batch: MicroBatch, decoded: DecodedBatch, values: list[bytes]) -> bool:
+        """Append the batch's publications; retried (idempotent by prediction id) until it works.
+
+        Returns False only when the worker is stopping and the append still fails.
+        """
+        assert self.audit is not None
+        raw = [batch.records[i].value for i in decoded.good_index]
+        records = audit_records([decode_prediction(v) for v in values], raw)
+        backoff = self.settings.predict_backoff_s
+        while True:
+            try:
+                self.audit.append_many(records)
+                return True
+            except NirwatchError as exc:
+                self.metrics.kafka_errors.labels("audit").inc()
+                log.error("audit append of %d records failed: %s", len(records), exc)
+            if self.stop.wait(backoff):
+                return False
+            backoff = min(self.settings.predict_backoff_max_s, 2 * backoff)
 
     def _retry_later(self, batch: MicroBatch, consumer: KafkaConsumer, exc: Exception) -> None:
         self.predict_failures.inc()
