@@ -216,6 +216,8 @@ class RetrainService:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "nirwatch-retrain"
+    #: Socket timeout: a client that stops sending cannot hold a thread forever.
+    timeout = 30
 
     @property
     def service(self) -> RetrainService:
