@@ -375,13 +375,13 @@ def calibration_set(
     low: float = 0.8,
     high: float = 1.2,
     grid: str = GRID,
-    lab_noise: bool = True,
+    lab_noise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A designed calibration set: contents uniform in [low, high] × nominal, no drift.
 
-    As in practice, ``y`` is the lab's reference value (true content + lab noise of
-    ``line.lab_sd_mg``), so RMSECV and the lab residuals seen in production are comparable;
-    ``lab_noise=False`` gives the true content.
+    ``y`` is the true content; with ``lab_noise=True`` it is the lab's reference value as in
+    practice (true content + lab noise of ``line.lab_sd_mg``), so that RMSECV and the lab
+    residuals seen in production are comparable.
 
     Returns
     -------

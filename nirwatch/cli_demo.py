@@ -183,7 +183,7 @@ class DriftLoop:
             retrain,
         )
 
-        X, y, wl = calibration_set(300, seed=0)
+        X, y, wl = calibration_set(300, seed=0, lab_noise=True)
         root = self.registry.root.parent
         settings = RetrainSettings(policy="auto", model="pls", reports_dir=root / "reports")
         report = retrain(
@@ -212,8 +212,8 @@ def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
     if version is not None:
         return version
     print(f"no model in {registry_root}: fitting {model} on 300 simulated calibration tablets")
-    X, y, wl = calibration_set(300, seed=0)
-    X_test, y_test, _ = calibration_set(100, seed=1)
+    X, y, wl = calibration_set(300, seed=0, lab_noise=True)
+    X_test, y_test, _ = calibration_set(100, seed=1, lab_noise=True)
     staging = registry_root.parent / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     bundle = fit_bundle(

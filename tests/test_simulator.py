@@ -24,14 +24,14 @@ def pls() -> PLSRegression:
 
 
 def test_calibration_set_shapes_and_design() -> None:
-    X, y, wl = calibration_set(200, seed=3)
+    X, y, wl = calibration_set(200, seed=3, lab_noise=True)
     assert X.shape == (200, points_in_grid(GRID)) and X.dtype == np.float32
     assert wl[0] == 600 and wl[-1] == 1898
     assert np.isfinite(X).all()
-    X2, y2, _ = calibration_set(200, seed=3)
+    X2, y2, _ = calibration_set(200, seed=3, lab_noise=True)
     np.testing.assert_array_equal(X, X2)
     np.testing.assert_array_equal(y, y2)
-    _, content, _ = calibration_set(200, seed=3, lab_noise=False)
+    _, content, _ = calibration_set(200, seed=3)
     assert 160 <= content.min() and content.max() <= 240 and content.std() > 15
     assert 1.0 < np.std(y - content) < 2.0  # lab reference = true content + lab noise
 
