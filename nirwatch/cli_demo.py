@@ -17,6 +17,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +35,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY = Path("var/demo/registry")
-DRIFT_KINDS = ("baseline", "excipient_lot", "detector_ageing", "content_shift")
 #: Tansu's first group assignment takes session_timeout_ms / 2: short, so predictions show fast.
 DEMO_SESSION_TIMEOUT_MS = 2000
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from ingest.simulator import DRIFT_KINDS  # numpy only; the command was chosen
+
     p.add_argument("--duration", type=float, help="run this many seconds, then print a summary")
     p.add_argument("--scenario", choices=("normal", "drift"), default="normal")
     p.add_argument("--drift", choices=DRIFT_KINDS, default="excipient_lot", help="drift kind")
@@ -77,7 +79,8 @@ class DemoState:
     lab_topic: str = ""
     metrics_url: str = ""
     rows: dict[str, ProbeRow] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
+    #: The latest end-to-end latencies (bounded: a demo may run for days).
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     predictions: int = 0
     first_prediction_s: float | None = None
 
