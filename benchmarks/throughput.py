@@ -270,8 +270,12 @@ class PredictionReader:
 
 def baseline_child(args: argparse.Namespace) -> None:
     """The naive loop; prints one JSON line with its rate."""
+    import torch
+
     from nirwatch.bundle import load_bundle
 
+    # Same CPU threading as the worker's default, so the comparison is about the loop alone.
+    torch.set_num_threads(args.torch_threads or 1)
     kafka = KafkaSettings()
     predictor = load_bundle(args.bundle, device="cpu")
     consumer = make_consumer(
@@ -310,7 +314,9 @@ def baseline_child(args: argparse.Namespace) -> None:
     print(json.dumps({"baseline_sps": rate, "n": n}))
 
 
-def run_baseline(kafka: KafkaSettings, bundle: Path, pool: np.ndarray, seconds: float) -> float:
+def run_baseline(
+    kafka: KafkaSettings, bundle: Path, pool: np.ndarray, seconds: float, threads: int | None
+) -> float:
     tag = uuid.uuid4().hex[:6]
     topic_in, topic_out = f"naive{tag}.spectra", f"naive{tag}.predictions"
     ensure_topics(kafka, [topic_in, topic_out])
@@ -339,6 +345,8 @@ def run_baseline(kafka: KafkaSettings, bundle: Path, pool: np.ndarray, seconds: 
         str(bundle),
         "--baseline-seconds",
         str(seconds),
+        "--torch-threads",
+        str(threads or 1),
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["baseline_sps"])
@@ -370,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_child:
         baseline_child(args)
         return 0
-    drain_n = args.drain or (20_000 if args.quick else 200_000)
-    load_s = args.load_seconds or (3.0 if args.quick else 20.0)
-    base_s = args.baseline_seconds or (4.0 if args.quick else 15.0)
+    drain_n = args.drain or (10_000 if args.quick else 200_000)
+    load_s = args.load_seconds or (2.0 if args.quick else 20.0)
+    base_s = args.baseline_seconds or (3.0 if args.quick else 15.0)
     loads = [int(x) for x in args.loads.split(",")]
     members = args.cnn_members or (1 if args.quick else 5)
     t_start = time.monotonic()
@@ -433,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
         rss = worker.rss
         log(f"(c) worker peak RSS {peak:.0f} MiB")
-        baseline = run_baseline(kafka, bundle, pool, base_s)
+        baseline = run_baseline(kafka, bundle, pool, base_s, args.torch_threads)
         log(f"(d) naive baseline: {baseline:.1f} spectra/s")
 
     half = len(rss) // 2
