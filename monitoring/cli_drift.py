@@ -3,14 +3,17 @@
 Consumes the predictions and lab-results topics (:mod:`monitoring.drift_consumer`), runs a
 :class:`~monitoring.drift_monitor.DriftMonitor` per (instrument, product) and serves the
 drift gauges (``nirwatch_drift_*``, ``nirwatch_lab_*``) on a Prometheus endpoint. Settings:
-``NIRWATCH_DRIFT_*`` (detectors, endpoint) and ``NIRWATCH_KAFKA_*``.
+``NIRWATCH_DRIFT_*`` (detectors, endpoint), ``NIRWATCH_KAFKA_*``, and ``NIRWATCH_REGISTRY_DIR``
+for each served model's RMSECV (the lab-reference detector's yardstick).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -18,13 +21,37 @@ from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
 from monitoring.metrics import WorkerMetrics
 from nirwatch.broker import kafka_bootstrap
+from nirwatch.bundle import read_manifest
+from nirwatch.errors import NirwatchError
+from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.settings import KafkaSettings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def registry_rmsecv(registry: ModelRegistry) -> Callable[[str], float | None]:
+    """``version -> RMSECV`` from the registry's manifests (the served model's, else PLS's)."""
+
+    def lookup(version: str) -> float | None:
+        try:
+            metrics = read_manifest(registry.path(version)).get("metrics", {})
+        except NirwatchError as exc:
+            log.warning("no RMSECV for model %s: %s", version, exc)
+            return None
+        value = metrics.get("rmsecv") or metrics.get("pls_rmsecv")
+        return float(value) if value else None
+
+    return lookup
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
     parser.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 9109)")
-    parser.add_argument("--rmsecv", type=float, help="RMSECV of the served model (lab checks)")
+    parser.add_argument(
+        "--rmsecv",
+        type=float,
+        help="RMSECV for the lab checks (default: from the registry, NIRWATCH_REGISTRY_DIR)",
+    )
     parser.add_argument("--group-id", default="nirwatch-drift", help="Kafka consumer group")
 
 
@@ -40,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     registry = CollectorRegistry()
-    monitor = DriftMonitor(WorkerMetrics(registry), settings, rmsecv=args.rmsecv)
+    reg = load_settings(RegistrySettings)
+    rmsecv_for = None
+    if args.rmsecv is None and reg.dir is not None:
+        rmsecv_for = registry_rmsecv(ModelRegistry(reg.dir, hmac_key=reg.key()))
+    monitor = DriftMonitor(
+        WorkerMetrics(registry), settings, rmsecv=args.rmsecv, rmsecv_for=rmsecv_for
+    )
     server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
     print(f"drift metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     try:

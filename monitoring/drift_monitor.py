@@ -21,7 +21,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -199,6 +199,9 @@ class DriftMonitor:
     settings : DriftSettings
     rmsecv : float, optional
         RMSECV of the served model (enables the lab-reference detector).
+    rmsecv_for : callable, optional
+        ``rmsecv_for(model_version) -> float | None``, asked when predictions of a new model
+        version arrive (e.g. :func:`monitoring.cli_drift.registry_rmsecv`).
     """
 
     def __init__(
@@ -206,8 +209,10 @@ class DriftMonitor:
         metrics: WorkerMetrics,
         settings: DriftSettings | None = None,
         rmsecv: float | None = None,
+        rmsecv_for: Callable[[str], float | None] | None = None,
     ) -> None:
         self.metrics = metrics
+        self._rmsecv_for = rmsecv_for
         self.settings = settings or DriftSettings()
         self._rmsecv = rmsecv
         self._version: str | None = None
@@ -261,7 +266,8 @@ class DriftMonitor:
         with self._lock:
             for p in predictions:
                 if p.model_version != self._version:
-                    self._set_model(p.model_version, None)
+                    rmsecv = self._rmsecv_for(p.model_version) if self._rmsecv_for else None
+                    self._set_model(p.model_version, rmsecv)
                 key = self._key(p.instrument_id, p.product)
                 group = touched.get(key) or self._group(key)
                 touched[key] = group

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -204,3 +205,38 @@ def test_observe_cost_per_prediction_is_reported() -> None:
     per = (time.perf_counter() - t0) / len(preds)
     print(f"DriftMonitor.observe: {per * 1e6:.1f} us per prediction")
     assert monitor.status()[("probe-1", "tablet-a")]
+
+
+def test_rmsecv_of_each_new_model_comes_from_the_lookup() -> None:
+    registry = CollectorRegistry()
+    asked: list[str] = []
+
+    def lookup(version: str) -> float | None:
+        asked.append(version)
+        return {"v0001": 4.0, "v0002": 2.5}.get(version)
+
+    monitor = DriftMonitor(WorkerMetrics(registry), DriftSettings(), rmsecv_for=lookup)
+    rng = np.random.default_rng(7)
+    monitor.observe(list(_predictions(rng, 5)))
+    assert registry.get_sample_value("nirwatch_model_rmsecv") == 4.0
+    monitor.observe(list(_predictions(rng, 5, version="v0002", start=5)))
+    assert registry.get_sample_value("nirwatch_model_rmsecv") == 2.5
+    assert asked == ["v0001", "v0002"]
+    monitor.observe_lab([LabResult("probe-1-7", 0.0, 0.0)])
+    assert "lab_reference" in monitor.status()[("probe-1", "tablet-a")]
+
+
+def test_registry_rmsecv_reads_the_manifest(tmp_path: Path) -> None:
+    from ingest.simulator import calibration_set
+    from monitoring.cli_drift import registry_rmsecv
+    from nirwatch.registry import ModelRegistry
+    from training.fit import fit_bundle
+
+    X, y, wl = calibration_set(40, seed=2)
+    bundle = fit_bundle(X, y, wl, target="api", unit="mg", model="pls", out_dir=tmp_path / "b")
+    registry = ModelRegistry(tmp_path / "reg")
+    version = registry.register(bundle)
+    lookup = registry_rmsecv(registry)
+    rmsecv = lookup(version)
+    assert rmsecv is not None and 0 < rmsecv < 20
+    assert lookup("no-such-version") is None
