@@ -20,7 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -55,20 +55,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class ProbeRow:
-    """What the table shows for one instrument."""
+    """What the table shows for one instrument: its latest prediction and running counts."""
 
-    sample_id: str = ""
-    value: float | None = None
-    model: str = ""
-    version: str = ""
-    t2: float | None = None
-    q: float | None = None
-    t2_limit: float | None = None
-    q_limit: float | None = None
-    out_of_model: bool = False
+    last: Prediction
     count: int = 0
-    out_of_model_count: int = 0
-    latency_ms: float = 0.0
+    out_of_model: int = 0
 
 
 @dataclass
@@ -85,20 +76,11 @@ class DemoState:
     first_prediction_s: float | None = None
 
     def add(self, p: Prediction) -> None:
-        row = self.rows.setdefault(p.instrument_id, ProbeRow())
-        latency = 1000.0 * (p.published_at - p.timestamp)
-        row.sample_id, row.value, row.model, row.version = (
-            p.sample_id,
-            p.value,
-            p.model,
-            p.model_version,
-        )
-        row.t2, row.q, row.t2_limit, row.q_limit = p.t2, p.q, p.t2_limit, p.q_limit
-        row.out_of_model = p.out_of_model
+        row = self.rows.setdefault(p.instrument_id, ProbeRow(p))
+        row.last = p
         row.count += 1
-        row.out_of_model_count += int(p.out_of_model)
-        row.latency_ms = latency
-        self.latencies_ms.append(latency)
+        row.out_of_model += int(p.out_of_model)
+        self.latencies_ms.append(1000.0 * (p.published_at - p.timestamp))
         self.predictions += 1
         if self.first_prediction_s is None:
             self.first_prediction_s = time.time() - self.started_at
@@ -250,6 +232,21 @@ _SHORT = {
 }
 
 
+_COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
+    ("probe", "left"),
+    ("#", "right"),
+    ("API mg", "right"),
+    ("model", "left"),
+    ("T²", "right"),
+    ("Q", "right"),
+    ("ok", "left"),
+    ("n", "right"),
+    ("out", "right"),
+    ("ms", "right"),
+    ("drift", "left"),
+)
+
+
 def _ratio(v: float | None, limit: float | None) -> str:
     return "-" if v is None or not limit else f"{v / limit:.2f}"
 
@@ -267,30 +264,22 @@ def render(state: DemoState, title: str, counts: dict[str, int], loop: DriftLoop
     )
     drifting = loop.drifting()
     table = Table(title=title, caption=caption)
-    table.add_column("probe", no_wrap=True)
-    table.add_column("#", justify="right")
-    table.add_column("API mg", justify="right", no_wrap=True)
-    table.add_column("model", no_wrap=True)
-    table.add_column("T²", justify="right")
-    table.add_column("Q", justify="right")
-    table.add_column("ok", no_wrap=True)
-    table.add_column("n", justify="right")
-    table.add_column("out", justify="right")
-    table.add_column("ms", justify="right")
-    table.add_column("drift", no_wrap=True)
+    for name, justify in _COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)
     for instrument in sorted(state.rows):
         r = state.rows[instrument]
+        p = r.last
         table.add_row(
             instrument,
-            r.sample_id.rsplit("-", 1)[-1].lstrip("0") or "0",
-            _fmt(r.value),
-            f"{r.model} {r.version[-4:]}",
-            _ratio(r.t2, r.t2_limit),
-            _ratio(r.q, r.q_limit),
-            "[red]OUT[/red]" if r.out_of_model else "[green]in[/green]",
+            p.sample_id.rsplit("-", 1)[-1].lstrip("0") or "0",
+            _fmt(p.value),
+            f"{p.model} {p.model_version[-4:]}",
+            _ratio(p.t2, p.t2_limit),
+            _ratio(p.q, p.q_limit),
+            "[red]OUT[/red]" if p.out_of_model else "[green]in[/green]",
             str(r.count),
-            str(r.out_of_model_count),
-            f"{r.latency_ms:.0f}",
+            str(r.out_of_model),
+            f"{1000.0 * (p.published_at - p.timestamp):.0f}",
             "[red]" + ",".join(_SHORT.get(d, d) for d in drifting[instrument]) + "[/red]"
             if instrument in drifting
             else "-",
@@ -514,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"summary: spectra in {c['sent']}, predictions out {state.predictions}, "
         f"dead-lettered {c['dead_lettered']}, out-of-model "
-        f"{sum(r.out_of_model_count for r in state.rows.values())}, latency p50 "
+        f"{sum(r.out_of_model for r in state.rows.values())}, latency p50 "
         f"{state.percentile(50):.1f} ms p99 {state.percentile(99):.1f} ms, "
         f"first prediction after {first}"
     )
