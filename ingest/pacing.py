@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nirwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ingest.simulator import ProbeSpec
 
 
 class Pacer:
@@ -68,3 +73,23 @@ class RatePacer(Pacer):
         ok = self.wait_until(self.count / self.rate_hz)
         self.count += 1
         return ok
+
+
+@dataclass
+class ProbeSchedule:
+    """Due times of interleaved probes: sample k of a probe at ``rate`` is due at ``k / rate`` s.
+
+    ``pop()`` returns the next (due_s, instrument_id) in time order; ties go to the earlier probe.
+    """
+
+    probes: Sequence[ProbeSpec]
+    _next: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._next = {p.instrument_id: 0 for p in self.probes}
+
+    def pop(self) -> tuple[float, str]:
+        best = min(self.probes, key=lambda p: self._next[p.instrument_id] / p.rate_hz)
+        k = self._next[best.instrument_id]
+        self._next[best.instrument_id] = k + 1
+        return k / best.rate_hz, best.instrument_id

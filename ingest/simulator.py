@@ -19,7 +19,7 @@ Drift can be switched on from an onset (seconds since the start or sample index)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -401,23 +401,3 @@ def calibration_set(
     X = _measure(line, absorbance, wl, rng, gain)
     reference = content + line.lab_sd_mg * rng.standard_normal(n)
     return X.astype(np.float32), reference if lab_noise else content, wl
-
-
-@dataclass
-class ProbeSchedule:
-    """Due times of interleaved probes: sample k of a probe at ``rate`` is due at ``k / rate`` s.
-
-    ``pop()`` returns the next (due_s, instrument_id) in time order; ties go to the earlier probe.
-    """
-
-    probes: Sequence[ProbeSpec]
-    _next: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._next = {p.instrument_id: 0 for p in self.probes}
-
-    def pop(self) -> tuple[float, str]:
-        best = min(self.probes, key=lambda p: self._next[p.instrument_id] / p.rate_hz)
-        k = self._next[best.instrument_id]
-        self._next[best.instrument_id] = k + 1
-        return k / best.rate_hz, best.instrument_id

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ingest.lab_results import LabResult
-from ingest.pacing import Pacer, RatePacer
+from ingest.pacing import Pacer, ProbeSchedule, RatePacer
 from ingest.producer import SpectrumProducer
-from ingest.simulator import ProbeSchedule, SimulatedBatch, TabletLineSimulator
+from ingest.simulator import SimulatedBatch, TabletLineSimulator
 from nirwatch.wire import SpectrumHeader
 
 #: Spectra generated per probe at once: vectorised generation, bounded memory.

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.cross_decomposition import PLSRegression
 
+from ingest.pacing import ProbeSchedule
 from ingest.simulator import (
     GRID,
     Drift,
-    ProbeSchedule,
     ProbeSpec,
     TabletLineSimulator,
     calibration_set,
