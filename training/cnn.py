@@ -24,6 +24,7 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import torch
+from rich.progress import Progress
 from sklearn.base import clone
 from torch import nn
 
@@ -39,6 +40,9 @@ Schedule = Literal["onecycle", "cosine", "plateau", "constant"]
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train (not what to train: that is :class:`CNNConfig`).
+
+    The defaults are the settings chosen by cross-validation on the shootout calibration set
+    (docs/results/shootout.md).
 
     Parameters
     ----------
@@ -59,7 +63,8 @@ class TrainConfig:
         Seeds weight initialisation, dropout and batch order.
     deterministic : bool
         ``torch.use_deterministic_algorithms(True)`` while training (bit-identical reruns on
-        the same device, possibly slower on CUDA).
+        the same device, possibly slower on CUDA; there cuBLAS also needs the environment
+        variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set before the process starts).
     device : {"auto", "cpu", "cuda"}
     num_threads : int, optional
         ``torch.set_num_threads`` for CPU training; None leaves torch's setting.
@@ -69,7 +74,7 @@ class TrainConfig:
 
     epochs: int = 40
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-3
     schedule: Schedule = "onecycle"
     patience: int = 15
@@ -363,8 +368,6 @@ def _loop(
     on_epoch: Callable[[dict[str, float]], None] | None,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], float, int]:
     """Epochs with early stopping; returns history, best weights, best RMSE and epoch."""
-    from rich.progress import Progress
-
     history: list[dict[str, float]] = []
     best_rmse, best_epoch = np.inf, -1
     best_state = copy.deepcopy(model.state_dict())
