@@ -89,7 +89,10 @@ class EmbeddedBroker:
             cmd += ["--cert", str(self.cert), "--key", str(self.key)]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # Own session: a terminal's Ctrl-C reaches nirwatch alone, which drains, then stops us.
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             wait_for_port(self.host, self.port, timeout)
         except BrokerUnavailableError:
