@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("training.cli_predict", "predict a CSV/npz file offline with a model bundle"),
     "models": ("nirwatch.cli_models", "list, promote and roll back models in the registry"),
     "retrain-service": ("training.service", "scheduled and webhook-triggered retraining service"),
+    "drift-monitor": (
+        "monitoring.cli_drift",
+        "drift detectors on the predictions and lab-results topics, as Prometheus gauges",
+    ),
     "audit": ("nirwatch.cli_audit", "query the append-only audit trail of predictions"),
     "demo": (
         "nirwatch.cli_demo",
