@@ -217,3 +217,26 @@ def test_train_and_predict_npz(
     m_csv = json.loads((out_csv / "manifest.json").read_text())
     assert m_npz["data_hash"] == m_csv["data_hash"]
     assert m_npz["files"]["pls.npz"] == m_csv["files"]["pls.npz"]
+
+
+def test_signed_bundle_with_registry_key(
+    shootout_slice: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NIRWATCH_REGISTRY_HMAC_KEY", "k1")
+    out, reg = tmp_path / "b", tmp_path / "reg"
+    assert main(train_args(shootout_slice, out, "--model", "pls", "--register", str(reg))) == 0
+    assert (out / "manifest.sig").read_text().startswith("hmac-sha256:")
+    preds = tmp_path / "p.csv"
+    args = ["predict", "--bundle", str(out), "--data", str(shootout_slice), "--out", str(preds)]
+    assert main(args) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("NIRWATCH_REGISTRY_HMAC_KEY", "k2")
+    assert main(args) == 1
+    assert "HMAC signature does not match" in capsys.readouterr().err
+    assert main(["models", "list", "--registry", str(reg)]) == 0
+    [version] = [i.version for i in ModelRegistry(reg).list()]
+    assert main(["models", "promote", version, "--registry", str(reg)]) == 1
+    assert "refusing to promote" in capsys.readouterr().err
