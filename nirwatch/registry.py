@@ -205,6 +205,9 @@ class ModelRegistry:
                 )
             staging = self.root / ".staging" / uuid.uuid4().hex
             staging.parent.mkdir(parents=True, exist_ok=True)
+            # Under the lock no copy is in progress: whatever is here was left by a crash.
+            for stale in staging.parent.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
             try:
                 shutil.copytree(src, staging)
                 for f in staging.rglob("*"):

@@ -72,6 +72,17 @@ def test_unknown_version_and_double_promote(tmp_path: Path) -> None:
         reg.promote(v)
 
 
+def test_crash_leftovers_in_staging_are_invisible_and_cleaned(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path / "reg")
+    leftover = tmp_path / "reg/.staging/dead"
+    leftover.mkdir(parents=True)
+    (leftover / "pls.npz").write_bytes(b"partial")
+    assert reg.list() == []
+    v = reg.register(make_bundle(tmp_path, "a"))
+    assert [i.version for i in reg.list()] == [v]
+    assert not leftover.exists()
+
+
 def test_list_survives_an_unreadable_version(tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "reg")
     v = reg.register(make_bundle(tmp_path, "a"))
