@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         w.writerow([*args.id_column, *COLUMNS])
         for start in range(0, n, CHUNK):
             stop = min(start + CHUNK, n)
-            p = bundle.predict(data.X[start:stop].astype(np.float32))
+            p = bundle.predict(data.X[start:stop])
             ids = [data.metadata[c][start:stop] for c in args.id_column]
             for i in range(stop - start):
                 w.writerow(
@@ -97,4 +97,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _num(v: float) -> str:
-    return "" if not np.isfinite(v) else f"{float(v):.6g}"
+    return "" if not np.isfinite(v) else f"{float(v):.9g}"
