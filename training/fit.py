@@ -2,8 +2,11 @@
 
 * PLS: MSC, then a Savitzky-Golay first derivative, latent variables by K-fold CV
   (:func:`nirwatch.chemometrics.pls.fit_pls_cv`) — the reference PLS of issue 3.
-* CNN: :func:`training.cnn.fit_cnn`, spectral augmentation followed by EMSC, then the 1-D CNN
-  (Bjerrum, Glahder & Skov 2017, arXiv:1710.01927).
+* CNN: spectral augmentation followed by EMSC, then the 1-D CNN (Bjerrum, Glahder & Skov
+  2017, arXiv:1710.01927); by default :func:`training.cnn.fit_cnn_ensemble` (one network per
+  stratified fold, early-stopped on it, so the out-of-fold predictions are the CNN's RMSECV),
+  or :func:`training.cnn.fit_cnn` with a validation split when ``cnn_members`` is 1. Never
+  anything of the test rows: they only give RMSEP.
 * Calibration statistics: PCA of the PLS-preprocessed calibration spectra with as many
   components as PLS latent variables; Hotelling T² and Q limits at 95 / 99 %.
 * Fallback limit: ``fallback_k × RMSECV`` of PLS. Two predictions that each err by about
