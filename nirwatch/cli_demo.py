@@ -8,6 +8,7 @@ through so the out-of-model flags and the prediction error can be watched. Ctrl-
 of ``--duration``) stops the probes, lets the worker drain and prints a summary.
 
 Every service module is imported inside :func:`run`, so ``nirwatch`` stays light to import.
+The drift loop lives in :mod:`nirwatch.demo_drift`, the live table in :mod:`nirwatch.demo_view`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,14 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from nirwatch.demo_drift import DriftLoop, start_thread
+from nirwatch.demo_view import DemoState, render
 from nirwatch.errors import NirwatchError
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from nirwatch.settings import KafkaSettings
     from nirwatch.wire import Prediction
 
@@ -51,139 +48,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="model registry")
     p.add_argument("--model", choices=("pls", "both"), default="pls", help="model to fit")
     p.add_argument("--metrics-port", type=int, default=9108, help="worker metrics (0: any)")
-
-
-@dataclass
-class ProbeRow:
-    """What the table shows for one instrument: its latest prediction and running counts."""
-
-    last: Prediction
-    count: int = 0
-    out_of_model: int = 0
-
-
-@dataclass
-class DemoState:
-    """Predictions seen so far, per instrument, with their end-to-end latencies."""
-
-    started_at: float
-    lab_topic: str = ""
-    metrics_url: str = ""
-    rows: dict[str, ProbeRow] = field(default_factory=dict)
-    #: The latest end-to-end latencies (bounded: a demo may run for days).
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
-    predictions: int = 0
-    first_prediction_s: float | None = None
-
-    def add(self, p: Prediction) -> None:
-        row = self.rows.setdefault(p.instrument_id, ProbeRow(p))
-        row.last = p
-        row.count += 1
-        row.out_of_model += int(p.out_of_model)
-        self.latencies_ms.append(1000.0 * (p.published_at - p.timestamp))
-        self.predictions += 1
-        if self.first_prediction_s is None:
-            self.first_prediction_s = time.time() - self.started_at
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
-
-
-class DriftLoop:
-    """The drift story of ``--scenario drift``: detectors, lab join and one automatic retrain.
-
-    Predictions and lab results feed a :class:`monitoring.drift_monitor.DriftMonitor` (with
-    demo-sized windows so it reacts within seconds at 2 spectra/s); labelled spectra collect in
-    a :class:`training.retrain.LabelledBuffer`. The first time a detector fires, a retrain runs
-    in the background on the calibration set plus the recent labelled spectra, policy ``auto``;
-    a promoted candidate is hot-reloaded by the worker and shows up in the table.
-    """
-
-    def __init__(self, metrics: Any, registry: Any, hmac_key: str | None, retrain: bool) -> None:
-        from monitoring.drift_monitor import DriftMonitor, DriftSettings
-        from training.retrain import LabelledBuffer
-
-        champion = next((m for m in registry.list() if m.status == "champion"), None)
-        rmsecv = (champion.metrics.get("pls_rmsecv") if champion else None) or None
-        demo = DriftSettings(
-            warmup=30,
-            exceedance_window=50,  # the detector needs at least 50 samples
-            mean_shift_window=10,
-            lab_window=20,  # RMSE over 20 lab values: few false alarms from lab noise
-            lab_min_samples=5,
-        )
-        self.monitor = DriftMonitor(metrics, demo, rmsecv=rmsecv)
-        self.registry, self.hmac_key, self.retrain_enabled = registry, hmac_key, retrain
-        self.buffer = LabelledBuffer(np.arange(600.0, 1900.0, 2.0))
-        self.status = "no drift detected"
-        self.min_recent = 24
-        self._alarm: list[str] | None = None
-        self._thread: threading.Thread | None = None
-
-    def drifting(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for instrument, _product, detector in self.monitor.drifting():
-            out.setdefault(instrument, []).append(detector)
-        return out
-
-    def check(self, errors: list[BaseException]) -> None:
-        """On the first alarm, collect lab values from then on; retrain once there are enough.
-
-        Spectra labelled before the alarm mostly show the process as it was, so the retrain
-        (and its holdout) uses only those sampled after it.
-        """
-        if self._thread is not None:
-            return
-        if self._alarm is None:
-            firing = sorted({d for *_, d in self.monitor.drifting()})
-            if not firing:
-                return
-            self._alarm = firing
-            self.buffer = type(self.buffer)(self.buffer.wavelengths)
-        n = len(self.buffer.dataset())
-        self.status = f"drift detected ({', '.join(self._alarm)})"
-        if not self.retrain_enabled:
-            return
-        if n < self.min_recent:
-            self.status += f": collecting lab values {n}/{self.min_recent}"
-            return
-        self.status += f": retraining on {n} recent lab values"
-        self._thread = start_thread("retrain", lambda: self._retrain(self._alarm or []), errors)
-
-    @property
-    def retraining(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _retrain(self, names: list[str]) -> None:
-        from ingest.simulator import calibration_set
-        from training.retrain import (
-            Dataset,
-            RetrainRequest,
-            RetrainSettings,
-            fit_bundle_fitter,
-            retrain,
-        )
-
-        X, y, wl = calibration_set(300, seed=0, lab_noise=True)
-        root = self.registry.root.parent
-        settings = RetrainSettings(policy="auto", model="pls", reports_dir=root / "reports")
-        report = retrain(
-            RetrainRequest("alert", f"demo: drift detected by {', '.join(names)}"),
-            Dataset(X, y, wl),
-            self.buffer.dataset(),
-            self.registry,
-            fit_bundle_fitter(target="api_content", unit="mg", model="pls", hmac_key=self.hmac_key),
-            settings,
-            root / "staging",
-        )
-        self.status = (
-            f"retrained on {report.get('data', {}).get('n_recent', 0)} recent lab values: "
-            f"{report['decision']} {report.get('candidate', '')}: {report['why']}"
-        )
 
 
 def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
@@ -217,74 +81,6 @@ def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
     version = registry.register(bundle)
     registry.promote(version)
     return version
-
-
-def _fmt(v: float | None, spec: str = ".1f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-_SHORT = {
-    "exceedance_rate": "T²/Q",
-    "mean_shift": "scores",
-    "content_page_hinkley": "content",
-    "cnn_pls_cusum": "cnn-pls",
-    "lab_reference": "lab",
-}
-
-
-_COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
-    ("probe", "left"),
-    ("#", "right"),
-    ("API mg", "right"),
-    ("model", "left"),
-    ("T²", "right"),
-    ("Q", "right"),
-    ("ok", "left"),
-    ("n", "right"),
-    ("out", "right"),
-    ("ms", "right"),
-    ("drift", "left"),
-)
-
-
-def _ratio(v: float | None, limit: float | None) -> str:
-    return "-" if v is None or not limit else f"{v / limit:.2f}"
-
-
-def render(state: DemoState, title: str, counts: dict[str, int], loop: DriftLoop) -> Table:
-    """The live table: one row per instrument; T² and Q as fractions of their 99 % limits."""
-    from rich.table import Table
-
-    elapsed = time.time() - state.started_at
-    caption = (
-        f"{elapsed:.0f} s: spectra in {counts['sent']}, predictions out {state.predictions}, "
-        f"dead-lettered {counts['dead_lettered']}, latency p50 {state.percentile(50):.0f} ms "
-        f"p99 {state.percentile(99):.0f} ms.\n{loop.status}. T² and Q as fractions of their 99 % "
-        f"limits.\nMetrics: {state.metrics_url}. Ctrl-C stops."
-    )
-    drifting = loop.drifting()
-    table = Table(title=title, caption=caption)
-    for name, justify in _COLUMNS:
-        table.add_column(name, justify=justify, no_wrap=True)
-    for instrument in sorted(state.rows):
-        r = state.rows[instrument]
-        p = r.last
-        table.add_row(
-            instrument,
-            p.sample_id.rsplit("-", 1)[-1].lstrip("0") or "0",
-            _fmt(p.value),
-            f"{p.model} {p.model_version[-4:]}",
-            _ratio(p.t2, p.t2_limit),
-            _ratio(p.q, p.q_limit),
-            "[red]OUT[/red]" if p.out_of_model else "[green]in[/green]",
-            str(r.count),
-            str(r.out_of_model),
-            f"{1000.0 * (p.published_at - p.timestamp):.0f}",
-            "[red]" + ",".join(_SHORT.get(d, d) for d in drifting[instrument]) + "[/red]"
-            if instrument in drifting
-            else "-",
-        )
-    return table
 
 
 def _results_consumer(kafka: KafkaSettings) -> Any:
@@ -330,21 +126,6 @@ def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) ->
     loop.monitor.observe_lab(labs)
     for lab in labs:
         loop.buffer.add_lab(lab.sample_id, lab.value)
-
-
-def start_thread(name: str, target: Any, errors: list[BaseException]) -> threading.Thread:
-    """A daemon thread running ``target``; an exception is appended to ``errors``."""
-
-    def guarded() -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-            log.exception("%s failed", name)
-
-    t = threading.Thread(target=guarded, name=name, daemon=True)
-    t.start()
-    return t
 
 
 def run(args: argparse.Namespace) -> int:
