@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 FORMAT = "nirwatch.bundle/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-PIPELINES = ("cnn", "statistics")
 
 
 class Stateful(Protocol):
@@ -285,19 +284,28 @@ def write_bundle(
     return out
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The bundle's manifest, unverified (cheap; use :func:`load_bundle` before trusting it)."""
-    p = Path(path) / MANIFEST
+def _parse_manifest(data: bytes, where: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads(p.read_bytes())
-    except FileNotFoundError as exc:
-        raise BundleError(f"{path} is not a model bundle: no {MANIFEST}") from exc
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{p} is not valid JSON: {exc}") from exc
+        raise BundleError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"{p}: expected format {FORMAT!r}, got {got!r}")
+        raise BundleError(f"{where}: expected format {FORMAT!r}, got {got!r}")
     return manifest
+
+
+def _manifest_bytes(root: Path) -> bytes:
+    try:
+        return (root / MANIFEST).read_bytes()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise BundleError(f"{root} is not a model bundle: no {MANIFEST}") from exc
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The bundle's manifest, unverified (cheap; use :func:`load_bundle` before trusting it)."""
+    root = Path(path)
+    return _parse_manifest(_manifest_bytes(root), root / MANIFEST)
 
 
 def bundle_checksum(path: str | Path) -> str:
@@ -305,16 +313,15 @@ def bundle_checksum(path: str | Path) -> str:
     return sha256_file(Path(path) / MANIFEST)
 
 
-def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict[str, Any]:
-    """Check the HMAC (when a key is given) and every file's SHA-256; return the manifest.
+def _read_verified(
+    root: Path, hmac_key: bytes | str | None
+) -> tuple[dict[str, Any], str, dict[str, bytes]]:
+    """(manifest, bundle checksum, {file: bytes}), every byte checked against the manifest.
 
-    Raises
-    ------
-    ChecksumMismatchError
-        Naming the file, the expected and the actual digest.
+    The files are read once and deserialised from these same bytes, so a file swapped
+    between verification and loading cannot slip through.
     """
-    root = Path(path)
-    manifest_bytes = (root / MANIFEST).read_bytes() if (root / MANIFEST).exists() else b""
+    manifest_bytes = _manifest_bytes(root)
     if hmac_key:
         sig_path = root / SIGNATURE
         signature = sig_path.read_text().strip() if sig_path.exists() else None
@@ -322,48 +329,83 @@ def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict
             verify_bytes(manifest_bytes, signature, hmac_key)
         except ChecksumMismatchError as exc:
             raise ChecksumMismatchError(f"{root}: {MANIFEST}: {exc}") from exc
-    manifest = read_manifest(root)
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
+    manifest = _parse_manifest(manifest_bytes, root / MANIFEST)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
         raise BundleError(f"{root}/{MANIFEST} lists no files")
-    for name, expected in files.items():
+    files: dict[str, bytes] = {}
+    for name, expected in listed.items():
         _check_name(name)
-        f = root / name
-        if not f.is_file():
-            raise ChecksumMismatchError(f"{root}: {name} is missing (expected sha256 {expected})")
-        got = sha256_file(f)
+        try:
+            data = (root / name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ChecksumMismatchError(
+                f"{root}: {name} is missing (expected sha256 {expected})"
+            ) from exc
+        got = sha256_bytes(data)
         if got != expected:
             raise ChecksumMismatchError(
                 f"{root}: {name} sha256 mismatch: expected {expected}, got {got}"
             )
-    return manifest
+        files[name] = data
+    return manifest, sha256_bytes(manifest_bytes), files
 
 
-def _read_json(root: Path, name: str) -> dict[str, Any]:
-    try:
-        obj = json.loads((root / name).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{root}/{name} is not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise BundleError(f"{root}/{name}: expected a JSON object")
-    return obj
+def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict[str, Any]:
+    """Check the HMAC (when a key is given) and every file's SHA-256; return the manifest.
+
+    Raises
+    ------
+    BundleError
+        Not a bundle (no or malformed manifest).
+    ChecksumMismatchError
+        Naming the file, the expected and the actual digest (or the failed signature).
+    """
+    return _read_verified(Path(path), hmac_key)[0]
 
 
-def _read_npz(root: Path, name: str) -> dict[str, np.ndarray]:
-    with np.load(root / name, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+class _Files:
+    """Typed access to a verified bundle's file contents."""
 
+    def __init__(self, root: Path, files: dict[str, bytes]) -> None:
+        self.root = root
+        self.files = files
 
-def _load_component(root: Path, name: str) -> Any:
-    spec = _read_json(root, f"{name}.json")
-    cls = _component_class(str(spec.get("class")))
-    return cls.from_state(_read_npz(root, f"{name}.npz"), spec.get("meta", {}))
+    def raw(self, name: str) -> bytes:
+        if name not in self.files:
+            raise BundleError(f"{self.root}: {name} is not listed in the manifest")
+        return self.files[name]
 
+    def json(self, name: str) -> dict[str, Any]:
+        try:
+            obj = json.loads(self.raw(name))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{self.root}/{name} is not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise BundleError(f"{self.root}/{name}: expected a JSON object")
+        return obj
 
-def _load_pipelines(root: Path) -> dict[str, list[Any]]:
-    spec = _read_json(root, "preprocessing.json").get("pipelines", {})
-    arrays = _read_npz(root, "preprocessing.npz")
-    return {pname: load_steps(arrays, meta) for pname, meta in spec.items()}
+    def npz(self, name: str) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(self.raw(name)), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def component(self, name: str) -> Any:
+        spec = self.json(f"{name}.json")
+        cls = _component_class(str(spec.get("class")))
+        return cls.from_state(self.npz(f"{name}.npz"), spec.get("meta", {}))
+
+    def pipelines(self) -> dict[str, list[Any]]:
+        spec = self.json("preprocessing.json").get("pipelines", {})
+        arrays = self.npz("preprocessing.npz")
+        return {pname: load_steps(arrays, meta) for pname, meta in spec.items()}
+
+    def cnn(self, device: str) -> Any:
+        from safetensors.numpy import load
+
+        spec = self.json("cnn.json")
+        cls = _component_class(str(spec.get("class")))
+        arrays = load(self.raw("cnn.safetensors"))
+        return cls.from_state(arrays, spec.get("meta", {}), device=device)
 
 
 def load_bundle(
@@ -375,19 +417,19 @@ def load_bundle(
     ``cnn_unavailable`` (logged). Checksum or signature problems always fail.
     """
     root = Path(path)
-    manifest = verify_bundle(root, hmac_key)
-    checksum = bundle_checksum(root)
+    manifest, checksum, contents = _read_verified(root, hmac_key)
+    files = _Files(root, contents)
     try:
-        pipelines = _load_pipelines(root)
-        pls = _load_component(root, "pls")
-        stats = _load_component(root, "calibration_stats")
+        pipelines = files.pipelines()
+        pls = files.component("pls")
+        stats = files.component("calibration_stats")
     except (KeyError, ValueError, TypeError, DataError) as exc:
         raise BundleError(f"{root}: cannot load bundle components: {exc}") from exc
     cnn = None
     cnn_error: str | None = None
     if manifest.get("models", {}).get("cnn"):
         try:
-            cnn = _load_cnn(root, device)
+            cnn = files.cnn(device)
         except Exception as exc:  # any CNN failure degrades to PLS, visibly
             cnn_error = f"{type(exc).__name__}: {exc}"
             log.warning("bundle %s: CNN not loaded, serving PLS: %s", root, cnn_error)
@@ -403,15 +445,6 @@ def load_bundle(
         cnn_steps=pipelines.get("cnn", []),
         cnn_load_error=cnn_error,
     )
-
-
-def _load_cnn(root: Path, device: str) -> Any:
-    from safetensors.numpy import load_file
-
-    spec = _read_json(root, "cnn.json")
-    cls = _component_class(str(spec.get("class")))
-    arrays = load_file(str(root / "cnn.safetensors"))
-    return cls.from_state(arrays, spec.get("meta", {}), device=device)
 
 
 class LoadedBundle:
