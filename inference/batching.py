@@ -1,13 +1,21 @@
 """Micro-batching on a Kafka consumer: poll up to a size or a wait, track offsets to commit.
 
 A micro-batch holds at most ``max_records`` records. The wait starts when the first record
-arrives, so an idle worker does not add latency and a busy one fills whole batches. Records of
-partitions revoked during accumulation are dropped: their new owner will process them from the
-committed offset, and ours would fail to commit anyway.
+arrives, so an idle worker does not add latency and a busy one fills whole batches.
+
+Records of partitions revoked during accumulation are dropped: their new owner processes them
+from the committed offset, and our commit would fail anyway. But when such a partition comes
+back to this same consumer, kafka-python 3 keeps its fetch position (already past the dropped
+records: ``SubscriptionState.assign_from_subscribed`` preserves the state of partitions in both
+the old and the new assignment, and Tansu delivers the revocation and the new assignment in
+different polls), so the consumer seeks back to the first dropped offset, and drops whatever it
+fetched past it meanwhile, or those records would never be consumed again
+(tests/test_faults_rebalance.py).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +25,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -46,14 +56,16 @@ class MicroBatch:
         self.first_offset.setdefault(tp, records[0].offset)
         self.next_offset[tp] = records[-1].offset + 1
 
-    def drop(self, partitions: Iterable[TopicPartition]) -> None:
-        """Forget every record of ``partitions`` (revoked while the batch was accumulating)."""
+    def drop(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget every record of ``partitions``; returns the first offset dropped per partition."""
         gone = set(partitions) & set(self.first_offset)
         if not gone:
-            return
+            return {}
         self.records = [r for r in self.records if TopicPartition(r.topic, r.partition) not in gone]
+        firsts = {tp: self.first_offset[tp] for tp in gone}
         for tp in gone:
             del self.first_offset[tp], self.next_offset[tp]
+        return firsts
 
     def commit_offsets(self) -> dict[TopicPartition, OffsetAndMetadata]:
         """The offsets to commit after the whole batch was published."""
@@ -61,11 +73,19 @@ class MicroBatch:
 
 
 class RevocationTracker(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Remembers partitions revoked by a rebalance so an accumulating batch can drop them."""
+    """Follows rebalances so an accumulating batch drops revoked partitions, and rewinds them.
+
+    ``dropped`` holds, per partition, the first offset of records dropped at a revocation and not
+    consumed since; when the partition is assigned to this consumer again it moves to
+    ``rewind`` (the caller seeks there), and when an assignment leaves it out it is forgotten
+    (another member owns it and starts from the committed offset).
+    """
 
     def __init__(self) -> None:
         self.revoked: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
+        self.dropped: dict[TopicPartition, int] = {}
+        self.rewind: dict[TopicPartition, int] = {}
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = set(revoked)
@@ -75,11 +95,38 @@ class RevocationTracker(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = set(assigned)
         self.assigned |= assigned
-        self.revoked -= assigned
+        self.revoked -= assigned  # revoked and given back within one poll: nothing was dropped
+        for tp in list(self.dropped):
+            offset = self.dropped.pop(tp)
+            if tp in assigned:
+                self.rewind[tp] = min(offset, self.rewind.get(tp, offset))
 
     def take_revoked(self) -> set[TopicPartition]:
         out, self.revoked = self.revoked, set()
         return out
+
+    def note_dropped(self, firsts: dict[TopicPartition, int]) -> None:
+        for tp, offset in firsts.items():
+            self.dropped[tp] = min(offset, self.dropped.get(tp, offset))
+
+    def take_rewind(self) -> dict[TopicPartition, int]:
+        out, self.rewind = self.rewind, {}
+        return out
+
+
+def _follow_rebalance(
+    consumer: KafkaConsumer, batch: MicroBatch, tracker: RevocationTracker
+) -> None:
+    if tracker.revoked:
+        tracker.note_dropped(batch.drop(tracker.take_revoked()))
+    rewind = tracker.take_rewind()
+    if rewind:
+        batch.drop(rewind)  # anything fetched past the dropped records comes again, in order
+        for tp, offset in rewind.items():
+            try:
+                consumer.seek(tp, offset)
+            except Exception as exc:  # noqa: BLE001 - revoked again meanwhile: not ours
+                log.info("cannot rewind %s to %d: %s", tp, offset, exc)
 
 
 def poll_micro_batch(
@@ -109,8 +156,8 @@ def poll_micro_batch(
         got = consumer.poll(timeout_ms=timeout_ms, max_records=max_records - len(batch))
         for tp, records in got.items():
             batch.add(tp, records)
-        if tracker is not None and tracker.revoked:
-            batch.drop(tracker.take_revoked())
+        if tracker is not None:
+            _follow_rebalance(consumer, batch, tracker)
         if not len(batch):
             if not got:
                 return batch  # idle

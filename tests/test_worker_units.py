@@ -127,9 +127,21 @@ def test_micro_batch_offsets_and_revocation() -> None:
     tracker.on_partitions_assigned([a, b])
     tracker.on_partitions_revoked([a])
     assert tracker.assigned == {b}
-    batch.drop(tracker.take_revoked())
+    tracker.note_dropped(batch.drop(tracker.take_revoked()))
     assert [r.offset for r in batch.records] == [5] and set(batch.commit_offsets()) == {b}
-    assert tracker.revoked == set()
+    assert tracker.revoked == set() and tracker.dropped == {a: 10}
+    # a comes back to this consumer: its fetch position is past 10..13, so rewind to 10.
+    tracker.on_partitions_assigned([a, b])
+    assert tracker.take_rewind() == {a: 10} and tracker.dropped == {}
+    # Revoked and given back within one poll: nothing was dropped, nothing to rewind.
+    tracker.on_partitions_revoked([a, b])
+    tracker.on_partitions_assigned([a, b])
+    assert tracker.take_revoked() == set() and tracker.take_rewind() == {}
+    # Dropped, then assigned elsewhere: forgotten (the new owner starts from the commit).
+    tracker.on_partitions_revoked([b])
+    tracker.note_dropped(batch.drop(tracker.take_revoked()))
+    tracker.on_partitions_assigned([a])
+    assert tracker.dropped == {} and tracker.take_rewind() == {} and len(batch) == 0
 
 
 # -- hot reload from a registry ------------------------------------------------------------
