@@ -2,10 +2,11 @@
 
 Threads:
 
-* an HTTP server (stdlib, bind address from settings, loopback by default):
-  ``POST /alerts`` takes Alertmanager's webhook JSON and requires ``Authorization: Bearer
-  <token>`` (constant-time comparison); anything else is answered 401, logged and triggers
-  nothing. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) need no token.
+* an HTTP server (stdlib, bind address from settings, loopback by default; the handler is
+  :mod:`training.webhook`): ``POST /alerts`` takes Alertmanager's webhook JSON and requires
+  ``Authorization: Bearer <token>`` (constant-time comparison); anything else is answered 401,
+  logged and triggers nothing. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) need no
+  token.
 * a retrain worker running one :func:`training.retrain.retrain` at a time; requests that
   arrive while one runs are coalesced into one follow-up; alert-triggered retrains respect a
   cool-down so an alert storm cannot train back to back.
@@ -22,12 +23,12 @@ import signal
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nirwatch.errors import ConfigError, DataError, WireFormatError
 from nirwatch.registry import ModelRegistry, RegistrySettings
@@ -44,6 +45,7 @@ from training.retrain import (
     retrain,
 )
 from training.settings import TrainingSettings
+from training.webhook import WebhookHandler
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,9 @@ class RetrainService:
         self._stop = threading.Event()
         self.reports: deque[dict[str, Any]] = deque(maxlen=100)
         self._threads: list[threading.Thread] = []
-        self._http = ThreadingHTTPServer((settings.webhook_host, settings.webhook_port), _Handler)
+        self._http = ThreadingHTTPServer(
+            (settings.webhook_host, settings.webhook_port), WebhookHandler
+        )
         self._http.daemon_threads = True
         self._http.service = self  # type: ignore[attr-defined]
 
@@ -187,7 +191,7 @@ class RetrainService:
         while not self._stop.wait(self.settings.schedule_seconds):
             self.request(RetrainRequest("schedule", "periodic retrain"))
 
-    # ---- HTTP (called by _Handler)
+    # ---- HTTP (called by training.webhook.WebhookHandler)
 
     def authorised(self, header: str | None) -> bool:
         return check_bearer_token(header, self._token)
@@ -212,67 +216,6 @@ class RetrainService:
         if outcome == "cooldown":
             return 200, {"triggered": False, "why": "cool-down after the last alert retrain"}
         return 202, {"triggered": True, "outcome": outcome}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "nirwatch-retrain"
-    #: Socket timeout: a client that stops sending cannot hold a thread forever.
-    timeout = 30
-
-    @property
-    def service(self) -> RetrainService:
-        return self.server.service  # type: ignore[attr-defined,no-any-return]
-
-    def _reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        if status == 401:
-            self.send_header("WWW-Authenticate", 'Bearer realm="nirwatch-retrain"')
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj: dict[str, Any]) -> None:
-        self._reply(status, json.dumps(obj).encode())
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path == "/healthz":
-            self._reply(200, b"ok\n", "text/plain")
-        elif self.path == "/metrics":
-            self.service.metrics.labelled.set(len(self.service.buffer.dataset()))
-            self._reply(200, generate_latest(self.service.metrics.registry), "text/plain")
-        else:
-            self._json(404, {"error": "not found"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        svc = self.service
-        if not svc.authorised(self.headers.get("Authorization")):
-            # Never log the header itself: a near-miss token is still a secret.
-            log.warning(
-                "webhook: rejected unauthorised POST %s from %s", self.path, self.client_address[0]
-            )
-            svc.metrics.webhook.labels("unauthorised").inc()
-            self._json(401, {"error": "unauthorised"})
-            return
-        if self.path != "/alerts":
-            self._json(404, {"error": "not found"})
-            return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            svc.metrics.webhook.labels("bad_request").inc()
-            self._json(411, {"error": "Content-Length required"})
-            return
-        if not 0 <= length <= svc.settings.max_body_bytes:
-            svc.metrics.webhook.labels("too_large").inc()
-            self._json(413, {"error": f"body over {svc.settings.max_body_bytes} bytes"})
-            return
-        status, reply = svc.handle_alerts(self.rfile.read(length))
-        svc.metrics.webhook.labels("triggered" if status == 202 else str(status)).inc()
-        self._json(status, reply)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        log.debug("webhook %s: " + format, self.client_address[0], *args)
 
 
 def consume_labelled(
