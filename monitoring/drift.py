@@ -186,7 +186,7 @@ class MeanShiftDetector:
 
 
 class _Standardised:
-    """Warm-up estimate of mean and standard deviation unless both are given."""
+    """Warm-up estimate of mean and standard deviation unless both are given; a latched alarm."""
 
     def __init__(self, warmup: int, mean: float | None, sigma: float | None) -> None:
         if sigma is not None and sigma <= 0:
@@ -215,6 +215,11 @@ class _Standardised:
             self._warm = []
             return None
         return (float(x) - self.mean) / self.sigma
+
+    @property
+    def drift_detected(self) -> bool:
+        """True from the first signal until ``reset()``."""
+        return self._latched
 
 
 class PageHinkley(_Standardised):
@@ -274,10 +279,6 @@ class PageHinkley(_Standardised):
     def score(self) -> float:
         return self.statistic / self.threshold
 
-    @property
-    def drift_detected(self) -> bool:
-        return self._latched
-
 
 class CUSUM(_Standardised):
     """Two-sided tabular CUSUM (Page 1954) for a shift of the mean from a target.
@@ -330,10 +331,6 @@ class CUSUM(_Standardised):
     @property
     def score(self) -> float:
         return max(self.upper, self.lower) / self.h
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._latched
 
 
 class LabReferenceTracker:
