@@ -1,0 +1,156 @@
+"""The predictor side of a model bundle: :class:`LoadedBundle`, built by
+:func:`nirwatch.bundle.load_bundle` from a verified bundle's components.
+
+CNN with PLS fallback, Hotelling T² / Q diagnostics and the out-of-model flag. The bundle
+format itself (manifest, writing, verification, checksums) lives in :mod:`nirwatch.bundle`;
+this module does not import it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nirwatch.errors import DataError
+from nirwatch.predictor import BatchPrediction
+
+# Same logger name as before the split, so log routing and filters keep working.
+log = logging.getLogger("nirwatch.bundle")
+
+
+class LoadedBundle:
+    """A verified bundle ready to predict: CNN with PLS fallback, T² / Q diagnostics.
+
+    Implements :class:`nirwatch.predictor.Predictor`. Each batch is preprocessed as a whole
+    (the transformers work on matrices), PLS always runs (it is the fallback and the CNN's
+    sanity check), the CNN runs when it loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        manifest: Mapping[str, Any],
+        checksum: str,
+        pls: Any,
+        statistics: Any,
+        statistics_steps: Sequence[Any],
+        cnn: Any | None,
+        statistics_on_pls: bool = False,
+        cnn_steps: Sequence[Any],
+        cnn_load_error: str | None = None,
+    ) -> None:
+        self.path = path
+        self.manifest = dict(manifest)
+        self._checksum = checksum
+        self._pls = pls
+        self._stats = statistics
+        self._stats_steps = list(statistics_steps)
+        self._stats_on_pls = statistics_on_pls
+        self._cnn = cnn
+        self._cnn_steps = list(cnn_steps)
+        self.cnn_load_error = cnn_load_error
+        self.n_points = len(self.manifest["wavelengths"])
+        self.fallback_limit = float(self.manifest["fallback_limit"])
+        self.t2_limit = float(statistics.t2_limit_99_)
+        self.q_limit = float(statistics.q_limit_99_)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def checksum(self) -> str:
+        return self._checksum
+
+    @property
+    def target(self) -> str:
+        return str(self.manifest["target"]["name"])
+
+    @property
+    def unit(self) -> str:
+        return str(self.manifest["target"]["unit"])
+
+    @property
+    def grid(self) -> str:
+        return str(self.manifest["grid"])
+
+    @property
+    def wavelengths(self) -> np.ndarray:
+        return np.asarray(self.manifest["wavelengths"], dtype=float)
+
+    @property
+    def has_cnn(self) -> bool:
+        return self._cnn is not None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metrics", {}))
+
+    def predict(self, spectra: np.ndarray) -> BatchPrediction:
+        """Predict a batch of spectra, shape (n, n_points), on :attr:`grid`.
+
+        Raises
+        ------
+        DataError
+            If the batch is not 2-D with ``n_points`` columns.
+        """
+        X = np.asarray(spectra)
+        if X.dtype not in (np.float32, np.float64):  # float32 (the wire's type) stays float32
+            X = X.astype(np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_points:
+            raise DataError(
+                f"expected spectra of shape (n, {self.n_points}) on grid {self.grid}, got {X.shape}"
+            )
+        n = X.shape[0]
+        if self._stats_on_pls:
+            # One pass of the (shared) PLS preprocessing serves both PLS and the diagnostics.
+            Xs = self._pls.preprocess(X)
+            pls = Xs.astype(np.float64) @ self._pls.coef_ + self._pls.intercept_
+        else:
+            pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
+            Xs = _apply(self._stats_steps, X)
+        t2, q = (np.asarray(a, dtype=np.float64).reshape(n) for a in self._stats.score(Xs))
+        cnn = np.full(n, np.nan)
+        reasons: list[str | None]
+        if self._cnn is None:
+            reasons = ["cnn_unavailable"] * n
+        else:
+            try:
+                Xc = _apply(self._cnn_steps, X)
+                cnn = np.asarray(self._cnn.predict(Xc), dtype=np.float64).reshape(n)
+            except Exception:  # a failing CNN must never stop the line: PLS serves
+                log.exception("bundle %s: CNN raised; PLS serves this batch", self.version)
+                cnn = np.full(n, np.nan)
+                reasons = ["cnn_error"] * n
+            else:
+                finite = np.isfinite(cnn)
+                disagree = finite & (np.abs(cnn - pls) > self.fallback_limit)
+                reasons = [
+                    "cnn_non_finite" if not f else ("cnn_pls_disagree" if d else None)
+                    for f, d in zip(finite.tolist(), disagree.tolist(), strict=True)
+                ]
+        use_cnn = np.array([r is None for r in reasons], dtype=bool)
+        return BatchPrediction(
+            value=np.where(use_cnn, cnn, pls),
+            model=np.where(use_cnn, "cnn", "pls"),
+            fallback_reason=reasons,
+            cnn_value=cnn,
+            pls_value=pls,
+            t2=t2,
+            q=q,
+            t2_limit=self.t2_limit,
+            q_limit=self.q_limit,
+            # NaN diagnostics compare False: written so that they count as out of model.
+            out_of_model=~((t2 <= self.t2_limit) & (q <= self.q_limit)),
+        )
+
+
+def _apply(steps: Sequence[Any], X: np.ndarray) -> np.ndarray:
+    for step in steps:
+        X = step.transform(X)
+    return np.asarray(X)
