@@ -56,7 +56,12 @@ NOTES_MARKER = "<!-- notes: everything below this line is kept when the benchmar
 START_NM = 1100.0
 #: Fixed before the run, from 5-fold CV on the calibration tablets only.
 CNN = CNNConfig(
-    conv_filters=(8,), kernel_sizes=(32,), strides=(1,), pool_size=16, dense_units=(64, 16)
+    conv_filters=(8,),
+    kernel_sizes=(32,),
+    strides=(1,),
+    pool_size=16,
+    dense_units=(64, 16),
+    linear_skip=True,
 )
 TRAIN = TrainConfig(epochs=40, batch_size=128, learning_rate=3e-3, weight_decay=1e-3, patience=15)
 assert TRAIN == TrainConfig(), "the benchmark must test the defaults that training uses"

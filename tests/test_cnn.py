@@ -45,8 +45,11 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- model and config
 
 
-def test_forward_shapes_and_units() -> None:
-    net = SpectralCNN(SMALL.with_input_length(80))
+@pytest.mark.parametrize("linear_skip", [True, False])
+def test_forward_shapes_and_units(linear_skip: bool) -> None:
+    cfg = CNNConfig.from_dict({**SMALL.to_dict(), "linear_skip": linear_skip})
+    net = SpectralCNN(cfg.with_input_length(80))
+    assert ("skip.weight" in net.state_dict()) is linear_skip
     x = torch.randn(7, 80)
     assert net(x).shape == (7,)
     assert net(x.unsqueeze(1)).shape == (7,)

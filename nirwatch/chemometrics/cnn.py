@@ -49,6 +49,10 @@ class CNNConfig:
     dropout : float
         Dropout probability before each dense layer.
     activation : {"elu", "relu", "gelu"}
+    linear_skip : bool
+        Add a linear map from the pooled conv features straight to the output, beside the
+        dense layers: a PLS-like linear path that keeps predictions outside the calibration
+        range from flattening.
     """
 
     input_length: int = 0
@@ -59,6 +63,7 @@ class CNNConfig:
     dense_units: tuple[int, ...] = (64, 16)
     dropout: float = 0.2
     activation: str = "elu"
+    linear_skip: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.conv_filters)
@@ -152,6 +157,9 @@ class SpectralCNN(nn.Module):
             prev = units
         head.append(nn.Linear(prev, 1))
         self.head = nn.Sequential(*head)
+        self.skip = (
+            nn.Linear(in_ch * config.conv_output_length(), 1) if config.linear_skip else None
+        )
         length = config.input_length
         self.register_buffer("x_mean", torch.zeros(length))
         self.register_buffer("x_scale", torch.ones(length))
@@ -189,7 +197,11 @@ class SpectralCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised prediction, shape (n,)."""
-        return self.head(self.features(self._standardise(x))).squeeze(1)
+        features = self.features(self._standardise(x))
+        out = self.head(features)
+        if self.skip is not None:
+            out = out + self.skip(features.flatten(1))
+        return out.squeeze(1)
 
     def predict_units(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction in the target's units, shape (n,)."""
