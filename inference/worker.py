@@ -89,6 +89,7 @@ class InferenceWorker:
         self._lag_series: set[tuple[str, str]] = set()
         self._backoff_s = 0.0
         self.tracker = RevocationTracker()
+        self._producer: tuple[KafkaProducer, DeadLetterPublisher] | None = None
         #: Records of the micro-batch being accumulated (0 once it is committed).
         self.holding = 0
 
@@ -102,12 +103,34 @@ class InferenceWorker:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _clients(self) -> tuple[KafkaConsumer, KafkaProducer]:
+    def _publisher(self) -> tuple[KafkaProducer, DeadLetterPublisher]:
+        """The producer (created on first use, and again after it failed)."""
+        if self._producer is None:
+            producer = make_producer(
+                self.settings.kafka,
+                linger_ms=self.settings.producer_linger_ms,
+                partitioner=CachedKeyPartitioner(),
+            )
+            dlq = DeadLetterPublisher(
+                producer, self.settings.kafka.topic_dead_letter, self.metrics.dead_lettered
+            )
+            self._producer = (producer, dlq)
+        return self._producer
+
+    def _drop_producer(self) -> None:
+        """Forget a producer that failed: after a broker restart an idempotent producer's id is
+        unknown to the broker and every later send fails, so the next batch gets a new one."""
+        if self._producer is not None:
+            producer, self._producer = self._producer[0], None
+            try:
+                producer.close(timeout=1)
+            except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
+                log.info("closing the failed producer: %s", exc)
+
+    def _clients(self) -> KafkaConsumer:
         s, k = self.settings, self.settings.kafka
         ensure_topics(k, [k.topic_spectra, k.topic_predictions, k.topic_dead_letter])
-        producer = make_producer(
-            k, linger_ms=s.producer_linger_ms, partitioner=CachedKeyPartitioner()
-        )
+        self._publisher()
         consumer = make_consumer(
             k,
             s.group_id,
@@ -120,19 +143,14 @@ class InferenceWorker:
             max_partition_fetch_bytes=min(16 << 20, s.max_in_flight_bytes),
         )
         consumer.subscribe([k.topic_spectra], listener=self.tracker)
-        return consumer, producer
+        return consumer
 
     def run(self) -> None:
         """Process micro-batches until the stop event is set; drains and closes on the way out."""
-        consumer, producer = self._clients()
+        consumer = self._clients()
         self.metrics.broker_up.set(1)
-        dead_letters = DeadLetterPublisher(
-            producer, self.settings.kafka.topic_dead_letter, self.metrics.dead_lettered
-        )
         try:
             while not self.stop.is_set():
-                predictor = self.source.current()
-                self._note_model(predictor)
                 try:
                     batch = poll_micro_batch(
                         consumer,
@@ -146,15 +164,20 @@ class InferenceWorker:
                 except KafkaError as exc:
                     self._kafka_error("poll", exc)
                     continue
+                # Asked after the poll: a batch is served by the model current when it is
+                # processed, and a reload (checked inside) happens between batches only.
+                predictor = self.source.current()
+                self._note_model(predictor)
                 if batch.records:
-                    self._handle(batch, predictor, consumer, producer, dead_letters)
+                    self._handle(batch, predictor, consumer)
                 self._update_lag(consumer)
         finally:
-            self._close(consumer, producer)
+            self._close(consumer)
 
-    def _close(self, consumer: KafkaConsumer, producer: KafkaProducer) -> None:
+    def _close(self, consumer: KafkaConsumer) -> None:
         try:
-            producer.close(timeout=10)
+            if self._producer is not None:
+                self._producer[0].close(timeout=10)
         except Exception as exc:  # noqa: BLE001 - closing must not mask the real error
             log.warning("closing the producer: %s", exc)
         try:
@@ -169,8 +192,6 @@ class InferenceWorker:
         batch: MicroBatch,
         predictor: Predictor,
         consumer: KafkaConsumer,
-        producer: KafkaProducer,
-        dead_letters: DeadLetterPublisher,
     ) -> None:
         records = batch.records
         decoded = decode_batch([r.value for r in records], expected_grid=predictor.grid)
@@ -186,14 +207,21 @@ class InferenceWorker:
                 return
             self.metrics.inference_seconds.observe(time.perf_counter() - t0)
         try:
+            producer, dead_letters = self._publisher()
             futures = self._send(batch, decoded, values, producer, dead_letters)
             self._flush(producer, futures)
-            if self.audit is not None and values and not self._audit(batch, decoded, values):
-                return  # stopping while the audit trail refuses: not committed, comes again
-            consumer.commit(batch.commit_offsets())
         except (KafkaError, PublishError) as exc:
             # Not committed: the batch comes again (at-least-once; duplicates keep message_id).
-            self._kafka_error("publish_commit", exc)
+            self._kafka_error("publish", exc)
+            self._drop_producer()
+            self._seek_back(batch, consumer)
+            return
+        if self.audit is not None and values and not self._audit(batch, decoded, values):
+            return  # stopping while the audit trail refuses: not committed, comes again
+        try:
+            consumer.commit(batch.commit_offsets())
+        except KafkaError as exc:  # e.g. a rebalance took the partitions: their owner redoes them
+            self._kafka_error("commit", exc)
             self._seek_back(batch, consumer)
             return
         self._backoff_s = 0.0
