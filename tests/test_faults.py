@@ -99,6 +99,9 @@ class WorkerProcess:
             "NIRWATCH_WORKER_SESSION_TIMEOUT_MS": "2000",
             "NIRWATCH_WORKER_HEARTBEAT_INTERVAL_MS": "500",
             "NIRWATCH_WORKER_IDLE_POLL_MS": "100",
+            # Workers of one test share one audit trail (SQLite serialises their appends).
+            "NIRWATCH_AUDIT_BACKEND": "sqlite",
+            "NIRWATCH_AUDIT_PATH": str(self.log_path.parent / "worker-audit.sqlite3"),
         }
         cmd = [sys.executable, "-m", "nirwatch.cli", "-v", "worker", "--bundle", str(self.bundle)]
         cmd += ["--group-id", self.group_id, "--metrics-port", str(self.metrics_port)]
@@ -330,6 +333,17 @@ def published_at_least(w: WorkerProcess, n: int) -> Callable[[], bool]:
 # ---- the faults ----------------------------------------------------------------------------
 
 
+class UnauditedPublicationError(AssertionError):
+    """A prediction on the topic has no audit record."""
+
+
+@pytest.mark.xfail(
+    strict=False,
+    raises=UnauditedPublicationError,
+    reason="the worker appends to the audit trail after the flush: a kill during the flush "
+    "leaves published predictions without an audit record (every first publication of a "
+    "redelivered batch); audit before sending to close it, see the issue-6 report",
+)
 def test_kill9_under_load_then_restart_loses_nothing(
     kafka_settings: KafkaSettings, pls_bundle: Path, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
@@ -357,7 +371,19 @@ def test_kill9_under_load_then_restart_loses_nothing(
     figs = delivery_figures(set(load.sent), preds)
     assert figs["lost"] == 0 and figs["unexpected"] == 0, figs
 
-    # The audit trail of this run: every publication exactly once, duplicates traceable.
+    # The workers' own audit trail: one record per publication, none for what was not published.
+    with SQLiteAuditTrail(tmp_path / "worker-audit.sqlite3") as trail:
+        audited = [r.prediction_id for r in trail.query(limit=None)]
+    published = {p.prediction_id for p in preds}
+    FIGURES["kill9_worker_audit"] = {
+        "audit_records": len(audited),
+        "distinct": len(set(audited)),
+        "published_not_audited": len(published - set(audited)),
+        "audited_not_published": len(set(audited) - published),
+    }
+    assert len(audited) == len(set(audited)), "a prediction id audited twice"
+
+    # Rebuilt from the topic: every publication exactly once, duplicates traceable.
     with SQLiteAuditTrail(tmp_path / "audit.sqlite3") as trail:
         raws = [load.sent[p.message_id] for p in preds]
         assert trail.append_many(audit_records(preds, raws)) == len(preds)
@@ -378,6 +404,10 @@ def test_kill9_under_load_then_restart_loses_nothing(
         "producer_acked": producer.acked,
         "producer_failed": producer.failed,
     }
+    if published - set(audited):
+        raise UnauditedPublicationError(
+            f"{len(published - set(audited))} of {len(published)} publications not audited"
+        )
 
 
 def test_two_workers_one_killed_the_other_takes_over(
