@@ -226,7 +226,7 @@ def plot_learning_curves(path: Path, fit: FittedCNN) -> None:
         a2.plot(ep, [h["val_rmse"] for h in hist], label=f"member {k}")
         a2.axvline(fit.best_epochs[k], color=a2.lines[-1].get_color(), ls=":", lw=0.8)
     a1.set(yscale="log", xlabel="epoch", ylabel="training loss (standardised MSE)")
-    a2.set(xlabel="epoch", ylabel="validation-fold RMSE (mg)", ylim=(3, 10))
+    a2.set(xlabel="epoch", ylabel="validation-fold RMSE (mg)", ylim=(2, 10))
     a2.legend(fontsize=8)
     fig.suptitle("CNN, augmentation + EMSC: learning curves (dotted: restored epoch)")
     fig.tight_layout()
