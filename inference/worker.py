@@ -90,6 +90,7 @@ class InferenceWorker:
         self._backoff_s = 0.0
         self.tracker = RevocationTracker()
         self._producer: tuple[KafkaProducer, DeadLetterPublisher] | None = None
+        self._next_broker_check = 0.0
         #: Records of the micro-batch being accumulated (0 once it is committed).
         self.holding = 0
 
@@ -171,6 +172,7 @@ class InferenceWorker:
                 if batch.records:
                     self._handle(batch, predictor, consumer)
                 self._update_lag(consumer)
+                self._check_broker(consumer)
         finally:
             self._close(consumer)
 
@@ -367,6 +369,24 @@ class InferenceWorker:
             m.q.labels(inst).set(q[i])
         m.t2_limit.set(bp.t2_limit)
         m.q_limit.set(bp.q_limit)
+
+    def _check_broker(self, consumer: KafkaConsumer) -> None:
+        """``broker_up`` from the consumer's open connections, at most once a second.
+
+        kafka-python reconnects silently, so an idle worker sees no error during an outage;
+        its ``connection-count`` metric drops to 0 when no broker can be reached.
+        """
+        now = time.monotonic()
+        if now < self._next_broker_check:
+            return
+        self._next_broker_check = now + 1.0
+        try:
+            count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
+        except Exception as exc:  # noqa: BLE001 - a metrics read must never stop the loop
+            log.debug("connection count unavailable: %s", exc)
+            return
+        if count is not None:
+            self.metrics.broker_up.set(1 if count > 0 else 0)
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         seen: set[tuple[str, str]] = set()

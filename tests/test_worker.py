@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import signal
 import struct
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,8 @@ from test_worker_support import (
 )
 
 from inference.cli import install_stop_handlers
+from nirwatch.audit import AuditSettings, open_audit_trail
+from nirwatch.broker import EmbeddedBroker, free_port
 from nirwatch.deadletter import read_dead_letters
 from nirwatch.predictor import BatchPrediction
 from nirwatch.settings import KafkaSettings
@@ -348,3 +352,51 @@ def test_two_workers_share_partitions_and_one_takes_over(kafka_settings: KafkaSe
     counts = collections.Counter(p.message_id for p in preds)
     assert len(counts) == 180 and set(counts.values()) == {1}
     assert_in_order(preds, first + second)
+
+
+def test_every_publication_is_in_the_audit_trail_once(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    sent = spectra_messages(150, INSTRUMENTS, seed=13)
+    produce(kafka_settings, [(k, v) for k, v, _ in sent])
+    trail = open_audit_trail(AuditSettings(path=tmp_path / "audit.sqlite3"))
+    try:
+        w = start_worker(worker_settings(kafka_settings), audit=trail)
+        preds = read_predictions(kafka_settings, expected=150)
+        w.halt()
+        records = trail.query(limit=None)
+    finally:
+        trail.close()
+    assert len(records) == 150
+    by_id = {r.prediction_id: r for r in records}
+    raw = {h.message_id: v for _, v, h in sent}
+    for p in preds:
+        r = by_id[p.prediction_id]
+        assert r.message_id == p.message_id and r.value == p.value
+        assert r.model_version == p.model_version and r.releasable == p.releasable
+        assert r.spectrum_sha256 == hashlib.sha256(raw[p.message_id]).hexdigest()
+
+
+def test_idle_worker_reports_a_broker_outage_and_recovers() -> None:
+    broker = EmbeddedBroker(port=free_port()).start()
+    kafka = KafkaSettings(
+        bootstrap=broker.bootstrap,
+        partitions=2,
+        topic_spectra="o.spectra",
+        topic_predictions="o.predictions",
+        topic_dead_letter="o.dlq",
+    )
+    try:
+        w = start_worker(worker_settings(kafka))
+        wait_until(lambda: len(w.worker.assigned_partitions) == 2, what="assignment")
+        assert w.value("nirwatch_broker_up") == 1
+        broker.stop(kill=True)
+        wait_until(lambda: w.value("nirwatch_broker_up") == 0, what="broker_up 0")
+        broker.start()  # same port, empty (in-memory)
+        wait_until(lambda: w.value("nirwatch_broker_up") == 1, what="broker_up 1 again")
+        sent = spectra_messages(20, INSTRUMENTS, seed=21)
+        produce(kafka, [(k, v) for k, v, _ in sent])
+        assert len(read_predictions(kafka, expected=20, timeout_s=60)) == 20
+        w.halt()
+    finally:
+        broker.stop()
