@@ -210,6 +210,25 @@ class WorkerProcess:
             if line.startswith("nirwatch_predictions_total{")
         )
 
+    def served_by(self) -> dict[str, float]:
+        """Predictions per model and fallbacks per reason so far (from the worker's metrics)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            for metric, label in (
+                ("nirwatch_predictions_total{", 'model="'),
+                ("nirwatch_fallbacks_total{", 'reason="'),
+            ):
+                if line.startswith(metric) and label in line:
+                    name = line.split(label, 1)[1].split('"', 1)[0]
+                    key = ("model:" if "model" in label else "fallback:") + name
+                    out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
     def wait_for(self, total: float, timeout: float) -> list[tuple[float, float]]:
         """Poll the prediction counter until ``total``; returns (time, count) samples."""
         samples: list[tuple[float, float]] = []
@@ -441,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"p99 {latency[rate]['p99_ms']:.1f} ms ({sent} spectra in {load_s:g} s)"
                 )
             peak = worker.peak_rss_mb()
+            served = worker.served_by()
+            log(f"served by: {served}")
         finally:
             worker.stop()
         rss = worker.rss
@@ -455,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
         "torch_threads": args.torch_threads,
+        "served_by": served,
         "drain_n": drain_n,
         "prefill_sps": round(prefill_sps),
         "latency": latency,
