@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,14 +187,8 @@ def run_cnn(
         # Same number of gradient updates as with augmentation: the comparison is about the
         # data, not about training the non-augmented network for 11x fewer steps.
         scale = N_COPIES + 1
-        train = TrainConfig(
-            **{
-                **train.__dict__,
-                "epochs": train.epochs * scale,
-                "patience": train.patience * scale,
-            }
-        )
-    train = TrainConfig(**{**train.__dict__, "seed": seed})
+        train = replace(train, epochs=train.epochs * scale, patience=train.patience * scale)
+    train = replace(train, seed=seed)
     fit = fit_cnn_ensemble(
         X, y, CNN, steps=steps_for(column, wl), augmenter=aug, train=train, n_members=N_MEMBERS
     )
@@ -273,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = list(range(1 if args.quick else args.seeds))
-    train = TrainConfig(**{**TRAIN.__dict__, "device": args.device})
+    train = replace(TRAIN, device=args.device)
     if args.quick:
-        train = TrainConfig(**{**train.__dict__, "epochs": 3, "patience": 3})
+        train = replace(train, epochs=3, patience=3)
 
     cal = load_spectra(
         args.data, target="assay", split_column="SampleType", split_values={"Train", "Validate"}

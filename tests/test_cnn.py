@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -167,14 +168,14 @@ def test_determinism_switch_gives_identical_results_for_the_same_seed() -> None:
         steps=[WavelengthRange(wl, 1010), ExtendedMultiplicativeScatterCorrection()],
         augmenter=SpectralAugmenter(n_copies=2, noise_std=0.01, random_state=4),
     )
-    det = TrainConfig(**{**FAST.__dict__, "epochs": 4, "deterministic": True, "seed": 7})
+    det = replace(FAST, epochs=4, deterministic=True, seed=7)
     first = fit_cnn(X, y, Xv, yv, SMALL, train=det, **kw)
     second = fit_cnn(X, y, Xv, yv, SMALL, train=det, **kw)
     np.testing.assert_array_equal(first.predict(Xv), second.predict(Xv))
     assert [h["train_loss"] for h in first.history[0]] == [
         h["train_loss"] for h in second.history[0]
     ]
-    other = fit_cnn(X, y, Xv, yv, SMALL, train=TrainConfig(**{**det.__dict__, "seed": 8}), **kw)
+    other = fit_cnn(X, y, Xv, yv, SMALL, train=replace(det, seed=8), **kw)
     assert not np.array_equal(first.predict(Xv), other.predict(Xv))
     assert not torch.are_deterministic_algorithms_enabled()
 
@@ -182,7 +183,7 @@ def test_determinism_switch_gives_identical_results_for_the_same_seed() -> None:
 def test_early_stopping_restores_the_best_epoch() -> None:
     X, y, _ = synthetic(40, seed=0)
     Xv, yv, _ = synthetic(15, seed=1)
-    train = TrainConfig(**{**FAST.__dict__, "epochs": 60, "patience": 3, "schedule": "constant"})
+    train = replace(FAST, epochs=60, patience=3, schedule="constant")
     fit = fit_cnn(X, y, Xv, yv, SMALL, train=train)
     history = fit.history[0]
     best = fit.best_epochs[0]
@@ -202,7 +203,7 @@ def test_fitted_cnn_state_round_trip_with_preprocessing() -> None:
         SMALL,
         steps=[WavelengthRange(wl, 1010), ExtendedMultiplicativeScatterCorrection()],
         augmenter=SpectralAugmenter(n_copies=2, random_state=0),
-        train=TrainConfig(**{**FAST.__dict__, "epochs": 2}),
+        train=replace(FAST, epochs=2),
     )
     arrays, meta = fit.to_state()
     again = FittedCNN.from_state(arrays, json.loads(json.dumps(meta)), device="cpu")
@@ -235,7 +236,7 @@ def test_stratified_folds_span_the_range() -> None:
 
 def test_ensemble_gives_out_of_fold_predictions() -> None:
     X, y, _ = synthetic(45, seed=0)
-    train = TrainConfig(**{**FAST.__dict__, "epochs": 3})
+    train = replace(FAST, epochs=3)
     fit = fit_cnn_ensemble(X, y, SMALL, train=train, n_members=3)
     assert len(fit.predictor.members) == 3 and len(fit.history) == 3
     assert fit.oof_pred is not None and fit.oof_pred.shape == (45,)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -33,6 +33,17 @@ from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN, reso
 from nirwatch.chemometrics.selection import WavelengthRange
 from nirwatch.chemometrics.state import apply_steps, dump_steps, load_steps
 from nirwatch.errors import DataError, ModelError
+
+__all__ = [
+    "FittedCNN",
+    "TrainConfig",
+    "evaluate",
+    "fit_cnn",
+    "fit_cnn_ensemble",
+    "split_augmentation_steps",
+    "stratified_folds",
+    "train_one_epoch",
+]
 
 Schedule = Literal["onecycle", "cosine", "plateau", "constant"]
 
@@ -463,7 +474,7 @@ def fit_cnn_ensemble(
     oof = np.empty_like(y)
     for k in range(n_members):
         tr, va = folds != k, folds == k
-        member_train = TrainConfig(**{**_asdict(train), "seed": train.seed * 1000 + k})
+        member_train = replace(train, seed=train.seed * 1000 + k)
         member_aug = None
         if augmenter is not None:
             base = augmenter.random_state or 0
@@ -491,7 +502,3 @@ def fit_cnn_ensemble(
         train_seconds=time.perf_counter() - started,
         oof_pred=oof,
     )
-
-
-def _asdict(train: TrainConfig) -> dict[str, Any]:
-    return {name: getattr(train, name) for name in train.__dataclass_fields__}
