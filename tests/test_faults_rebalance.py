@@ -9,7 +9,7 @@ arrive about ``session_timeout_ms / 2`` apart, in different ``poll()`` calls, so
 then gets the same partitions back with the position already past the dropped records: they
 are never consumed again, and the next commit skips them. Seen end to end in
 ``tests/test_faults.py::test_two_workers_one_killed_the_other_takes_over`` (1 to 12 spectra
-lost in 4 of 12 runs, committed offsets past spectra that have no prediction) until the
+lost in 6 of 18 runs, committed offsets past spectra that have no prediction) until the
 batching code rewound such partitions to their first dropped offset.
 """
 
