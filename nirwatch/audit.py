@@ -52,7 +52,8 @@ class AuditSettings(NirwatchSettings):
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_AUDIT_", frozen=True, extra="ignore")
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
-    path: Path = Path("nirwatch-audit.sqlite3")
+    #: Under var/ (git-ignored) so a worker started in a checkout does not litter it.
+    path: Path = Path("var/audit.sqlite3")
     dsn: SecretStr | None = None
     #: FULL fsyncs the WAL at every commit (one per micro-batch): survives power loss.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
