@@ -24,6 +24,7 @@ from test_worker_support import (
 from inference.reload import RegistrySource
 from ingest.simulator import calibration_set
 from monitoring.metrics import WorkerMetrics
+from nirwatch.audit import AuditSettings, open_audit_trail
 from nirwatch.broker import free_port
 from nirwatch.bundle import load_bundle
 from nirwatch.registry import ModelRegistry
@@ -106,11 +107,12 @@ def test_registry_champion_hot_reload_and_tampered_bundle_refused(
 
 
 def test_cli_worker_serves_metrics_and_stops_on_sigterm(
-    kafka_settings: KafkaSettings, bundles: list[Path]
+    kafka_settings: KafkaSettings, bundles: list[Path], tmp_path: Path
 ) -> None:
     port = free_port()
     env = {
         **os.environ,
+        "NIRWATCH_AUDIT_PATH": str(tmp_path / "audit.sqlite3"),
         "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka_settings.bootstrap),
         "NIRWATCH_KAFKA_TOPIC_SPECTRA": kafka_settings.topic_spectra,
         "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": kafka_settings.topic_predictions,
@@ -157,3 +159,10 @@ def test_cli_worker_serves_metrics_and_stops_on_sigterm(
     assert len(preds) == 40
     assert "nirwatch_predictions_total" in text and "nirwatch_model_info" in text
     assert b"worker stopped: 40 predictions" in out
+    trail = open_audit_trail(AuditSettings(path=tmp_path / "audit.sqlite3"))
+    try:
+        assert {r.prediction_id for r in trail.query(limit=None)} == {
+            p.prediction_id for p in preds
+        }
+    finally:
+        trail.close()

@@ -268,11 +268,13 @@ def start_worker(
     source: Any = None,
     stop: threading.Event | None = None,
     metrics: WorkerMetrics | None = None,
+    audit: Any = None,
 ) -> RunningWorker:
     metrics = metrics or WorkerMetrics(CollectorRegistry())
     registry = metrics.registry
     stop = stop or threading.Event()
-    worker = InferenceWorker(settings, source or StaticSource(LinearPredictor()), metrics, stop)
+    source = source or StaticSource(LinearPredictor())
+    worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
     errors: list[BaseException] = []
 
     def target() -> None:
