@@ -25,6 +25,9 @@ def _parse(grid_id: str) -> tuple[float, float, float] | None:
         return None
     if not (np.isfinite([first, last, step]).all() and step > 0 and last >= first):
         return None
+    # Bound the point count: a hostile id like lin:0:1e308:1e-308 must not overflow.
+    if not (last - first) / step < 1e9:
+        return None
     return first, last, step
 
 

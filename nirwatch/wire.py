@@ -19,7 +19,6 @@ Predictions are small records without arrays: UTF-8 JSON with ``"schema": "nirwa
 from __future__ import annotations
 
 import json
-import math
 import struct
 import uuid
 from collections.abc import Sequence
@@ -100,7 +99,7 @@ def encode_spectrum(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
 def _parse_header(raw: bytes) -> SpectrumHeader:
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireFormatError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise WireFormatError(
@@ -115,7 +114,7 @@ def _parse_header(raw: bytes) -> SpectrumHeader:
                 "bad_field", f"{key} must be a non-empty string, got {obj[key]!r}"
             )
     ts, n = obj["timestamp"], obj["n_points"]
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not abs(ts) < 1e300:
         raise WireFormatError("bad_field", f"timestamp must be finite epoch seconds, got {ts!r}")
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_POINTS:
         raise WireFormatError("bad_field", f"n_points must be an int in 1..{MAX_POINTS}, got {n!r}")
@@ -270,7 +269,7 @@ def decode_prediction(value: bytes) -> Prediction:
     """Decode and validate a prediction record."""
     try:
         obj = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireFormatError("bad_header", f"prediction is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise WireFormatError("bad_header", "prediction must be a JSON object")

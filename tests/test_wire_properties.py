@@ -334,17 +334,13 @@ def test_prediction_round_trip() -> None:
     assert decode_prediction(_PRED.encode()) == _PRED
 
 
-# ---- known defects (see the reliability report); strict: they flip to failures once fixed ---
-
-_KNOWN = "wire.py/grid.py let a non-WireFormatError escape; fix proposed in the issue-6 report"
+# ---- regressions: these once escaped as RecursionError / OverflowError ---
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=_KNOWN)
 def test_deeply_nested_header_json() -> None:
-    check_spectrum_outcome(raw_message(b"[" * 5000, b""), kind="known_defect")
+    check_spectrum_outcome(raw_message(b"[" * 5000, b""), kind="regression")
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=_KNOWN)
 def test_deeply_nested_prediction_json() -> None:
     try:
         decode_prediction(b"[" * 5000)
@@ -352,13 +348,11 @@ def test_deeply_nested_prediction_json() -> None:
         assert exc.reason in REASONS
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_KNOWN)
 def test_integer_timestamp_too_large_for_float() -> None:
     head = json.dumps(good_header()).replace("1700000000.0", "1" + "0" * 400).encode()
-    check_spectrum_outcome(raw_message(head, np.ones(N, "<f4").tobytes()), kind="known_defect")
+    check_spectrum_outcome(raw_message(head, np.ones(N, "<f4").tobytes()), kind="regression")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=_KNOWN)
 def test_grid_with_infinite_point_count() -> None:
     head = good_header(grid="lin:0:1e308:1e-308", n_points=5)
-    check_spectrum_outcome(raw_message(head, b"\0" * 20), kind="known_defect")
+    check_spectrum_outcome(raw_message(head, b"\0" * 20), kind="regression")
