@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,17 +88,33 @@ class EmbeddedBroker:
         cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.cert and self.key:
             cmd += ["--cert", str(self.cert), "--key", str(self.key)]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        # Output goes to the log file, or to an anonymous temp file we can quote if Tansu dies.
+        out = open(self.log_path, "ab") if self.log_path else tempfile.TemporaryFile()  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         # Own session: a terminal's Ctrl-C reaches nirwatch alone, which drains, then stops us.
         self._proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        try:
-            wait_for_port(self.host, self.port, timeout)
-        except BrokerUnavailableError:
-            self.stop()
-            raise
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                out.seek(0)
+                said = out.read()[-2000:].decode(errors="replace").strip()
+                code, self._proc = self._proc.returncode, None
+                raise BrokerUnavailableError(
+                    f"embedded broker exited at start (code {code}): {said or 'no output'}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.5),
+            ):
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerUnavailableError(
+                    f"embedded broker did not accept connections on {self.bootstrap} within {timeout:.0f} s"
+                )
+            time.sleep(0.05)
         log.info("embedded Tansu broker on %s (pid %s)", self.bootstrap, self._proc.pid)
         return self
 

