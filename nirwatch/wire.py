@@ -138,16 +138,8 @@ def _parse_header(raw: bytes) -> SpectrumHeader:
     )
 
 
-def decode_spectrum(
-    value: bytes | None, expected_grid: str | None = None
-) -> tuple[SpectrumHeader, np.ndarray]:
-    """Decode and validate one spectrum message.
-
-    Returns
-    -------
-    header : SpectrumHeader
-    absorbances : ndarray of shape (n_points,), float32
-    """
+def _check_and_parse(value: bytes | None, expected_grid: str | None) -> tuple[SpectrumHeader, int]:
+    """Validate everything but the absorbances' finiteness; return the header and body offset."""
     if value is None or len(value) < _PREFIX.size:
         got = "no value" if value is None else f"{len(value)} bytes"
         raise WireFormatError("too_short", f"expected at least {_PREFIX.size} bytes, got {got}")
@@ -182,7 +174,21 @@ def decode_spectrum(
             "length_mismatch",
             f"expected {4 * header.n_points} bytes of float32 for {header.n_points} points, got {n_bytes}",
         )
-    absorbances = np.frombuffer(value, dtype="<f4", offset=body_at)
+    return header, body_at
+
+
+def decode_spectrum(
+    value: bytes | None, expected_grid: str | None = None
+) -> tuple[SpectrumHeader, np.ndarray]:
+    """Decode and validate one spectrum message.
+
+    Returns
+    -------
+    header : SpectrumHeader
+    absorbances : ndarray of shape (n_points,), float32
+    """
+    header, body_at = _check_and_parse(value, expected_grid)
+    absorbances = np.frombuffer(value, dtype="<f4", offset=body_at)  # type: ignore[arg-type]
     if not np.isfinite(absorbances).all():
         raise WireFormatError("non_finite", "absorbances contain NaN or inf")
     return header, absorbances
@@ -202,24 +208,38 @@ def decode_batch(values: Sequence[bytes | None], expected_grid: str | None = Non
     """Decode a micro-batch; a bad message never stops the good ones.
 
     All good spectra must share one grid (``expected_grid``, or the first good message's grid);
-    others are reported as ``grid_mismatch``.
+    others are reported as ``grid_mismatch``. Headers are checked one by one; the absorbances
+    are copied once into one (n, n_points) matrix and checked for finiteness in one pass.
     """
     headers: list[SpectrumHeader] = []
-    rows: list[np.ndarray] = []
+    bodies: list[memoryview] = []
     good: list[int] = []
     errors: list[tuple[int, WireFormatError]] = []
     grid = expected_grid
     for i, value in enumerate(values):
         try:
-            header, row = decode_spectrum(value, grid)
+            header, body_at = _check_and_parse(value, grid)
         except WireFormatError as exc:
             errors.append((i, exc))
             continue
         grid = header.grid
         headers.append(header)
-        rows.append(row)
+        bodies.append(memoryview(value)[body_at:])  # type: ignore[arg-type]
         good.append(i)
-    spectra = np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)
+    if not bodies:
+        return DecodedBatch(headers, np.empty((0, 0), dtype=np.float32), good, errors)
+    spectra = np.frombuffer(bytearray().join(bodies), dtype="<f4").reshape(len(bodies), -1)
+    finite = np.isfinite(spectra).all(axis=1)
+    if not finite.all():
+        keep = np.flatnonzero(finite)
+        for j in np.flatnonzero(~finite):
+            errors.append(
+                (good[j], WireFormatError("non_finite", "absorbances contain NaN or inf"))
+            )
+        errors.sort(key=lambda e: e[0])
+        headers = [headers[j] for j in keep]
+        good = [good[j] for j in keep]
+        spectra = spectra[keep]
     return DecodedBatch(headers, spectra, good, errors)
 
 

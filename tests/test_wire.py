@@ -131,3 +131,18 @@ def test_prediction_round_trip_and_validation() -> None:
         decode_prediction(b'{"schema": "nirwatch.prediction/0"}')
     with pytest.raises(WireFormatError, match="bad_header"):
         decode_prediction(b"\xff\xfe")
+
+
+def test_decode_batch_dead_letters_non_finite_rows_and_keeps_order() -> None:
+    rows = [np.full(650, float(i)) for i in range(5)]
+    values = [encode_spectrum(header(sample_id=f"s{i}"), r) for i, r in enumerate(rows)]
+    nan_msg = bytearray(values[2])
+    nan_msg[-4:] = np.array([np.nan], "<f4").tobytes()
+    values[2] = bytes(nan_msg)
+    values.insert(1, b"junk")
+    out = decode_batch(values)
+    assert [i for i, _ in out.errors] == [1, 3]
+    assert [e.reason for _, e in out.errors] == ["too_short", "non_finite"]
+    assert [h.sample_id for h in out.headers] == ["s0", "s1", "s3", "s4"]
+    np.testing.assert_array_equal(out.spectra[:, 0], [0, 1, 3, 4])
+    out.spectra[0, 0] = 1.0  # writable: preprocessing may work in place
