@@ -140,6 +140,8 @@ class InferenceWorker:
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
+            # Notice a topic (re)created after a broker restart within seconds, not minutes.
+            metadata_max_age_ms=5000,
             fetch_max_bytes=s.max_in_flight_bytes,
             max_partition_fetch_bytes=min(16 << 20, s.max_in_flight_bytes),
         )
