@@ -1,7 +1,7 @@
 """The inference worker: consume spectra, predict micro-batches, publish, then commit.
 
 Delivery is at-least-once. One micro-batch is in flight at a time: poll → decode → predict →
-send dead letters and predictions → ``flush()`` → commit the batch's offsets → poll again. The
+audit → send dead letters and predictions → ``flush()`` → commit the batch's offsets → poll. The
 offsets are committed only after every record of the batch was acknowledged, so a crash at any
 point makes the batch be processed again (duplicates carry the same ``message_id``), never lost.
 Memory is bounded: one batch in hand, the consumer's fetch buffer (``max_in_flight_bytes``),
@@ -61,8 +61,8 @@ class InferenceWorker:
     stop_event : threading.Event
         Set it (e.g. from a SIGTERM handler) to finish the current batch and exit :meth:`run`.
     audit : AuditTrail, optional
-        Every published prediction is appended (decoded from the exact bytes published, with
-        the SHA-256 of the consumed spectrum) after the flush and before the commit.
+        Every prediction is appended (decoded from the exact bytes to be published, with the
+        SHA-256 of the consumed spectrum) before it is sent.
     """
 
     def __init__(
@@ -210,6 +210,12 @@ class InferenceWorker:
                 self._retry_later(batch, consumer, exc)
                 return
             self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+        # Audit first: a prediction is never out without its audit record, even if the worker
+        # is killed during the flush. A publish that then fails leaves audit records of
+        # predictions never published; the batch comes again under new prediction ids and the
+        # message id ties them together (nirwatch.audit keeps duplicates traceable).
+        if self.audit is not None and values and not self._audit(batch, decoded, values):
+            return  # stopping while the audit trail refuses: nothing sent, comes again
         try:
             producer, dead_letters = self._publisher()
             futures = self._send(batch, decoded, values, producer, dead_letters)
@@ -220,8 +226,6 @@ class InferenceWorker:
             self._drop_producer()
             self._seek_back(batch, consumer)
             return
-        if self.audit is not None and values and not self._audit(batch, decoded, values):
-            return  # stopping while the audit trail refuses: not committed, comes again
         try:
             consumer.commit(batch.commit_offsets())
         except KafkaError as exc:  # e.g. a rebalance took the partitions: their owner redoes them
@@ -270,7 +274,7 @@ class InferenceWorker:
             raise PublishError(f"{len(failed)} of {len(futures)} records failed: {failed[0]}")
 
     def _audit(self, batch: MicroBatch, decoded: DecodedBatch, values: list[bytes]) -> bool:
-        """Append the batch's publications; retried (idempotent by prediction id) until it works.
+        """Append the batch's predictions; retried (idempotent by prediction id) until it works.
 
         Returns False only when the worker is stopping and the append still fails.
         """
