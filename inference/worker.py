@@ -27,7 +27,6 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
-from prometheus_client import Counter
 
 from inference.batching import MicroBatch, RevocationTracker, poll_micro_batch
 from inference.partitioner import CachedKeyPartitioner
@@ -78,11 +77,6 @@ class InferenceWorker:
         self.source = predictor_source
         self.metrics = metrics
         self.stop = stop_event
-        self.predict_failures = Counter(
-            "nirwatch_predict_failures",
-            "Micro-batches whose prediction raised (batch retried, nothing committed)",
-            registry=metrics.registry,
-        )
         self.batches = 0
         self.published = 0
         self._served: tuple[str, str] | None = None
@@ -294,7 +288,7 @@ class InferenceWorker:
             backoff = min(self.settings.predict_backoff_max_s, 2 * backoff)
 
     def _retry_later(self, batch: MicroBatch, consumer: KafkaConsumer, exc: Exception) -> None:
-        self.predict_failures.inc()
+        self.metrics.predict_failures.inc()
         s = self.settings
         self._backoff_s = min(
             s.predict_backoff_max_s, max(s.predict_backoff_s, 2 * self._backoff_s)

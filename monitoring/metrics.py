@@ -114,6 +114,11 @@ class WorkerMetrics:
             "nirwatch_hotelling_t2_limit", "99% T2 limit of the model", registry=r
         )
         self.q_limit = Gauge("nirwatch_q_residual_limit", "99% Q limit of the model", registry=r)
+        self.predict_failures = Counter(
+            "nirwatch_predict_failures",
+            "Micro-batches whose prediction raised (batch retried, nothing committed)",
+            registry=r,
+        )
         self.model_info = Info("nirwatch_model", "Model bundle being served", registry=r)
         self.model_reloads = Counter(
             "nirwatch_model_reloads", "Hot reloads of the champion model", ["outcome"], registry=r

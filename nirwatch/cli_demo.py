@@ -179,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_interval_ms=DEMO_SESSION_TIMEOUT_MS // 4,
             group_id="nirwatch-demo",
         )
+        if worker_settings.torch_threads:
+            import torch  # only now: the CNN's CPU threads, as the worker CLI does
+
+            torch.set_num_threads(worker_settings.torch_threads)
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
         model_registry = ModelRegistry(args.registry, hmac_key=hmac_key)

@@ -337,13 +337,6 @@ class UnauditedPublicationError(AssertionError):
     """A prediction on the topic has no audit record."""
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=UnauditedPublicationError,
-    reason="the worker appends to the audit trail after the flush: a kill during the flush "
-    "leaves published predictions without an audit record (every first publication of a "
-    "redelivered batch); audit before sending to close it, see the issue-6 report",
-)
 def test_kill9_under_load_then_restart_loses_nothing(
     kafka_settings: KafkaSettings, pls_bundle: Path, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
