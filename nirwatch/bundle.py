@@ -264,9 +264,12 @@ def write_bundle(
     }
     manifest_bytes = _json_bytes(manifest)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise BundleError(f"cannot create bundle directory next to {out}: {exc}") from exc
     try:
         for name, data in files.items():
             _write_synced(tmp / name, data)
@@ -278,6 +281,11 @@ def write_bundle(
             _fsync_dir(d)
         os.rename(tmp, out)
         _fsync_dir(out.parent)
+    except OSError as exc:
+        # Out of disk, file-size limit, permissions: nothing partial stays, and the caller gets
+        # a nirwatch error naming the bundle rather than a bare traceback.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"could not write bundle {out}: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

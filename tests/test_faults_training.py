@@ -96,4 +96,6 @@ def test_training_out_of_disk_fails_cleanly(tmp_path: Path, shootout_csv: Path, 
     err = done.stderr.decode(errors="replace").strip().splitlines()
     assert done.returncode != 0, "training cannot succeed with files capped at this size"
     assert assert_nothing_partial(out, registry) == "absent"
+    assert "Traceback" not in done.stderr.decode(errors="replace")
+    assert err[-1].startswith("nirwatch train: error:"), err[-1]
     print(f"\nfile size capped at {limit} B: rc {done.returncode}, {err[-1]}", file=sys.stderr)
