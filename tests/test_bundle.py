@@ -239,7 +239,7 @@ def test_atomic_write_leaves_nothing_on_failure(
         real(path, data)
 
     monkeypatch.setattr(bundle_mod, "_write_synced", failing)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(BundleError, match="No space"):
         write_bundle(make_contents(cnn=fitted_cnn()), tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
 
