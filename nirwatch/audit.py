@@ -181,7 +181,15 @@ class AuditTrail(ABC):
     def append_many(self, records: Sequence[AuditRecord]) -> int:
         """Append records in one transaction; returns how many were new (by prediction id)."""
 
+    #: SQL parameter placeholder of the backend's driver.
+    _placeholder = "?"
+    _lock: threading.Lock
+    _db: Any
+
     @abstractmethod
+    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run a read query; raise :class:`AuditError` on a database error."""
+
     def query(
         self,
         sample_id: str | None = None,
@@ -193,17 +201,24 @@ class AuditTrail(ABC):
     ) -> list[AuditRecord]:
         """Records matching all given filters (``since``/``until``: published_at, epoch s),
         in append order; ``limit`` None returns all."""
+        where, params = _where(self._placeholder, sample_id, since, instrument, message_id, until)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_record(r) for r in self._select(sql, params)]
 
-    @abstractmethod
     def duplicate_message_ids(self) -> dict[str, int]:
         """Message ids with more than one publication, and how many each."""
+        sql = f"SELECT message_id, COUNT(*) FROM {TABLE} GROUP BY message_id HAVING COUNT(*) > 1"
+        return {m: int(n) for m, n in self._select(sql, ())}
 
-    @abstractmethod
     def count(self) -> int:
         """Number of records."""
+        return int(self._select(f"SELECT COUNT(*) FROM {TABLE}", ())[0][0])
 
-    @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> AuditTrail:
         return self
@@ -319,35 +334,11 @@ class SQLiteAuditTrail(AuditTrail):
             except sqlite3.Error as exc:
                 raise AuditError(f"audit query failed: {exc}") from exc
 
-    def query(
-        self,
-        sample_id: str | None = None,
-        since: float | None = None,
-        instrument: str | None = None,
-        message_id: str | None = None,
-        until: float | None = None,
-        limit: int | None = 1000,
-    ) -> list[AuditRecord]:
-        where, params = _where("?", sample_id, since, instrument, message_id, until)
-        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [_record(r) for r in self._select(sql, params)]
-
-    def duplicate_message_ids(self) -> dict[str, int]:
-        sql = f"SELECT message_id, COUNT(*) FROM {TABLE} GROUP BY message_id HAVING COUNT(*) > 1"
-        return {m: int(n) for m, n in self._select(sql, ())}
-
-    def count(self) -> int:
-        return int(self._select(f"SELECT COUNT(*) FROM {TABLE}", ())[0][0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
 
 class PostgresAuditTrail(AuditTrail):
     """PostgreSQL backend via ``psycopg`` 3 (``pip install 'psycopg[binary]'``)."""
+
+    _placeholder = "%s"
 
     def __init__(self, dsn: str) -> None:
         try:
@@ -422,32 +413,6 @@ class PostgresAuditTrail(AuditTrail):
                     return cur.fetchall()
             except self._psycopg.Error as exc:
                 raise AuditError(f"audit query failed: {exc}") from exc
-
-    def query(
-        self,
-        sample_id: str | None = None,
-        since: float | None = None,
-        instrument: str | None = None,
-        message_id: str | None = None,
-        until: float | None = None,
-        limit: int | None = 1000,
-    ) -> list[AuditRecord]:
-        where, params = _where("%s", sample_id, since, instrument, message_id, until)
-        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [_record(r) for r in self._select(sql, params)]
-
-    def duplicate_message_ids(self) -> dict[str, int]:
-        sql = f"SELECT message_id, COUNT(*) FROM {TABLE} GROUP BY message_id HAVING COUNT(*) > 1"
-        return {m: int(n) for m, n in self._select(sql, ())}
-
-    def count(self) -> int:
-        return int(self._select(f"SELECT COUNT(*) FROM {TABLE}", ())[0][0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def open_audit_trail(settings: AuditSettings) -> AuditTrail:
