@@ -201,7 +201,7 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -278,9 +278,9 @@ def write_bundle(
         # The manifest is written last: a directory with a manifest is complete.
         _write_synced(tmp / MANIFEST, manifest_bytes)
         for d in sorted({(tmp / n).parent for n in files} | {tmp}, reverse=True):
-            _fsync_dir(d)
+            fsync_dir(d)
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as exc:
         # Out of disk, file-size limit, permissions: nothing partial stays, and the caller gets
         # a nirwatch error naming the bundle rather than a bare traceback.

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from nirwatch.bundle import bundle_checksum, read_manifest, verify_bundle
+from nirwatch.bundle import bundle_checksum, fsync_dir, read_manifest, verify_bundle
 from nirwatch.errors import BundleError, RegistryError
 from nirwatch.settings import NirwatchSettings
 
@@ -79,14 +79,6 @@ class ModelInfo:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_read_only(root: Path) -> None:
@@ -217,10 +209,10 @@ class ModelRegistry:
                 # Verify the copy, not only the source: what workers load is what was checked.
                 verify_bundle(staging, self.hmac_key)
                 _make_read_only(staging)
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 self.models.mkdir(parents=True, exist_ok=True)
                 os.rename(staging, dest)
-                _fsync_dir(self.models)
+                fsync_dir(self.models)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -302,7 +294,7 @@ class ModelRegistry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.root / CHAMPION)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _event(self, event: str, **fields: Any) -> None:
         line = json.dumps({"time": _now(), "event": event, **fields}, sort_keys=True)
