@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from nirwatch.errors import WireFormatError
+from nirwatch.wire import decode_json_record
 
 LAB_RESULT_SCHEMA = "nirwatch.lab-result/1"
 
@@ -43,28 +44,9 @@ class LabResult:
         return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
 
 
-_FIELDS = set(LabResult.__dataclass_fields__)
-
-
 def decode_lab_result(value: bytes) -> LabResult:
     """Decode and validate a lab result record (raises WireFormatError with a reason code)."""
-    try:
-        obj = json.loads(value)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireFormatError("bad_header", f"lab result is not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireFormatError("bad_header", "lab result must be a JSON object")
-    if obj.get("schema") != LAB_RESULT_SCHEMA:
-        raise WireFormatError(
-            "unknown_version", f"expected schema {LAB_RESULT_SCHEMA}, got {obj.get('schema')!r}"
-        )
-    unknown = set(obj) - _FIELDS
-    if unknown:
-        raise WireFormatError("bad_field", f"unknown lab result fields: {sorted(unknown)}")
-    try:
-        result = LabResult(**obj)
-    except TypeError as exc:
-        raise WireFormatError("missing_field", str(exc)) from None
+    result = decode_json_record(value, LabResult, LAB_RESULT_SCHEMA, "lab result")
     v = result.value
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
         raise WireFormatError("bad_field", f"value must be a finite number, got {v!r}")

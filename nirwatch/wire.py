@@ -23,7 +23,7 @@ import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -282,25 +282,37 @@ class Prediction:
         return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
 
 
-_PRED_FIELDS = {f for f in Prediction.__dataclass_fields__}
+R = TypeVar("R")
+
+
+def decode_json_record(value: bytes, cls: type[R], schema: str, what: str) -> R:
+    """Decode a JSON record with a ``schema`` field into dataclass ``cls``, validating its keys.
+
+    Raises
+    ------
+    WireFormatError
+        ``bad_header`` (not a UTF-8 JSON object), ``unknown_version`` (other schema),
+        ``bad_field`` (unknown keys) or ``missing_field``.
+    """
+    try:
+        obj = json.loads(value)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireFormatError("bad_header", f"{what} is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireFormatError("bad_header", f"{what} must be a JSON object")
+    if obj.get("schema") != schema:
+        raise WireFormatError(
+            "unknown_version", f"expected schema {schema}, got {obj.get('schema')!r}"
+        )
+    unknown = set(obj) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    if unknown:
+        raise WireFormatError("bad_field", f"unknown {what} fields: {sorted(unknown)}")
+    try:
+        return cls(**obj)
+    except TypeError as exc:
+        raise WireFormatError("missing_field", str(exc)) from None
 
 
 def decode_prediction(value: bytes) -> Prediction:
     """Decode and validate a prediction record."""
-    try:
-        obj = json.loads(value)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireFormatError("bad_header", f"prediction is not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireFormatError("bad_header", "prediction must be a JSON object")
-    if obj.get("schema") != PREDICTION_SCHEMA:
-        raise WireFormatError(
-            "unknown_version", f"expected schema {PREDICTION_SCHEMA}, got {obj.get('schema')!r}"
-        )
-    unknown = set(obj) - _PRED_FIELDS
-    if unknown:
-        raise WireFormatError("bad_field", f"unknown prediction fields: {sorted(unknown)}")
-    try:
-        return Prediction(**obj)
-    except TypeError as exc:
-        raise WireFormatError("missing_field", str(exc)) from None
+    return decode_json_record(value, Prediction, PREDICTION_SCHEMA, "prediction")

@@ -146,3 +146,13 @@ def test_decode_batch_dead_letters_non_finite_rows_and_keeps_order() -> None:
     assert [h.sample_id for h in out.headers] == ["s0", "s1", "s3", "s4"]
     np.testing.assert_array_equal(out.spectra[:, 0], [0, 1, 3, 4])
     out.spectra[0, 0] = 1.0  # writable: preprocessing may work in place
+
+
+def test_lab_results_share_the_record_decoder_and_survive_nested_json() -> None:
+    from ingest.lab_results import decode_lab_result
+
+    with pytest.raises(WireFormatError) as exc:
+        decode_lab_result(b"[" * 5000)
+    assert exc.value.reason == "bad_header"
+    with pytest.raises(WireFormatError, match="unknown_version"):
+        decode_lab_result(b'{"schema": "nirwatch.lab-result/0"}')
