@@ -64,7 +64,9 @@ CNN = CNNConfig(
     dense_units=(64, 16),
     linear_skip=True,
 )
-TRAIN = TrainConfig(epochs=40, batch_size=128, learning_rate=3e-3, weight_decay=1e-3, patience=15)
+TRAIN = TrainConfig(
+    epochs=80, batch_size=128, learning_rate=3e-3, weight_decay=1e-3, patience=30, mixup=0.4
+)
 assert TRAIN == TrainConfig(), "the benchmark must test the defaults that training uses"
 assert CNN == CNNConfig(), "the benchmark must test the defaults that training uses"
 N_COPIES = 10

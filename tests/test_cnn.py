@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from nirwatch.errors import DataError, ModelError
 from training.cnn import (
     FittedCNN,
     TrainConfig,
+    augment_batch,
     fit_cnn,
     fit_cnn_ensemble,
     stratified_folds,
@@ -164,7 +166,7 @@ def test_training_reduces_loss_and_beats_the_mean() -> None:
 def test_determinism_switch_gives_identical_results_for_the_same_seed() -> None:
     X, y, wl = synthetic(60, seed=0)
     Xv, yv, _ = synthetic(20, seed=1)
-    kw = dict(
+    kw: dict[str, Any] = dict(
         steps=[WavelengthRange(wl, 1010), ExtendedMultiplicativeScatterCorrection()],
         augmenter=SpectralAugmenter(n_copies=2, noise_std=0.01, random_state=4),
     )
@@ -178,6 +180,39 @@ def test_determinism_switch_gives_identical_results_for_the_same_seed() -> None:
     other = fit_cnn(X, y, Xv, yv, SMALL, train=replace(det, seed=8), **kw)
     assert not np.array_equal(first.predict(Xv), other.predict(Xv))
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_batch_augmentation_mixup_and_shift() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.zeros(10), torch.ones(10)]).repeat(8, 1)
+    y = torch.tensor([0.0, 1.0]).repeat(8)
+    xm, ym = augment_batch(x, y, g, mixup=0.4)
+    # Mixing spectra and targets with the same weights keeps target == spectrum level here.
+    torch.testing.assert_close(xm.mean(dim=1), ym)
+    assert float(ym.min()) >= 0.0 and float(ym.max()) <= 1.0
+    xe, ye = augment_batch(x, y, torch.Generator().manual_seed(0), mixup=0.4, mixup_extend=0.5)
+    torch.testing.assert_close(xe.mean(dim=1), ye)
+    assert float(ye.min()) < 0.0 or float(ye.max()) > 1.0
+    ramp = torch.arange(10.0).repeat(4, 1)
+    xs, ys = augment_batch(ramp, torch.zeros(4), g, shift_points=2.0)
+    torch.testing.assert_close(ys, torch.zeros(4))
+    offsets = (ramp - xs)[:, 3:7]  # away from the held edges, a shifted ramp is a constant offset
+    torch.testing.assert_close(offsets, offsets[:, :1].expand_as(offsets))
+    assert float(offsets.abs().max()) <= 2.0 + 1e-6
+    # Same generator state, same batch.
+    a = augment_batch(x, y, torch.Generator().manual_seed(3), mixup=1.0, shift_points=1.0)
+    b = augment_batch(x, y, torch.Generator().manual_seed(3), mixup=1.0, shift_points=1.0)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ModelError, match="mixup"):
+        TrainConfig(mixup=-1.0)
+
+
+def test_training_with_batch_augmentation_still_learns() -> None:
+    X, y, _ = synthetic(80, seed=0)
+    Xv, yv, _ = synthetic(30, seed=1)
+    fit = fit_cnn(X, y, Xv, yv, SMALL, train=replace(FAST, mixup=0.4, shift_points=1.0))
+    rmse = float(np.sqrt(np.mean((fit.predict(Xv) - yv) ** 2)))
+    assert rmse < 0.5 * float(np.std(yv))
 
 
 def test_early_stopping_restores_the_best_epoch() -> None:

@@ -37,6 +37,7 @@ from nirwatch.errors import DataError, ModelError
 __all__ = [
     "FittedCNN",
     "TrainConfig",
+    "augment_batch",
     "evaluate",
     "fit_cnn",
     "fit_cnn_ensemble",
@@ -81,19 +82,35 @@ class TrainConfig:
         ``torch.set_num_threads`` for CPU training; None leaves torch's setting.
     progress : bool
         Show a rich progress bar.
+    mixup : float
+        Mixup (Zhang et al. 2018) on every mini-batch *after* preprocessing: each spectrum and
+        its target are replaced by ``lam * a + (1 - lam) * b`` with a random partner ``b`` from
+        the batch and ``lam ~ Beta(mixup, mixup)``; 0 = off. Spectra that are (after EMSC)
+        close to linear in concentration make this a physically plausible augmentation that
+        EMSC cannot undo, and it rewards a response that is linear between samples.
+    mixup_extend : float
+        Widens ``lam`` to ``[-e, 1 + e]`` (``lam' = lam * (1 + 2e) - e``): the mixed samples
+        then also lie a little beyond the pair, i.e. linear extrapolation of spectra and target.
+    shift_points : float
+        Random shift of each preprocessed spectrum along the wavelength axis, uniform in
+        ``[-shift_points, shift_points]`` points (linear interpolation, edges held), per batch;
+        0 = off. Another variation EMSC does not model.
     """
 
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 128
     learning_rate: float = 3e-3
     weight_decay: float = 1e-3
     schedule: Schedule = "onecycle"
-    patience: int = 15
+    patience: int = 30
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
     num_threads: int | None = None
     progress: bool = False
+    mixup: float = 0.4
+    mixup_extend: float = 0.0
+    shift_points: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -102,6 +119,45 @@ class TrainConfig:
             raise ModelError("TrainConfig: learning_rate must be > 0 and weight_decay >= 0")
         if self.schedule not in ("onecycle", "cosine", "plateau", "constant"):
             raise ModelError(f"TrainConfig: unknown schedule {self.schedule!r}")
+        for name in ("mixup", "mixup_extend", "shift_points"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ModelError(f"TrainConfig: {name} must be a finite number >= 0, got {value}")
+
+
+def augment_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    mixup: float = 0.0,
+    mixup_extend: float = 0.0,
+    shift_points: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """On-the-fly augmentation of a preprocessed batch x (b, L) and its target y (b,).
+
+    See :class:`TrainConfig` (``mixup``, ``mixup_extend``, ``shift_points``). Random draws come
+    from ``generator`` (CPU) so that training stays reproducible.
+    """
+    b, length = x.shape[0], x.shape[-1]
+    if shift_points > 0:
+        shift = (torch.rand(b, 1, generator=generator) * 2 - 1) * shift_points
+        pos = torch.arange(length, dtype=torch.float32).unsqueeze(0) - shift
+        pos = pos.clamp(0, length - 1)
+        lo = pos.floor().long().clamp(max=length - 2)
+        frac = (pos - lo).to(x.device, x.dtype)
+        lo = lo.to(x.device)
+        x = x.gather(1, lo) * (1 - frac) + x.gather(1, lo + 1) * frac
+    if mixup > 0:
+        # torch's Beta sampler takes no generator: seed numpy's from it instead.
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        beta = np.random.default_rng(seed).beta(mixup, mixup, b)
+        lam = torch.from_numpy(beta * (1 + 2 * mixup_extend) - mixup_extend)
+        perm = torch.randperm(b, generator=generator).to(x.device)
+        lam = lam.to(x.device, x.dtype)
+        x = lam[:, None] * x + (1 - lam[:, None]) * x[perm]
+        y = lam * y + (1 - lam) * y[perm]
+    return x, y
 
 
 def train_one_epoch(
@@ -112,6 +168,10 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    mixup: float = 0.0,
+    mixup_extend: float = 0.0,
+    shift_points: float = 0.0,
 ) -> float:
     """One pass over shuffled mini-batches; returns the mean standardised MSE.
 
@@ -120,13 +180,24 @@ def train_one_epoch(
     X : tensor (n, L) on the model's device
     y : tensor (n,), the target already standardised with the model's ``y_mean``/``y_scale``
     scheduler : stepped after every batch when given (OneCycle, cosine)
+    mixup, mixup_extend, shift_points : on-the-fly augmentation, see :func:`augment_batch`
     """
     model.train()
     order = torch.randperm(X.shape[0], generator=generator).to(X.device)
     total, count = 0.0, 0
     for start in range(0, X.shape[0], batch_size):
         idx = order[start : start + batch_size]
-        loss = nn.functional.mse_loss(model(X[idx]), y[idx])
+        xb, yb = X[idx], y[idx]
+        if mixup > 0 or shift_points > 0:
+            xb, yb = augment_batch(
+                xb,
+                yb,
+                generator,
+                mixup=mixup,
+                mixup_extend=mixup_extend,
+                shift_points=shift_points,
+            )
+        loss = nn.functional.mse_loss(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -395,6 +466,9 @@ def _loop(
                 train.batch_size,
                 generator,
                 scheduler if per_batch else None,
+                mixup=train.mixup,
+                mixup_extend=train.mixup_extend,
+                shift_points=train.shift_points,
             )
             rmse, _ = evaluate(model, xv, y_val)
             if not np.isfinite(loss):
