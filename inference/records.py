@@ -4,17 +4,24 @@ The arrays are converted to Python lists once per batch (vectorised) and the fie
 the batch (model version, checksum, limits...) are JSON-encoded once, so the per-spectrum work
 is filling one string template. The bytes are identical to what
 :meth:`nirwatch.wire.Prediction.encode` writes (a test checks it on every kind of value).
+
+The audit records of a batch are built from the very lists the JSON is filled from, so the
+audit trail holds what is published without parsing the JSON back (a test checks that they
+equal the records decoded from the published bytes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
+from nirwatch.audit import AuditRecord
 from nirwatch.errors import ModelError
 from nirwatch.predictor import BatchPrediction, Predictor
 from nirwatch.wire import PREDICTION_SCHEMA, SpectrumHeader
@@ -85,6 +92,47 @@ def prediction_ids(n: int) -> list[str]:
     return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
+class _Columns(NamedTuple):
+    """A batch's per-record values as Python lists, converted once (vectorised)."""
+
+    ids: list[str]
+    value: list[float | None]
+    model: list[str]
+    cnn: list[float | None]
+    pls: list[float | None]
+    t2: list[float | None]
+    q: list[float | None]
+    out_of_model: list[bool]
+    releasable: list[bool]
+
+
+def _columns(bp: BatchPrediction, n: int) -> _Columns:
+    value = _finite_or_none(bp.value)
+    oom: list[bool] = np.asarray(bp.out_of_model, dtype=bool).tolist()
+    return _Columns(
+        ids=prediction_ids(n),
+        value=value,
+        model=[str(m) for m in np.asarray(bp.model).tolist()],
+        cnn=_finite_or_none(bp.cnn_value),
+        pls=_finite_or_none(bp.pls_value),
+        t2=_finite_or_none(bp.t2),
+        q=_finite_or_none(bp.q),
+        out_of_model=oom,
+        releasable=[not o and v is not None for o, v in zip(oom, value, strict=True)],
+    )
+
+
+class EncodedBatch(NamedTuple):
+    """One batch's prediction records, ready to publish (and to audit)."""
+
+    #: The JSON records, in the order of the headers.
+    values: list[bytes]
+    #: Per record: inside the applicability domain and with a finite value.
+    releasable: list[bool]
+    #: The audit records of exactly these values (empty unless ``raw_values`` was given).
+    audit: list[AuditRecord]
+
+
 def encode_predictions(
     headers: Sequence[SpectrumHeader],
     bp: BatchPrediction,
@@ -100,17 +148,36 @@ def encode_predictions(
     releasable : list of bool
         Per record: inside the applicability domain and with a finite value.
     """
+    enc = encode_batch(headers, bp, predictor, published_at)
+    return enc.values, enc.releasable
+
+
+def encode_batch(
+    headers: Sequence[SpectrumHeader],
+    bp: BatchPrediction,
+    predictor: Predictor,
+    published_at: float,
+    raw_values: Sequence[bytes] | None = None,
+) -> EncodedBatch:
+    """Encode one ``nirwatch.prediction/1`` record per spectrum, and its audit record.
+
+    Parameters
+    ----------
+    headers : sequence of SpectrumHeader, length n
+    bp : BatchPrediction with arrays of length n
+    predictor : Predictor
+        Its version, checksum, target and unit go into every record.
+    published_at : float
+        Unix time stamped on the batch.
+    raw_values : sequence of bytes, length n, optional
+        The consumed spectrum messages (hashed with SHA-256 into the audit records).
+    """
     n = len(headers)
     check_batch_prediction(bp, n)
-    value = _finite_or_none(bp.value)
-    cnn = _finite_or_none(bp.cnn_value)
-    pls = _finite_or_none(bp.pls_value)
-    t2 = _finite_or_none(bp.t2)
-    q = _finite_or_none(bp.q)
-    oom: list[bool] = np.asarray(bp.out_of_model, dtype=bool).tolist()
-    model = [str(m) for m in np.asarray(bp.model).tolist()]
-    ids = prediction_ids(n)
-    releasable = [not o and v is not None for o, v in zip(oom, value, strict=True)]
+    if raw_values is not None and len(raw_values) != n:
+        raise ModelError(f"expected {n} raw spectrum values to audit, got {len(raw_values)}")
+    c = _columns(bp, n)
+    ids, value, model, cnn, pls, t2, q, oom, releasable = c
     # Fields shared by the whole batch are encoded once; per record only its own values are.
     const = {
         "published_at": _dumps(published_at),
@@ -150,4 +217,54 @@ def encode_predictions(
                 )
             ).encode()
         )
-    return out, releasable
+    audit = (
+        []
+        if raw_values is None
+        else _audit_records(headers, bp, predictor, published_at, raw_values, c)
+    )
+    return EncodedBatch(out, releasable, audit)
+
+
+def _audit_records(
+    headers: Sequence[SpectrumHeader],
+    bp: BatchPrediction,
+    predictor: Predictor,
+    published_at: float,
+    raw_values: Sequence[bytes],
+    c: _Columns,
+) -> list[AuditRecord]:
+    # Filled from the same lists as the JSON (NaN/inf already None), so both say the same.
+    ids, value, model, cnn, pls, t2, q, oom, releasable = c
+    t2_limit, q_limit = _limit(bp.t2_limit), _limit(bp.q_limit)
+    version, checksum = predictor.version, predictor.checksum
+    target, unit = predictor.target, predictor.unit
+    sha256 = hashlib.sha256
+    return [
+        AuditRecord(
+            prediction_id=ids[i],
+            message_id=h.message_id,
+            sample_id=h.sample_id,
+            instrument_id=h.instrument_id,
+            timestamp=h.timestamp,
+            published_at=published_at,
+            model_version=version,
+            bundle_checksum=checksum,
+            spectrum_sha256=sha256(raw_values[i]).hexdigest(),
+            target=target,
+            value=value[i],
+            model=model[i],
+            fallback_reason=bp.fallback_reason[i],
+            cnn_value=cnn[i],
+            pls_value=pls[i],
+            t2=t2[i],
+            q=q[i],
+            t2_limit=t2_limit,
+            q_limit=q_limit,
+            out_of_model=oom[i],
+            releasable=releasable[i],
+            product=h.product,
+            batch=h.batch,
+            unit=unit,
+        )
+        for i, h in enumerate(headers)
+    ]

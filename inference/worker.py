@@ -30,16 +30,16 @@ from kafka.errors import KafkaError
 
 from inference.batching import MicroBatch, RevocationTracker, poll_micro_batch
 from inference.partitioner import CachedKeyPartitioner
-from inference.records import encode_predictions
+from inference.records import encode_batch
 from inference.reload import PredictorSource
 from inference.settings import WorkerSettings
 from monitoring.metrics import WorkerMetrics
-from nirwatch.audit import AuditTrail, audit_records
+from nirwatch.audit import AuditRecord, AuditTrail
 from nirwatch.deadletter import DeadLetterPublisher, source_of
 from nirwatch.errors import NirwatchError
 from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.predictor import BatchPrediction, Predictor
-from nirwatch.wire import DecodedBatch, decode_batch, decode_prediction
+from nirwatch.wire import DecodedBatch, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class InferenceWorker:
         self.metrics.broker_up.set(1)
         try:
             while not self.stop.is_set():
+                t_poll = time.perf_counter()
                 try:
                     batch = poll_micro_batch(
                         consumer,
@@ -166,6 +167,7 @@ class InferenceWorker:
                 predictor = self.source.current()
                 self._note_model(predictor)
                 if batch.records:
+                    self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - t_poll)
                     self._handle(batch, predictor, consumer)
                 self._update_lag(consumer)
                 self._check_broker(consumer)
@@ -192,24 +194,36 @@ class InferenceWorker:
         consumer: KafkaConsumer,
     ) -> None:
         records = batch.records
+        stage = self.metrics.stage_seconds.labels
+        t0 = time.perf_counter()
         decoded = decode_batch([r.value for r in records], expected_grid=predictor.grid)
+        t1 = time.perf_counter()
+        stage("decode").observe(t1 - t0)
         bp: BatchPrediction | None = None
         values: list[bytes] = []
+        audit: list[AuditRecord] = []
         if decoded.headers:
-            t0 = time.perf_counter()
+            raw = None
+            if self.audit is not None:
+                raw = [records[i].value for i in decoded.good_index]
             try:
                 bp = predictor.predict(decoded.spectra)
-                values, _ = encode_predictions(decoded.headers, bp, predictor, time.time())
+                values, _, audit = encode_batch(decoded.headers, bp, predictor, time.time(), raw)
             except Exception as exc:  # noqa: BLE001 - any model fault: retry, never lose
                 self._retry_later(batch, consumer, exc)
                 return
-            self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+            t0, t1 = t1, time.perf_counter()
+            self.metrics.inference_seconds.observe(t1 - t0)
+            stage("predict").observe(t1 - t0)
         # Audit first: a prediction is never out without its audit record, even if the worker
         # is killed during the flush. A publish that then fails leaves audit records of
         # predictions never published; the batch comes again under new prediction ids and the
         # message id ties them together (nirwatch.audit keeps duplicates traceable).
-        if self.audit is not None and values and not self._audit(batch, decoded, values):
-            return  # stopping while the audit trail refuses: nothing sent, comes again
+        if self.audit is not None and audit:
+            if not self._audit(audit):
+                return  # stopping while the audit trail refuses: nothing sent, comes again
+            t0, t1 = t1, time.perf_counter()
+            stage("audit").observe(t1 - t0)
         try:
             producer, dead_letters = self._publisher()
             futures = self._send(batch, decoded, values, producer, dead_letters)
@@ -220,12 +234,15 @@ class InferenceWorker:
             self._drop_producer()
             self._seek_back(batch, consumer)
             return
+        t0, t1 = t1, time.perf_counter()
+        stage("publish").observe(t1 - t0)
         try:
             consumer.commit(batch.commit_offsets())
         except KafkaError as exc:  # e.g. a rebalance took the partitions: their owner redoes them
             self._kafka_error("commit", exc)
             self._seek_back(batch, consumer)
             return
+        stage("commit").observe(time.perf_counter() - t1)
         self._backoff_s = 0.0
         self.holding = 0
         self.batches += 1
@@ -267,14 +284,12 @@ class InferenceWorker:
         if failed:
             raise PublishError(f"{len(failed)} of {len(futures)} records failed: {failed[0]}")
 
-    def _audit(self, batch: MicroBatch, decoded: DecodedBatch, values: list[bytes]) -> bool:
-        """Append the batch's predictions; retried (idempotent by prediction id) until it works.
+    def _audit(self, records: list[AuditRecord]) -> bool:
+        """Append the batch's audit records; retried (idempotent by prediction id) until it works.
 
         Returns False only when the worker is stopping and the append still fails.
         """
         assert self.audit is not None
-        raw = [batch.records[i].value for i in decoded.good_index]
-        records = audit_records([decode_prediction(v) for v in values], raw)
         backoff = self.settings.predict_backoff_s
         while True:
             try:

@@ -88,6 +88,13 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "nirwatch_batch_stage_seconds",
+            "Time per micro-batch in each stage of the worker loop (poll includes waiting)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.latency_seconds = Histogram(
             "nirwatch_end_to_end_latency_seconds",
             "Instrument timestamp to prediction published",

@@ -82,6 +82,10 @@ def test_n_in_exactly_n_out_in_order_with_metrics(kafka_settings: KafkaSettings)
     assert w.value("nirwatch_batch_size_count") == w.worker.batches
     assert w.value("nirwatch_end_to_end_latency_seconds_count") == 300
     assert w.value("nirwatch_inference_seconds_count") == w.worker.batches
+    for stage in ("poll", "decode", "predict", "publish", "commit"):
+        count = w.value("nirwatch_batch_stage_seconds_count", {"stage": stage})
+        assert count == w.worker.batches, stage
+    assert w.value("nirwatch_batch_stage_seconds_count", {"stage": "audit"}) == 0  # no trail
     assert (
         w.value(
             "nirwatch_model_info",
@@ -365,6 +369,8 @@ def test_every_publication_is_in_the_audit_trail_once(
         preds = read_predictions(kafka_settings, expected=150)
         w.halt()
         records = trail.query(limit=None)
+        audited = w.value("nirwatch_batch_stage_seconds_count", {"stage": "audit"})
+        assert audited == w.worker.batches > 0
     finally:
         trail.close()
     assert len(records) == 150

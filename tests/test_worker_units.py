@@ -15,10 +15,16 @@ from test_worker_support import LinearPredictor, make_header, mixtures
 
 from inference.batching import MicroBatch, RevocationTracker
 from inference.partitioner import CachedKeyPartitioner
-from inference.records import check_batch_prediction, encode_predictions, prediction_ids
+from inference.records import (
+    check_batch_prediction,
+    encode_batch,
+    encode_predictions,
+    prediction_ids,
+)
 from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
 from monitoring.metrics import WorkerMetrics
+from nirwatch.audit import audit_records
 from nirwatch.errors import BundleError, ConfigError, ModelError
 from nirwatch.settings import load_settings
 from nirwatch.wire import Prediction, decode_prediction
@@ -94,6 +100,29 @@ def test_encoded_records_equal_prediction_encode_and_decode_back() -> None:
         assert got == want
         assert raw == want.encode()  # byte-identical to the reference encoder
     assert json.loads(values[3])["out_of_model"] is True
+
+
+def test_audit_records_say_exactly_what_is_published() -> None:
+    """The worker audits from the encoder's lists, not by parsing its JSON back: both agree."""
+    predictor = LinearPredictor()
+    rng = np.random.default_rng(4)
+    X = mixtures(rng.uniform(0.2, 0.8, 5), rng)
+    X[4] += 5.0  # out of model
+    headers = [make_header(f"p{i}", i) for i in range(5)]
+    headers[1] = dataclasses.replace(headers[1], product='q"uote %d µ', batch="b-7")
+    bp = predictor.predict(X)
+    bp.value = bp.value.copy()
+    bp.value[2] = np.inf  # published as null, audited as None
+    bp.cnn_value = np.array([1.0, np.nan, 3.0, 4.0, 5.0])
+    bp.fallback_reason = ["cnn_pls_disagree", None, None, "cnn_error", None]
+    raw = [f"spectrum-{i}".encode() for i in range(5)]
+    enc = encode_batch(headers, bp, predictor, published_at=99.25, raw_values=raw)
+    assert enc.audit == audit_records([decode_prediction(v) for v in enc.values], raw)
+    assert enc.audit[2].value is None and enc.audit[4].out_of_model
+    assert not enc.audit[4].releasable and enc.audit[0].releasable
+    assert encode_batch(headers, bp, predictor, 1.0).audit == []  # no raw values: no audit
+    with pytest.raises(ModelError, match="expected 5 raw spectrum values to audit, got 4"):
+        encode_batch(headers, bp, predictor, 1.0, raw_values=raw[:4])
 
 
 def test_prediction_ids_are_unique_hex() -> None:
