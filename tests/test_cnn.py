@@ -12,7 +12,13 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
-from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN, resolve_device
+from nirwatch.chemometrics.cnn import (
+    DEFAULT_CHUNK_SIZE,
+    CNNConfig,
+    CNNPredictor,
+    SpectralCNN,
+    resolve_device,
+)
 from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
 from nirwatch.chemometrics.selection import WavelengthRange
 from nirwatch.errors import DataError, ModelError
@@ -114,6 +120,11 @@ def test_predictor_is_the_members_mean_and_chunking_does_not_matter() -> None:
     np.testing.assert_allclose(out, whole, rtol=1e-6)
     with pytest.raises(DataError, match=r"expected spectra of shape \(n, 80\), got \(23, 79\)"):
         pred.predict(X[:, :79])
+    auto = CNNPredictor(pred.members, device="cpu")  # the device's default chunk size
+    assert auto.chunk_size == DEFAULT_CHUNK_SIZE["cpu"]
+    np.testing.assert_allclose(auto.predict(X), whole, rtol=1e-6)
+    with pytest.raises(ModelError, match="chunk_size must be >= 1, got 0"):
+        CNNPredictor(pred.members, device="cpu", chunk_size=0)
 
 
 def test_state_round_trip_through_safetensors_gives_identical_predictions(tmp_path) -> None:
