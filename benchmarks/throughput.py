@@ -24,23 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_worker import WorkerProcess, drain_rate, stage_summary
 from kafka import TopicPartition
+from naive_baseline import run_baseline
 
 from ingest.simulator import ProbeSpec, TabletLineSimulator, calibration_set
-from nirwatch.broker import free_port, kafka_bootstrap
+from nirwatch.broker import kafka_bootstrap
 from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.settings import KafkaSettings
 from nirwatch.wire import MAGIC, VERSION, SpectrumHeader, encode_spectrum
@@ -152,113 +150,6 @@ def offered_load(kafka: KafkaSettings, factory: MessageFactory, rate: int, secon
     return sent
 
 
-# -- worker child process ------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """``nirwatch worker`` as a child, with its metrics endpoint and /proc RSS sampling."""
-
-    def __init__(
-        self, kafka: KafkaSettings, bundle: Path, args: argparse.Namespace, tmp: Path
-    ) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "NIRWATCH_AUDIT_PATH": str(tmp / "audit.sqlite3"),
-            "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka.bootstrap),
-            "NIRWATCH_KAFKA_TOPIC_SPECTRA": kafka.topic_spectra,
-            "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": kafka.topic_predictions,
-            "NIRWATCH_KAFKA_TOPIC_DEAD_LETTER": kafka.topic_dead_letter,
-            "NIRWATCH_WORKER_SESSION_TIMEOUT_MS": "2000",
-            "NIRWATCH_WORKER_HEARTBEAT_INTERVAL_MS": "500",
-        }
-        cmd = [sys.executable, "-m", "nirwatch.cli", "worker", "--bundle", str(bundle)]
-        cmd += ["--metrics-port", str(self.port), "--device", args.device]
-        cmd += ["--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]
-        cmd += ["--group-id", f"bench-{uuid.uuid4().hex[:6]}"]
-        cmd += [] if args.audit else ["--no-audit"]
-        if args.torch_threads is not None:
-            cmd += ["--torch-threads", str(args.torch_threads)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-        self.rss: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _status(self, field: str) -> float:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB -> MiB
-        except OSError:
-            pass
-        return float("nan")
-
-    def _sample(self) -> None:
-        t0 = time.monotonic()
-        while not self._stop.wait(0.5) and self.proc.poll() is None:
-            self.rss.append((time.monotonic() - t0, self._status("VmRSS")))
-
-    def predictions(self) -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return 0.0
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("nirwatch_predictions_total{")
-        )
-
-    def served_by(self) -> dict[str, float]:
-        """Predictions per model and fallbacks per reason so far (from the worker's metrics)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            for metric, label in (
-                ("nirwatch_predictions_total{", 'model="'),
-                ("nirwatch_fallbacks_total{", 'reason="'),
-            ):
-                if line.startswith(metric) and label in line:
-                    name = line.split(label, 1)[1].split('"', 1)[0]
-                    key = ("model:" if "model" in label else "fallback:") + name
-                    out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        return out
-
-    def wait_for(self, total: float, timeout: float) -> list[tuple[float, float]]:
-        """Poll the prediction counter until ``total``; returns (time, count) samples."""
-        samples: list[tuple[float, float]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}")
-            count = self.predictions()
-            samples.append((time.monotonic(), count))
-            if count >= total:
-                return samples
-            time.sleep(0.1)
-        raise TimeoutError(f"worker reached {samples[-1][1]:.0f} of {total:.0f} predictions")
-
-    def peak_rss_mb(self) -> float:
-        return self._status("VmHWM")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-
-
-def drain_rate(samples: list[tuple[float, float]], total: float) -> float:
-    """Slope of the counter from its first non-zero sample to the sample reaching ``total``."""
-    first = next((t, c) for t, c in samples if c > 0)
-    last = samples[-1]
-    return (last[1] - first[1]) / (last[0] - first[0])
-
-
 class PredictionReader:
     """Reads the predictions topic from the current end and keeps load-phase latencies."""
 
@@ -287,91 +178,42 @@ class PredictionReader:
 # -- naive baseline ------------------------------------------------------------------------
 
 
-def baseline_child(args: argparse.Namespace) -> None:
-    """The naive loop; prints one JSON line with its rate."""
-    import torch
-
-    from nirwatch.bundle import load_bundle
-
-    # Same CPU threading as the worker's default, so the comparison is about the loop alone.
-    torch.set_num_threads(args.torch_threads or 1)
-    kafka = KafkaSettings()
-    predictor = load_bundle(args.bundle, device="cpu")
-    consumer = make_consumer(
-        kafka,
-        f"naive-{uuid.uuid4().hex[:6]}",
-        kafka.topic_spectra,
-        session_timeout_ms=2000,
-        heartbeat_interval_ms=500,
-        enable_auto_commit=True,
-        max_poll_records=1,
-    )
-    producer = make_producer(kafka, linger_ms=0)
-    n, t0, deadline = 0, 0.0, time.monotonic() + 60
-    for record in consumer:
-        if n == 0:
-            t0 = time.perf_counter()
-        msg = json.loads(record.value)
-        x = np.asarray(msg["absorbances"], dtype=np.float32)[None, :]
-        bp = predictor.predict(x)
-        out = {
-            "message_id": msg["message_id"],
-            "value": float(bp.value[0]),
-            "model": str(bp.model[0]),
-            "t2": float(bp.t2[0]),
-            "q": float(bp.q[0]),
-        }
-        producer.send(kafka.topic_predictions, key=record.key, value=json.dumps(out).encode()).get(
-            timeout=10
-        )
-        n += 1
-        if time.perf_counter() - t0 >= args.baseline_seconds or time.monotonic() > deadline:
-            break
-    rate = n / (time.perf_counter() - t0)
-    producer.close()
-    consumer.close()
-    print(json.dumps({"baseline_sps": rate, "n": n}))
-
-
-def run_baseline(
-    kafka: KafkaSettings, bundle: Path, pool: np.ndarray, seconds: float, threads: int | None
-) -> float:
-    tag = uuid.uuid4().hex[:6]
-    topic_in, topic_out = f"naive{tag}.spectra", f"naive{tag}.predictions"
-    ensure_topics(kafka, [topic_in, topic_out])
-    producer = make_producer(kafka, linger_ms=20)
-    for i in range(int(seconds * 1000)):  # more than the naive loop can take in `seconds`
-        doc = {
-            "message_id": uuid.uuid4().hex,
-            "instrument_id": PROBES[i % len(PROBES)],
-            "timestamp": time.time(),
-            "absorbances": pool[i % len(pool)].tolist(),
-        }
-        producer.send(topic_in, key=doc["instrument_id"].encode(), value=json.dumps(doc).encode())
-    producer.flush()
-    producer.close()
-    env = {
-        **os.environ,
-        "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka.bootstrap),
-        "NIRWATCH_KAFKA_TOPIC_SPECTRA": topic_in,
-        "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": topic_out,
-    }
-    cmd = [
-        sys.executable,
-        __file__,
-        "--baseline-child",
-        "--bundle",
-        str(bundle),
-        "--baseline-seconds",
-        str(seconds),
-        "--torch-threads",
-        str(threads or 1),
-    ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=True)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["baseline_sps"])
-
-
 # -- main ----------------------------------------------------------------------------------
+
+
+def run_soak(
+    worker: WorkerProcess,
+    kafka: KafkaSettings,
+    factory: MessageFactory,
+    rate: int,
+    seconds: float,
+    total: float,
+) -> dict[str, Any]:
+    """Offered load for ``seconds``; the workers' RSS per minute, and its growth after minute 1.
+
+    Memory that grows with the number of spectra served shows as a rising per-minute maximum;
+    the first minute is warm-up (allocator pools, torch and kafka-python buffers).
+    """
+    log(f"soak: {rate}/s for {seconds:.0f} s")
+    t_start = len(worker.rss)
+    sent = offered_load(kafka, factory, rate, seconds)
+    worker.wait_for(total + sent, timeout=900)
+    samples = worker.rss[t_start:]
+    t0 = samples[0][0] if samples else 0.0
+    per_minute: dict[int, float] = {}
+    for t, mb in samples:
+        minute = int((t - t0) // 60)
+        per_minute[minute] = max(per_minute.get(minute, 0.0), mb)
+    maxima = [round(per_minute[m], 1) for m in sorted(per_minute)]
+    growth = round(max(maxima[1:]) - maxima[1], 1) if len(maxima) > 2 else float("nan")
+    log(f"soak: sent {sent}; RSS max per minute {maxima} MiB; growth after minute 1 {growth} MiB")
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "sent": sent,
+        "rss_mb_max_per_minute": maxima,
+        "growth_after_first_minute_mb": growth,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,14 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--baseline-seconds", type=float)
     p.add_argument("--torch-threads", type=int, help="worker's CNN threads (default: settings)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes in one consumer group")
     p.add_argument(
         "--no-audit", dest="audit", action="store_false", help="worker without the audit trail"
     )
-    p.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.baseline_child:
-        baseline_child(args)
-        return 0
     drain_n = args.drain or (10_000 if args.quick else 200_000)
     load_s = args.load_seconds or (2.0 if args.quick else 20.0)
     base_s = args.baseline_seconds or (3.0 if args.quick else 15.0)
@@ -433,19 +272,24 @@ def main(argv: list[str] | None = None) -> int:
         log(f"pre-filled {drain_n} spectra ({prefill_sps:.0f}/s)")
 
         worker = WorkerProcess(kafka, bundle, args, Path(tmp))
+        stages: dict[str, dict[str, Any]] = {}
         try:
+            before = worker.metrics()
             samples = worker.wait_for(drain_n, timeout=600)
             throughput = drain_rate(samples, drain_n)
-            log(f"(a) drained {drain_n}: {throughput:.0f} spectra/s")
+            stages["drain"] = stage_summary(before, worker.metrics())
+            log(f"(a) drained {drain_n}: {throughput:.0f} spectra/s; stages {stages['drain']}")
             reader = PredictionReader(kafka)
             total = float(drain_n)
             latency: dict[int, dict[str, Any]] = {}
             for rate in loads:
+                before = worker.metrics()
                 sent = offered_load(kafka, factory, rate, load_s)
                 total += sent
                 # Above the worker's capacity the backlog drains after the load stops and the
                 # latencies measure queueing ("saturated"): wait for it.
                 worker.wait_for(total, timeout=900)
+                stages[f"load{rate}"] = stage_summary(before, worker.metrics())
                 ms = np.asarray(reader.read(f"load{rate}", sent, timeout=120))
                 latency[rate] = {
                     "sent": sent,
@@ -459,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"(b) {rate}/s offered: p50 {latency[rate]['p50_ms']:.1f} ms, "
                     f"p99 {latency[rate]['p99_ms']:.1f} ms ({sent} spectra in {load_s:g} s)"
                 )
+            soak: dict[str, Any] = {}
+            if args.soak_seconds:
+                soak = run_soak(worker, kafka, factory, args.soak_rate, args.soak_seconds, total)
             peak = worker.peak_rss_mb()
             served = worker.served_by()
             log(f"served by: {served}")
@@ -466,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
         rss = worker.rss
         log(f"(c) worker peak RSS {peak:.0f} MiB")
-        baseline = run_baseline(kafka, bundle, pool, base_s, args.torch_threads)
+        baseline = run_baseline(kafka, bundle, pool, base_s, args.torch_threads, PROBES)
         log(f"(d) naive baseline: {baseline:.1f} spectra/s")
 
     half = len(rss) // 2
@@ -476,10 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "max_wait_ms": args.max_wait_ms,
         "torch_threads": args.torch_threads,
+        "workers": args.workers,
         "served_by": served,
         "drain_n": drain_n,
         "prefill_sps": round(prefill_sps),
         "latency": latency,
+        "soak": soak,
+        # Per micro-batch stage of the worker loop (nirwatch_batch_stage_seconds) per phase.
+        "stages": stages,
         "rss_mb_first_half_max": max((r for _, r in rss[:half]), default=float("nan")),
         "rss_mb_second_half_max": max((r for _, r in rss[half:]), default=float("nan")),
         "wall_s": round(time.monotonic() - t_start, 1),
