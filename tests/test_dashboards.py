@@ -87,6 +87,8 @@ def _fill(metrics: WorkerMetrics, rng: np.random.Generator) -> None:
     metrics.fallbacks.labels("cnn_pls_disagree").inc(4)
     metrics.dead_lettered.labels("non_finite").inc(int(rng.integers(0, 2)))
     metrics.inference_seconds.observe(rng.gamma(2.0, 0.002))
+    for stage in ("poll", "decode", "predict", "audit", "publish", "commit"):
+        metrics.stage_seconds.labels(stage).observe(rng.gamma(2.0, 0.002))
     for partition in range(3):
         metrics.consumer_lag.labels("nirwatch.spectra", str(partition)).set(
             float(rng.integers(0, 50))
