@@ -193,3 +193,10 @@ class WorkerProcess:
             proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             proc.wait(30)
+
+
+def drain_rate(samples: list[tuple[float, float]], total: float) -> float:
+    """Slope of the counter from its first non-zero sample to the sample reaching ``total``."""
+    first = next((t, c) for t, c in samples if c > 0)
+    last = samples[-1]
+    return (last[1] - first[1]) / (last[0] - first[0])

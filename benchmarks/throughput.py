@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--baseline-seconds", type=float)
     p.add_argument("--torch-threads", type=int, help="worker's CNN threads (default: settings)")
+    p.add_argument("--soak-seconds", type=float, default=0.0, help="RSS soak after (b)")
+    p.add_argument("--soak-rate", type=int, default=2000, help="offered load of the soak")
     p.add_argument("--workers", type=int, default=1, help="worker processes in one consumer group")
     p.add_argument(
         "--no-audit", dest="audit", action="store_false", help="worker without the audit trail"
