@@ -60,6 +60,12 @@ class WorkerSettings(NirwatchSettings):
     heartbeat_interval_ms: int = Field(default=3000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     producer_linger_ms: int = Field(default=5, ge=0)
+    #: A consumer whose group join has not completed for this long is closed and made anew.
+    #: kafka-python 3.0.12 can wait on a SyncGroup answer that never comes after the broker
+    #: lost the group (seen with the in-memory broker restarted); a new member joins cleanly.
+    #: Keep it above max_poll_interval_ms: a healthy rebalance may wait that long for a busy
+    #: member.
+    group_stall_s: float = Field(default=330.0, ge=1.0)
 
     #: A predictor that raises for a whole batch is retried this many times with exponential
     #: backoff; then the batch's spectra go to the dead-letter topic (reason

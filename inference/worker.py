@@ -85,6 +85,7 @@ class InferenceWorker:
         self.tracker = RevocationTracker()
         self._producer: tuple[KafkaProducer, DeadLetterPublisher] | None = None
         self._next_broker_check = 0.0
+        self._joining_since: float | None = None
         #: Records of the micro-batch being accumulated (0 once it is committed).
         self.holding = 0
 
@@ -123,9 +124,14 @@ class InferenceWorker:
                 log.info("closing the failed producer: %s", exc)
 
     def _clients(self) -> KafkaConsumer:
-        s, k = self.settings, self.settings.kafka
+        k = self.settings.kafka
         ensure_topics(k, [k.topic_spectra, k.topic_predictions, k.topic_dead_letter])
         self._publisher()
+        return self._new_consumer()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        s, k = self.settings, self.settings.kafka
+        self.tracker = RevocationTracker()
         consumer = make_consumer(
             k,
             s.group_id,
@@ -171,8 +177,37 @@ class InferenceWorker:
                     self._handle(batch, predictor, consumer)
                 self._update_lag(consumer)
                 self._check_broker(consumer)
+                consumer = self._check_group(consumer)
         finally:
             self._close(consumer)
+
+    def _check_group(self, consumer: KafkaConsumer) -> KafkaConsumer:
+        """The consumer, or a new one if its group join has been stuck for ``group_stall_s``.
+
+        Only called between batches, with nothing held: records not committed come again from
+        the committed offsets to whichever member gets their partitions.
+        """
+        stable = getattr(getattr(consumer, "_coordinator", None), "stable", None)
+        if not callable(stable) or stable():
+            self._joining_since = None
+            return consumer
+        now = time.monotonic()
+        if self._joining_since is None:
+            self._joining_since = now
+        if now - self._joining_since < self.settings.group_stall_s:
+            return consumer
+        log.warning(
+            "group join of %s has not completed for %.0f s: replacing the consumer",
+            self.settings.group_id,
+            now - self._joining_since,
+        )
+        self.metrics.kafka_errors.labels("group_stall").inc()
+        self._joining_since = None
+        try:
+            consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001 - it is being replaced anyway
+            log.info("closing the stuck consumer: %s", exc)
+        return self._new_consumer()
 
     def _close(self, consumer: KafkaConsumer) -> None:
         try:

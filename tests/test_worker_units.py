@@ -257,3 +257,55 @@ def test_cached_partitioner_places_keys_like_kafkas_murmur2() -> None:
                 got = cached.partition("t", key, key, None, None, cluster)
                 assert got == default.partition("t", key, key, None, None, cluster)
     assert len(cached._cache) <= 8
+
+
+# -- stuck group join ----------------------------------------------------------------------
+
+
+class _Coordinator:
+    def __init__(self) -> None:
+        self.is_stable = False
+
+    def stable(self) -> bool:
+        return self.is_stable
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self._coordinator = _Coordinator()
+        self.closed = False
+
+    def close(self, autocommit: bool = True) -> None:
+        assert autocommit is False  # never commit offsets of a batch not published
+        self.closed = True
+
+
+def test_a_group_join_stuck_past_group_stall_s_gets_a_new_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from inference import worker as worker_module
+    from inference.worker import InferenceWorker
+
+    registry = CollectorRegistry()
+    settings = load_settings(WorkerSettings, group_stall_s=5.0)
+    w = InferenceWorker(settings, None, WorkerMetrics(registry), threading.Event())  # type: ignore[arg-type]
+    fresh = _Consumer()
+    monkeypatch.setattr(w, "_new_consumer", lambda: fresh)
+    clock = [100.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+
+    old = _Consumer()
+    assert w._check_group(old) is old  # joining: the clock starts
+    clock[0] += 4.9
+    assert w._check_group(old) is old and not old.closed
+    old._coordinator.is_stable = True  # the join completed: the clock resets
+    assert w._check_group(old) is old
+    old._coordinator.is_stable = False
+    clock[0] += 4.9
+    assert w._check_group(old) is old  # a new join, timed from here
+    clock[0] += 5.0
+    assert w._check_group(old) is fresh and old.closed
+    labels = {"operation": "group_stall"}
+    assert registry.get_sample_value("nirwatch_kafka_errors_total", labels) == 1
