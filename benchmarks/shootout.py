@@ -62,6 +62,7 @@ CNN = CNNConfig(
     strides=(1,),
     pool_size=16,
     dense_units=(64, 16),
+    activation="leaky_relu",
     linear_skip=True,
 )
 TRAIN = TrainConfig(
