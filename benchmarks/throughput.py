@@ -38,6 +38,7 @@ from kafka import TopicPartition
 from naive_baseline import run_baseline
 
 from ingest.simulator import ProbeSpec, TabletLineSimulator, calibration_set
+from ingest.streaming import MessageIds
 from nirwatch.broker import kafka_bootstrap
 from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.settings import KafkaSettings
@@ -98,6 +99,9 @@ class MessageFactory:
     """
 
     def __init__(self, pool: np.ndarray) -> None:
+        # Message ids as nirwatch's instrument adapters mint them (a random prefix per run and a
+        # counter), not uuid4: the audit trail indexes them.
+        self.ids = MessageIds()
         self.bodies = [row.astype("<f4").tobytes() for row in pool]
         self.n_points = pool.shape[1]
         self.keys = [p.encode() for p in PROBES]
@@ -109,7 +113,7 @@ class MessageFactory:
     def make(self, i: int, tag: str) -> tuple[bytes, bytes]:
         probe = PROBES[i % len(PROBES)]
         head = (
-            f'{{"message_id":"{uuid.uuid4().hex}","instrument_id":"{probe}",'
+            f'{{"message_id":"{self.ids()}","instrument_id":"{probe}",'
             f'"sample_id":"{tag}-{i}","timestamp":{time.time()!r},"grid":"{GRID}",'
             f'"n_points":{self.n_points},"product":"tablet-200mg","batch":"",'
             f'"units":"absorbance","extra":{{}}}}'

