@@ -44,7 +44,8 @@ from nirwatch.chemometrics.scatter import (  # noqa: E402
 )
 from nirwatch.chemometrics.selection import WavelengthRange  # noqa: E402
 from nirwatch.datasets import load_spectra  # noqa: E402
-from training.cnn import FittedCNN, TrainConfig, fit_cnn_ensemble  # noqa: E402
+from training.cnn import FittedCNN, TrainConfig  # noqa: E402
+from training.cnn_ensemble import fit_cnn_ensemble  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/shootout2002/instrument1.csv"
 COLUMNS = ("raw", "EMSC", "augmentation", "augmentation + EMSC")

@@ -27,9 +27,8 @@ from training.cnn import (
     TrainConfig,
     augment_batch,
     fit_cnn,
-    fit_cnn_ensemble,
-    stratified_folds,
 )
+from training.cnn_ensemble import fit_cnn_ensemble, stratified_folds
 
 SMALL = CNNConfig(
     conv_filters=(4,), kernel_sizes=(9,), strides=(1,), pool_size=4, dense_units=(16,)

@@ -5,10 +5,7 @@ training spectra are *augmented* (random offset, tilt, gain and noise copies), a
 preprocessed (e.g. EMSC), with the preprocessing fitted on the un-augmented spectra. The
 network is trained with AdamW on the standardised target, a learning-rate schedule and early
 stopping on a validation split that the caller carves from the calibration data (never the test
-set). :func:`fit_cnn_ensemble` trains one network per fold of a stratified K-fold split of the
-calibration data, each early-stopped on its own held-out fold, and averages them: the held-out
-predictions give an honest RMSECV for free, and averaging reduces the variance that training a
-network on ~200 spectra has from seed to seed.
+set). The K-fold ensemble built from it is in :mod:`training.cnn_ensemble`.
 
 Layout follows torchvision's reference scripts: :func:`train_one_epoch`, :func:`evaluate`,
 then the driver :func:`fit_cnn`.
@@ -19,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -40,9 +37,7 @@ __all__ = [
     "augment_batch",
     "evaluate",
     "fit_cnn",
-    "fit_cnn_ensemble",
     "split_augmentation_steps",
-    "stratified_folds",
     "train_one_epoch",
 ]
 
@@ -492,87 +487,3 @@ def _loop(
             elif epoch - best_epoch >= train.patience:
                 break
     return history, best_state, float(best_rmse), best_epoch
-
-
-def stratified_folds(y: Any, n_folds: int, seed: int = 0) -> np.ndarray:
-    """Fold index (n,) for a K-fold split stratified on the sorted target.
-
-    Consecutive blocks of ``n_folds`` spectra in target order are spread over the folds at
-    random, so every fold spans the whole concentration range (each validation fold then
-    tests interpolation over the full range, as the test set will).
-    """
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if not 2 <= n_folds <= y.shape[0]:
-        raise DataError(f"n_folds: need 2 <= folds <= {y.shape[0]}, got {n_folds}")
-    rng = np.random.default_rng(seed)
-    order = np.argsort(y, kind="stable")
-    folds = np.empty(y.shape[0], dtype=np.int64)
-    for start in range(0, y.shape[0], n_folds):
-        block = order[start : start + n_folds]
-        folds[block] = rng.permutation(n_folds)[: block.shape[0]]
-    return folds
-
-
-def fit_cnn_ensemble(
-    X: Any,
-    y: Any,
-    config: CNNConfig,
-    *,
-    steps: Sequence[Any] = (),
-    augmenter: SpectralAugmenter | None = None,
-    train: TrainConfig | None = None,
-    n_members: int = 5,
-) -> FittedCNN:
-    """One network per fold of a stratified K-fold split, each early-stopped on its fold.
-
-    The preprocessing (unsupervised: no target involved) is fitted once on all calibration
-    spectra and shared by the members; the augmenter is seeded differently per member.
-
-    Returns
-    -------
-    FittedCNN
-        With the members' mean as predictor and ``oof_pred`` (n,): each calibration
-        spectrum predicted by the member that did not train on it.
-    """
-    train = train or TrainConfig()
-    X, y = _check_xy(X, y, "fit_cnn_ensemble")
-    started = time.perf_counter()
-    fitted = [clone(s) for s in steps]
-    Z = X
-    for step in fitted:
-        Z = step.fit_transform(Z)
-    folds = stratified_folds(y, n_members, seed=train.seed)
-    members: list[SpectralCNN] = []
-    history: list[list[dict[str, float]]] = []
-    best_epochs: list[int] = []
-    oof = np.empty_like(y)
-    for k in range(n_members):
-        tr, va = folds != k, folds == k
-        member_train = replace(train, seed=train.seed * 1000 + k)
-        member_aug = None
-        if augmenter is not None:
-            base = augmenter.random_state or 0
-            member_aug = clone(augmenter).set_params(random_state=base * 1000 + k)
-        fit = fit_cnn(
-            X[tr],
-            y[tr],
-            X[va],
-            y[va],
-            config,
-            steps=fitted,
-            augmenter=member_aug,
-            train=member_train,
-            fitted_steps=True,
-        )
-        oof[va] = fit.predict(X[va])
-        members.extend(fit.predictor.members)
-        history.extend(fit.history)
-        best_epochs.extend(fit.best_epochs)
-    return FittedCNN(
-        steps=fitted,
-        predictor=CNNPredictor(members, device=train.device),
-        history=history,
-        best_epochs=best_epochs,
-        train_seconds=time.perf_counter() - started,
-        oof_pred=oof,
-    )

@@ -29,7 +29,8 @@ from nirwatch.chemometrics.cnn import CNNConfig
 from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
 from nirwatch.chemometrics.selection import WavelengthRange
 from nirwatch.datasets import load_spectra
-from training.cnn import TrainConfig, fit_cnn_ensemble
+from training.cnn import TrainConfig
+from training.cnn_ensemble import fit_cnn_ensemble
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/shootout2002/instrument1.csv"
 

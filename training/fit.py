@@ -263,7 +263,8 @@ def _fit_cnn(
     from nirwatch.chemometrics.cnn import CNNConfig
     from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
     from nirwatch.chemometrics.selection import WavelengthRange
-    from training.cnn import TrainConfig, fit_cnn, fit_cnn_ensemble
+    from training.cnn import TrainConfig, fit_cnn
+    from training.cnn_ensemble import fit_cnn_ensemble
 
     given: dict[str, Any] = {
         "epochs": s.epochs,
