@@ -126,3 +126,39 @@ def test_false_alarm_rate_is_one_percent_on_gaussian_data() -> None:
     assert 0.006 < rate_t2 < 0.015 and 0.006 < rate_q < 0.015
     assert 0.04 < np.mean(t2 > cs.t2_limit_95_) < 0.065
     assert 0.04 < np.mean(q > cs.q_limit_95_) < 0.065
+
+
+def test_cv_q_limit_holds_its_rate_when_spectra_are_fewer_than_wavelengths() -> None:
+    """n < p, as with NIR spectra: the CV limit keeps its nominal rate on new spectra."""
+    rng = np.random.default_rng(5)
+    p, a = 300, 3
+    basis = np.linalg.qr(rng.normal(size=(p, p)))[0]
+    sd = np.concatenate([[5.0, 3.0, 2.0], np.linspace(0.4, 0.05, p - a)])
+
+    def draw(n: int) -> np.ndarray:
+        return (rng.normal(size=(n, p)) * sd) @ basis.T
+
+    cal, new = draw(100), draw(20000)
+    by_eig = CalibrationStatistics(n_components=a, q_limit="eigenvalues").fit(cal)
+    by_cv = CalibrationStatistics(n_components=a).fit(cal)
+    assert by_eig.q_limit_method_ != "cv-box" and by_cv.q_limit_method_ == "cv-box"
+    q = by_cv.score(new)[1]
+    rate_cv, rate_eig = np.mean(q > by_cv.q_limit_99_), np.mean(q > by_eig.q_limit_99_)
+    assert 0.005 < rate_cv < 0.025 and 0.03 < np.mean(q > by_cv.q_limit_95_) < 0.08
+    assert abs(rate_cv - 0.01) < abs(rate_eig - 0.01)  # here the eigenvalue limit is too loose
+
+
+def test_cv_q_limit_state_round_trip_and_old_states(preprocessed) -> None:
+    Zc, Zt = preprocessed
+    cs = CalibrationStatistics(n_components=5).fit(Zc)
+    assert cs.q_limit_method_ == "cv-box" and cs.q_limit_99_ > cs.q_limit_95_ > 0
+    arrays, meta = cs.to_state()
+    loaded = CalibrationStatistics.from_state(arrays, json.loads(json.dumps(meta)))
+    assert loaded.q_limit_99_ == cs.q_limit_99_ and loaded.q_limit_method_ == "cv-box"
+    # A state written before CV limits existed (no moments) keeps its eigenvalue limits.
+    old_meta = {k: v for k, v in meta.items() if not k.startswith("q_cv_")}
+    old = CalibrationStatistics.from_state(arrays, old_meta)
+    eig = CalibrationStatistics(n_components=5, q_limit="eigenvalues").fit(Zc)
+    assert old.q_limit_99_ == pytest.approx(eig.q_limit_99_) and old.q_limit_method_ != "cv-box"
+    with pytest.raises(DataError, match="q_limit must be 'cv' or 'eigenvalues'"):
+        CalibrationStatistics(n_components=5, q_limit="loo").fit(Zc)
