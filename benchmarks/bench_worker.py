@@ -92,11 +92,8 @@ class WorkerProcess:
     ) -> None:
         env = {
             **os.environ,
+            **kafka.env(),
             "NIRWATCH_AUDIT_PATH": str(tmp / "audit.sqlite3"),
-            "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka.bootstrap),
-            "NIRWATCH_KAFKA_TOPIC_SPECTRA": kafka.topic_spectra,
-            "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": kafka.topic_predictions,
-            "NIRWATCH_KAFKA_TOPIC_DEAD_LETTER": kafka.topic_dead_letter,
             "NIRWATCH_WORKER_SESSION_TIMEOUT_MS": "2000",
             "NIRWATCH_WORKER_HEARTBEAT_INTERVAL_MS": "500",
         }

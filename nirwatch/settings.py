@@ -48,6 +48,24 @@ class KafkaSettings(NirwatchSettings):
     topic_lab_results: str = "nirwatch.lab-results"
     partitions: int = Field(default=6, ge=1, description="partitions when nirwatch creates topics")
 
+    def env(self) -> dict[str, str]:
+        """``NIRWATCH_KAFKA_*`` variables that give a child process these settings.
+
+        Unset fields are left out; the SASL password is passed in clear (it is the child's
+        own configuration, as it would be in its environment).
+        """
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out[f"NIRWATCH_KAFKA_{name.upper()}"] = str(value)
+        return out
+
     def client_options(self) -> dict[str, Any]:
         """Connection keyword arguments shared by kafka-python producers, consumers and admins."""
         if not self.bootstrap:

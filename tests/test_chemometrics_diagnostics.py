@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,16 +111,22 @@ def test_components_by_explained_variance_and_state(preprocessed) -> None:
         cs.score(Zt[:, :10])
 
 
-def test_false_alarm_rate_is_one_percent_on_gaussian_data() -> None:
-    """Data that meets the assumptions: new in-model spectra exceed a 99 % limit ~1 % of the time."""
-    rng = np.random.default_rng(11)
-    p, a = 60, 3
+def _gaussian_spectra(
+    rng: np.random.Generator, p: int, offset: float = 0.0
+) -> Callable[[int], np.ndarray]:
+    """``draw(n)``: n Gaussian "spectra" of p points, 3 strong components then a decaying tail."""
     basis = np.linalg.qr(rng.normal(size=(p, p)))[0]
-    sd = np.concatenate([[5.0, 3.0, 2.0], np.linspace(0.4, 0.05, p - a)])
+    sd = np.concatenate([[5.0, 3.0, 2.0], np.linspace(0.4, 0.05, p - 3)])
 
     def draw(n: int) -> np.ndarray:
-        return 1.0 + (rng.normal(size=(n, p)) * sd) @ basis.T
+        return offset + (rng.normal(size=(n, p)) * sd) @ basis.T
 
+    return draw
+
+
+def test_false_alarm_rate_is_one_percent_on_gaussian_data() -> None:
+    """Data that meets the assumptions: new in-model spectra exceed a 99 % limit ~1 % of the time."""
+    a, draw = 3, _gaussian_spectra(np.random.default_rng(11), 60, offset=1.0)
     cs = CalibrationStatistics(n_components=a).fit(draw(1000))
     t2, q = cs.score(draw(20000))
     rate_t2, rate_q = np.mean(t2 > cs.t2_limit_99_), np.mean(q > cs.q_limit_99_)
@@ -130,14 +137,7 @@ def test_false_alarm_rate_is_one_percent_on_gaussian_data() -> None:
 
 def test_cv_q_limit_holds_its_rate_when_spectra_are_fewer_than_wavelengths() -> None:
     """n < p, as with NIR spectra: the CV limit keeps its nominal rate on new spectra."""
-    rng = np.random.default_rng(5)
-    p, a = 300, 3
-    basis = np.linalg.qr(rng.normal(size=(p, p)))[0]
-    sd = np.concatenate([[5.0, 3.0, 2.0], np.linspace(0.4, 0.05, p - a)])
-
-    def draw(n: int) -> np.ndarray:
-        return (rng.normal(size=(n, p)) * sd) @ basis.T
-
+    a, draw = 3, _gaussian_spectra(np.random.default_rng(5), 300)
     cal, new = draw(100), draw(20000)
     by_eig = CalibrationStatistics(n_components=a, q_limit="eigenvalues").fit(cal)
     by_cv = CalibrationStatistics(n_components=a).fit(cal)

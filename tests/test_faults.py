@@ -91,11 +91,7 @@ class WorkerProcess:
         k = self.kafka
         env = {
             **os.environ,
-            "NIRWATCH_KAFKA_BOOTSTRAP": str(k.bootstrap),
-            "NIRWATCH_KAFKA_TOPIC_SPECTRA": k.topic_spectra,
-            "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": k.topic_predictions,
-            "NIRWATCH_KAFKA_TOPIC_DEAD_LETTER": k.topic_dead_letter,
-            "NIRWATCH_KAFKA_PARTITIONS": str(k.partitions),
+            **k.env(),
             "NIRWATCH_WORKER_SESSION_TIMEOUT_MS": "2000",
             "NIRWATCH_WORKER_HEARTBEAT_INTERVAL_MS": "500",
             "NIRWATCH_WORKER_IDLE_POLL_MS": "100",

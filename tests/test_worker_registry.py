@@ -112,11 +112,8 @@ def test_cli_worker_serves_metrics_and_stops_on_sigterm(
     port = free_port()
     env = {
         **os.environ,
+        **kafka_settings.env(),
         "NIRWATCH_AUDIT_PATH": str(tmp_path / "audit.sqlite3"),
-        "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka_settings.bootstrap),
-        "NIRWATCH_KAFKA_TOPIC_SPECTRA": kafka_settings.topic_spectra,
-        "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": kafka_settings.topic_predictions,
-        "NIRWATCH_KAFKA_TOPIC_DEAD_LETTER": kafka_settings.topic_dead_letter,
         "NIRWATCH_WORKER_SESSION_TIMEOUT_MS": "2000",
         "NIRWATCH_WORKER_HEARTBEAT_INTERVAL_MS": "500",
     }
