@@ -122,13 +122,20 @@ class MessageFactory:
         return self.keys[i % len(PROBES)], prefix + head + self.bodies[i % len(self.bodies)]
 
 
+def send_batch(
+    producer: Any, topic: str, factory: MessageFactory, n: int, start: int, tag: str
+) -> None:
+    """Send messages ``start .. start + n - 1`` (tagged ``tag``) and wait for their acks."""
+    for i in range(start, start + n):
+        key, value = factory.make(i, tag)
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+
+
 def prefill(kafka: KafkaSettings, topic: str, n: int, factory: MessageFactory) -> float:
     producer = make_producer(kafka, linger_ms=20)
     t0 = time.perf_counter()
-    for i in range(n):
-        key, value = factory.make(i, "drain")
-        producer.send(topic, key=key, value=value)
-    producer.flush()
+    send_batch(producer, topic, factory, n, 0, "drain")
     producer.close()
     return n / (time.perf_counter() - t0)
 
@@ -208,11 +215,8 @@ def run_soak(
     producer = make_producer(kafka, linger_ms=20)
     sent, t0 = 0, time.monotonic()
     while time.monotonic() - t0 < seconds:
-        for _ in range(5 * rate):
-            key, value = factory.make(sent, "soak")
-            producer.send(kafka.topic_spectra, key=key, value=value)
-            sent += 1
-        producer.flush()
+        send_batch(producer, kafka.topic_spectra, factory, 5 * rate, sent, "soak")
+        sent += 5 * rate
         time.sleep(max(0.0, 5.0 * (sent / (5 * rate)) - (time.monotonic() - t0)))
     producer.close()
     worker.wait_for(total + sent, timeout=900)

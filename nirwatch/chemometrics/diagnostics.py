@@ -77,15 +77,6 @@ def moment_matched_q_limit(mean: float, variance: float, confidence: float) -> f
     return float(g * stats.chi2.ppf(confidence, h))
 
 
-def _pca_q(train: np.ndarray, test: np.ndarray, a: int) -> np.ndarray:
-    """Q of ``test`` against an ``a``-component PCA of ``train`` (float64 arrays (n, p))."""
-    mean = train.mean(axis=0)
-    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
-    centred = test - mean
-    residual = centred - (centred @ vt[:a].T) @ vt[:a]
-    return np.einsum("ij,ij->i", residual, residual)
-
-
 class CalibrationStatistics(BaseEstimator):
     """PCA of (preprocessed) calibration spectra with T² and Q limits at 95 % and 99 %.
 
@@ -176,7 +167,9 @@ class CalibrationStatistics(BaseEstimator):
             q_cv = np.empty(n)
             for fold in range(k):
                 held = folds == fold
-                q_cv[held] = _pca_q(X[~held], X[held], a)
+                # The same PCA and Q as this class, fitted without the held-out fold.
+                part = CalibrationStatistics(n_components=a, q_limit="eigenvalues")
+                q_cv[held] = part.fit(X[~held]).score(X[held])[1]
             self.q_cv_mean_, self.q_cv_var_ = float(q_cv.mean()), float(q_cv.var(ddof=1))
         self._set_limits(a)
         return self
