@@ -88,6 +88,11 @@ class LoadedBundle:
         return self._cnn is not None
 
     @property
+    def cnn(self) -> Any | None:
+        """The loaded CNN predictor (``CNNPredictor``), or None when PLS serves alone."""
+        return self._cnn
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics", {}))
 
