@@ -101,9 +101,12 @@ class MeanShiftDetector:
 
     The reference mean and covariance are given (e.g. zero mean and the calibration's score
     variances) or learned from the first ``n_reference`` samples. For a window of ``m``
-    samples, ``T² = d' S⁻¹ d / (1/m + 1/n_ref)`` with ``d`` the difference of means, which
-    is approximately χ²(p) under no shift (Montgomery, *Introduction to Statistical Quality
-    Control*, ch. 11); drift when T² exceeds the χ² quantile at ``1 - alpha``.
+    samples, ``T² = d' S⁻¹ d / (1/m + 1/n_ref)`` with ``d`` the difference of means. With a
+    given (known) reference it is χ²(p) under no shift; with ``S`` estimated from ``n_ref``
+    samples (``ν = n_ref − 1`` degrees of freedom) it follows Hotelling's
+    ``T²(p, ν) = ν p / (ν − p + 1) · F(p, ν − p + 1)`` (Montgomery, *Introduction to Statistical
+    Quality Control*, ch. 11). Drift when T² exceeds that law's quantile at ``1 - alpha``: the
+    χ² limit with a short warm-up (30 samples, say) would alarm far more often than ``alpha``.
 
     Parameters
     ----------
@@ -150,7 +153,18 @@ class MeanShiftDetector:
             raise DataError(f"cov must be ({mean.size}, {mean.size}), got {cov.shape}")
         self._mean = mean
         self._inv = np.linalg.pinv(cov)
-        self._limit = float(stats.chi2.ppf(1.0 - self.alpha, mean.size))
+        p = mean.size
+        if math.isinf(self._n_ref):  # known reference
+            self._limit = float(stats.chi2.ppf(1.0 - self.alpha, p))
+        else:
+            nu = self._n_ref - 1.0
+            if nu - p + 1 <= 0:
+                raise DataError(
+                    f"MeanShiftDetector: a reference of {self._n_ref:g} samples cannot estimate "
+                    f"the covariance of {p} values (need n_reference > {p})"
+                )
+            f = float(stats.f.ppf(1.0 - self.alpha, p, nu - p + 1))
+            self._limit = nu * p / (nu - p + 1) * f
 
     def update(self, x: np.ndarray | Sequence[float] | float) -> None:
         """Add one sample, a vector of shape (p,) (array, tuple or list) or a scalar."""

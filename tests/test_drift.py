@@ -147,6 +147,29 @@ def test_mean_shift_no_false_alarm_and_detects_shift_of_one_score() -> None:
     assert delay is not None and 0 <= delay <= 100, delay
 
 
+def test_mean_shift_false_alarm_rate_with_a_short_warm_up_is_alpha() -> None:
+    # A reference of 30 samples: its covariance is an estimate, so a window's statistic follows
+    # Hotelling's T²(p, 29), not χ²(p). The χ² limit would alarm on ~2.1 % of windows here.
+    rng = np.random.default_rng(11)
+    trials, alpha = 6000, 0.01
+    alarms = 0
+    for _ in range(trials):
+        det = MeanShiftDetector(window=10, alpha=alpha, n_reference=30)
+        for x in rng.normal(size=(40, 2)):
+            det.update(x)
+        assert det.n_windows == 1
+        alarms += det.drift_detected
+    # Binomial(6000, 0.01): sd 0.13 %; the bounds are about 3 sd.
+    assert 0.006 <= alarms / trials <= 0.014, alarms / trials
+
+
+def test_mean_shift_reference_too_short_for_its_covariance() -> None:
+    det = MeanShiftDetector(window=5, n_reference=2)
+    det.update((0.0, 1.0, 2.0))
+    with pytest.raises(DataError, match="cannot estimate the covariance of 3 values"):
+        det.update((1.0, 0.0, 2.0))
+
+
 def test_mean_shift_with_given_reference_and_reset() -> None:
     det = MeanShiftDetector(window=10, mean=np.zeros(2), cov=np.eye(2))
     for _ in range(10):
