@@ -21,13 +21,13 @@ through an explicit registry, never by importing a name found in a file.
 fsyncs and renames it into place, so a partial bundle is never visible. :func:`load_bundle`
 verifies every checksum (and the HMAC when a key is given) before deserialising anything. The
 bundle checksum is the SHA-256 of ``manifest.json``. The loaded predictor,
-:class:`LoadedBundle`, lives in :mod:`nirwatch.bundle_predictor` (re-exported here).
+:class:`LoadedBundle`, lives in :mod:`nirwatch.bundle_predictor`, the format constants and
+verification in :mod:`nirwatch.bundle_format` (both re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import logging
@@ -39,61 +39,55 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from nirwatch.bundle_predictor import LoadedBundle as LoadedBundle  # re-exported
-from nirwatch.chemometrics.state import STEP_CLASSES, dump_steps, load_steps
-from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
+from nirwatch.bundle_format import (
+    COMPONENT_MODULES,
+    FORMAT,
+    MANIFEST,
+    SIGNATURE,
+    Stateful,
+    bundle_checksum,
+    check_name,
+    component_class,
+    read_manifest,
+    read_verified,
+    register_component,
+    sha256_bytes,
+    verify_bundle,
+)
+from nirwatch.bundle_predictor import LoadedBundle
+from nirwatch.chemometrics.state import dump_steps, load_steps
+from nirwatch.errors import BundleError, DataError
 from nirwatch.grid import grid_id_for
-from nirwatch.security import sha256_file, sign_bytes, verify_bytes
+from nirwatch.security import sign_bytes
+
+# The format and verification live in nirwatch.bundle_format, the predictor in
+# nirwatch.bundle_predictor; their public names are part of this module's API.
+__all__ = [
+    "COMPONENT_MODULES",
+    "FORMAT",
+    "MANIFEST",
+    "SIGNATURE",
+    "BundleContents",
+    "LoadedBundle",
+    "Stateful",
+    "bundle_checksum",
+    "data_hash",
+    "fsync_dir",
+    "load_bundle",
+    "new_version",
+    "package_versions",
+    "read_manifest",
+    "register_component",
+    "sha256_bytes",
+    "verify_bundle",
+    "write_bundle",
+]
 
 log = logging.getLogger(__name__)
-
-FORMAT = "nirwatch.bundle/1"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-
-
-class Stateful(Protocol):
-    """A fitted component that can be stored without pickle (docs/CONTRACTS.md)."""
-
-    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
-
-
-_CLASSES: dict[str, type] = {}
-
-
-def register_component(cls: type) -> type:
-    """Allow ``cls`` (by its ``__name__``) to be loaded from a bundle; usable as a decorator."""
-    _CLASSES[cls.__name__] = cls
-    return cls
-
-
-#: Modules whose stateful classes a bundle may name (an allowlist: nothing else is imported).
-COMPONENT_MODULES = tuple(
-    f"nirwatch.chemometrics.{m}"
-    for m in ("scatter", "derivative", "selection", "pls", "diagnostics", "cnn")
-)
-
-
-def _component_class(name: str) -> Any:
-    if name in STEP_CLASSES:
-        return STEP_CLASSES[name]
-    if name not in _CLASSES:
-        for module in COMPONENT_MODULES:
-            try:
-                mod = importlib.import_module(module)
-            except ImportError:  # e.g. the CNN module without torch
-                continue
-            cls = getattr(mod, name, None)
-            if isinstance(cls, type) and hasattr(cls, "from_state"):
-                _CLASSES[name] = cls
-                break
-        else:
-            raise BundleError(f"bundle names component class {name!r}, which nirwatch lacks")
-    return _CLASSES[name]
 
 
 @dataclass(frozen=True)
@@ -130,10 +124,6 @@ def data_hash(X: np.ndarray, y: np.ndarray) -> str:
     for a in (X, y):
         h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
     return h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -187,12 +177,6 @@ def _cnn_files(cnn: Stateful) -> dict[str, bytes]:
     }
 
 
-def _check_name(name: str) -> None:
-    p = Path(name)
-    if p.is_absolute() or ".." in p.parts or name in (MANIFEST, SIGNATURE) or not name:
-        raise BundleError(f"invalid bundle file name {name!r}")
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
@@ -237,7 +221,7 @@ def write_bundle(
     if contents.cnn is not None:
         files.update(_cnn_files(contents.cnn))
     for name, data in contents.extra_files.items():
-        _check_name(name)
+        check_name(name)
         if name in files:
             raise BundleError(f"extra file {name!r} clashes with a bundle file")
         files[name] = data
@@ -293,86 +277,6 @@ def write_bundle(
     return out
 
 
-def _parse_manifest(data: bytes, where: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"{where}: expected format {FORMAT!r}, got {got!r}")
-    return manifest
-
-
-def _manifest_bytes(root: Path) -> bytes:
-    try:
-        return (root / MANIFEST).read_bytes()
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise BundleError(f"{root} is not a model bundle: no {MANIFEST}") from exc
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The bundle's manifest, unverified (cheap; use :func:`load_bundle` before trusting it)."""
-    root = Path(path)
-    return _parse_manifest(_manifest_bytes(root), root / MANIFEST)
-
-
-def bundle_checksum(path: str | Path) -> str:
-    """SHA-256 of the bundle's manifest (which pins every other file's checksum)."""
-    return sha256_file(Path(path) / MANIFEST)
-
-
-def _read_verified(
-    root: Path, hmac_key: bytes | str | None
-) -> tuple[dict[str, Any], str, dict[str, bytes]]:
-    """(manifest, bundle checksum, {file: bytes}), every byte checked against the manifest.
-
-    The files are read once and deserialised from these same bytes, so a file swapped
-    between verification and loading cannot slip through.
-    """
-    manifest_bytes = _manifest_bytes(root)
-    if hmac_key:
-        sig_path = root / SIGNATURE
-        signature = sig_path.read_text().strip() if sig_path.exists() else None
-        try:
-            verify_bytes(manifest_bytes, signature, hmac_key)
-        except ChecksumMismatchError as exc:
-            raise ChecksumMismatchError(f"{root}: {MANIFEST}: {exc}") from exc
-    manifest = _parse_manifest(manifest_bytes, root / MANIFEST)
-    listed = manifest.get("files")
-    if not isinstance(listed, dict) or not listed:
-        raise BundleError(f"{root}/{MANIFEST} lists no files")
-    files: dict[str, bytes] = {}
-    for name, expected in listed.items():
-        _check_name(name)
-        try:
-            data = (root / name).read_bytes()
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            raise ChecksumMismatchError(
-                f"{root}: {name} is missing (expected sha256 {expected})"
-            ) from exc
-        got = sha256_bytes(data)
-        if got != expected:
-            raise ChecksumMismatchError(
-                f"{root}: {name} sha256 mismatch: expected {expected}, got {got}"
-            )
-        files[name] = data
-    return manifest, sha256_bytes(manifest_bytes), files
-
-
-def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict[str, Any]:
-    """Check the HMAC (when a key is given) and every file's SHA-256; return the manifest.
-
-    Raises
-    ------
-    BundleError
-        Not a bundle (no or malformed manifest).
-    ChecksumMismatchError
-        Naming the file, the expected and the actual digest (or the failed signature).
-    """
-    return _read_verified(Path(path), hmac_key)[0]
-
-
 class _Files:
     """Typed access to a verified bundle's file contents."""
 
@@ -400,7 +304,7 @@ class _Files:
 
     def component(self, name: str) -> Any:
         spec = self.json(f"{name}.json")
-        cls = _component_class(str(spec.get("class")))
+        cls = component_class(str(spec.get("class")))
         return cls.from_state(self.npz(f"{name}.npz"), spec.get("meta", {}))
 
     def pipelines(self) -> dict[str, list[Any]]:
@@ -412,7 +316,7 @@ class _Files:
         from safetensors.numpy import load
 
         spec = self.json("cnn.json")
-        cls = _component_class(str(spec.get("class")))
+        cls = component_class(str(spec.get("class")))
         arrays = load(self.raw("cnn.safetensors"))
         return cls.from_state(arrays, spec.get("meta", {}), device=device)
 
@@ -426,7 +330,7 @@ def load_bundle(
     ``cnn_unavailable`` (logged). Checksum or signature problems always fail.
     """
     root = Path(path)
-    manifest, checksum, contents = _read_verified(root, hmac_key)
+    manifest, checksum, contents = read_verified(root, hmac_key)
     files = _Files(root, contents)
     try:
         pipelines = files.pipelines()

@@ -21,10 +21,10 @@ from test_audit import _publication
 from nirwatch.audit import (
     AuditRecord,
     AuditSettings,
-    PostgresAuditTrail,
     audit_records,
     open_audit_trail,
 )
+from nirwatch.audit_postgres import PostgresAuditTrail
 from nirwatch.broker import free_port
 
 psycopg = pytest.importorskip("psycopg")

@@ -1,0 +1,155 @@
+"""The bundle format: file names, the component class allowlist, and verification.
+
+:func:`verify_bundle` checks the HMAC (when a key is given) and every file's SHA-256 against the
+manifest; :func:`read_verified` returns the verified bytes so that a bundle is deserialised from
+exactly what was checked. Writing and loading are in :mod:`nirwatch.bundle`, which re-exports
+the public names of this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from nirwatch.chemometrics.state import STEP_CLASSES
+from nirwatch.errors import BundleError, ChecksumMismatchError
+from nirwatch.security import sha256_file, verify_bytes
+
+FORMAT = "nirwatch.bundle/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+
+
+class Stateful(Protocol):
+    """A fitted component that can be stored without pickle (docs/CONTRACTS.md)."""
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def register_component(cls: type) -> type:
+    """Allow ``cls`` (by its ``__name__``) to be loaded from a bundle; usable as a decorator."""
+    _CLASSES[cls.__name__] = cls
+    return cls
+
+
+#: Modules whose stateful classes a bundle may name (an allowlist: nothing else is imported).
+COMPONENT_MODULES = tuple(
+    f"nirwatch.chemometrics.{m}"
+    for m in ("scatter", "derivative", "selection", "pls", "diagnostics", "cnn")
+)
+
+
+def component_class(name: str) -> Any:
+    if name in STEP_CLASSES:
+        return STEP_CLASSES[name]
+    if name not in _CLASSES:
+        for module in COMPONENT_MODULES:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:  # e.g. the CNN module without torch
+                continue
+            cls = getattr(mod, name, None)
+            if isinstance(cls, type) and hasattr(cls, "from_state"):
+                _CLASSES[name] = cls
+                break
+        else:
+            raise BundleError(f"bundle names component class {name!r}, which nirwatch lacks")
+    return _CLASSES[name]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_name(name: str) -> None:
+    p = Path(name)
+    if p.is_absolute() or ".." in p.parts or name in (MANIFEST, SIGNATURE) or not name:
+        raise BundleError(f"invalid bundle file name {name!r}")
+
+
+def _parse_manifest(data: bytes, where: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{where}: expected format {FORMAT!r}, got {got!r}")
+    return manifest
+
+
+def _manifest_bytes(root: Path) -> bytes:
+    try:
+        return (root / MANIFEST).read_bytes()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise BundleError(f"{root} is not a model bundle: no {MANIFEST}") from exc
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The bundle's manifest, unverified (cheap; use :func:`load_bundle` before trusting it)."""
+    root = Path(path)
+    return _parse_manifest(_manifest_bytes(root), root / MANIFEST)
+
+
+def bundle_checksum(path: str | Path) -> str:
+    """SHA-256 of the bundle's manifest (which pins every other file's checksum)."""
+    return sha256_file(Path(path) / MANIFEST)
+
+
+def read_verified(
+    root: Path, hmac_key: bytes | str | None
+) -> tuple[dict[str, Any], str, dict[str, bytes]]:
+    """(manifest, bundle checksum, {file: bytes}), every byte checked against the manifest.
+
+    The files are read once and deserialised from these same bytes, so a file swapped
+    between verification and loading cannot slip through.
+    """
+    manifest_bytes = _manifest_bytes(root)
+    if hmac_key:
+        sig_path = root / SIGNATURE
+        signature = sig_path.read_text().strip() if sig_path.exists() else None
+        try:
+            verify_bytes(manifest_bytes, signature, hmac_key)
+        except ChecksumMismatchError as exc:
+            raise ChecksumMismatchError(f"{root}: {MANIFEST}: {exc}") from exc
+    manifest = _parse_manifest(manifest_bytes, root / MANIFEST)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise BundleError(f"{root}/{MANIFEST} lists no files")
+    files: dict[str, bytes] = {}
+    for name, expected in listed.items():
+        check_name(name)
+        try:
+            data = (root / name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ChecksumMismatchError(
+                f"{root}: {name} is missing (expected sha256 {expected})"
+            ) from exc
+        got = sha256_bytes(data)
+        if got != expected:
+            raise ChecksumMismatchError(
+                f"{root}: {name} sha256 mismatch: expected {expected}, got {got}"
+            )
+        files[name] = data
+    return manifest, sha256_bytes(manifest_bytes), files
+
+
+def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict[str, Any]:
+    """Check the HMAC (when a key is given) and every file's SHA-256; return the manifest.
+
+    Raises
+    ------
+    BundleError
+        Not a bundle (no or malformed manifest).
+    ChecksumMismatchError
+        Naming the file, the expected and the actual digest (or the failed signature).
+    """
+    return read_verified(Path(path), hmac_key)[0]
