@@ -177,9 +177,18 @@ def _column_type(name: str, real: str, boolean: str) -> str:
 class AuditTrail(ABC):
     """Append-only store of :class:`AuditRecord` (thread-safe)."""
 
-    @abstractmethod
     def append_many(self, records: Sequence[AuditRecord]) -> int:
         """Append records in one transaction; returns how many were new (by prediction id)."""
+        if not records:
+            return 0
+        now = time.time()
+        rows = [(*_as_row(r), now) for r in records]
+        with self._lock:
+            return self._insert_rows(rows)
+
+    @abstractmethod
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert ``(*columns, recorded_at)`` rows in one transaction (lock held); new rows."""
 
     #: SQL parameter placeholder of the backend's driver.
     _placeholder = "?"
@@ -308,24 +317,19 @@ class SQLiteAuditTrail(AuditTrail):
             """
         )
 
-    def append_many(self, records: Sequence[AuditRecord]) -> int:
-        if not records:
-            return 0
-        now = time.time()
-        rows = [(*_as_row(r), now) for r in records]
-        with self._lock:
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> int:
+        try:
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                before = self._db.total_changes
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.executemany(self._insert, rows)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                return self._db.total_changes - before
-            except sqlite3.Error as exc:
-                raise AuditError(f"audit append of {len(rows)} records failed: {exc}") from exc
+                self._db.executemany(self._insert, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._db.total_changes - before
+        except sqlite3.Error as exc:
+            raise AuditError(f"audit append of {len(rows)} records failed: {exc}") from exc
 
     def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:

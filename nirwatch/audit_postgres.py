@@ -7,7 +7,6 @@ SQLite backend, with triggers that refuse ``UPDATE``, ``DELETE`` and ``TRUNCATE`
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +14,7 @@ from nirwatch.audit import (
     COLUMNS,
     TABLE,
     AuditError,
-    AuditRecord,
     AuditTrail,
-    _as_row,
     _column_type,
 )
 from nirwatch.errors import ConfigError
@@ -82,18 +79,13 @@ class PostgresAuditTrail(AuditTrail):
                 """
             )
 
-    def append_many(self, records: Sequence[AuditRecord]) -> int:
-        if not records:
-            return 0
-        now = time.time()
-        rows = [(*_as_row(r), now) for r in records]
-        with self._lock:
-            try:
-                with self._db.transaction(), self._db.cursor() as cur:
-                    cur.executemany(self._insert, rows)
-                    return max(cur.rowcount, 0)
-            except self._psycopg.Error as exc:
-                raise AuditError(f"audit append of {len(rows)} records failed: {exc}") from exc
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> int:
+        try:
+            with self._db.transaction(), self._db.cursor() as cur:
+                cur.executemany(self._insert, rows)
+                return max(cur.rowcount, 0)
+        except self._psycopg.Error as exc:
+            raise AuditError(f"audit append of {len(rows)} records failed: {exc}") from exc
 
     def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
