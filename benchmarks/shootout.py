@@ -46,6 +46,7 @@ from nirwatch.chemometrics.selection import WavelengthRange  # noqa: E402
 from nirwatch.datasets import load_spectra  # noqa: E402
 from training.cnn import FittedCNN, TrainConfig  # noqa: E402
 from training.cnn_ensemble import fit_cnn_ensemble  # noqa: E402
+from training.report import plot_kernel_activations, plot_learning_curves  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/shootout2002/instrument1.csv"
 COLUMNS = ("raw", "EMSC", "augmentation", "augmentation + EMSC")
@@ -217,43 +218,6 @@ def plot_pred_vs_ref(path: Path, y: np.ndarray, preds: dict[str, np.ndarray], ti
     plt.close(fig)
 
 
-def plot_learning_curves(path: Path, fit: FittedCNN) -> None:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for k, hist in enumerate(fit.history):
-        ep = [h["epoch"] for h in hist]
-        a1.plot(ep, [h["train_loss"] for h in hist], label=f"member {k}")
-        a2.plot(ep, [h["val_rmse"] for h in hist], label=f"member {k}")
-        a2.axvline(fit.best_epochs[k], color=a2.lines[-1].get_color(), ls=":", lw=0.8)
-    a1.set(yscale="log", xlabel="epoch", ylabel="training loss (standardised MSE)")
-    a2.set(xlabel="epoch", ylabel="validation-fold RMSE (mg)", ylim=(2, 10))
-    a2.legend(fontsize=8)
-    fig.suptitle("CNN, augmentation + EMSC: learning curves (dotted: restored epoch)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_kernel_activations(path: Path, fit: FittedCNN, X: np.ndarray) -> None:
-    """First conv layer's activations on the mean calibration spectrum (the paper's Fig. 7)."""
-    z = fit.preprocess(X.mean(axis=0, keepdims=True))
-    wl = fit.steps[0].wavelengths_out_
-    net = fit.predictor.members[0].cpu()
-    with torch.no_grad():
-        acts = net.first_layer_activations(torch.as_tensor(z, dtype=torch.float32))[0].numpy()
-    k = net.config.kernel_sizes[0]
-    centre = wl[k // 2 : k // 2 + acts.shape[1]]
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    axes[0].plot(wl, z[0], "k")
-    axes[0].set(ylabel="EMSC-corrected log(1/T)", title="reference (mean calibration) spectrum")
-    for i, a in enumerate(acts):
-        axes[1].plot(centre, a, lw=0.9, label=f"kernel {i}")
-    axes[1].set(xlabel="wavelength (nm)", ylabel="activation (ELU)")
-    axes[1].legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------ main
 
 
@@ -377,8 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "Test set (460 tablets), seed 0",
     )
-    plot_learning_curves(args.out / "shootout_learning_curves.png", store[best_cnn])
-    plot_kernel_activations(args.out / "shootout_kernel_activations.png", store[best_cnn], X)
+    # The same figures as `nirwatch train` writes into its report.
+    fit = store[best_cnn]
+    (args.out / "shootout_learning_curves.png").write_bytes(plot_learning_curves(fit.history))
+    (args.out / "shootout_kernel_activations.png").write_bytes(
+        plot_kernel_activations(*fit.first_layer_response(X, wl))
+    )
     write_report(
         args,
         rows,

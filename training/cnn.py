@@ -16,8 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +27,9 @@ from torch import nn
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN, resolve_device
 from nirwatch.chemometrics.selection import WavelengthRange
-from nirwatch.chemometrics.state import apply_steps, dump_steps, load_steps
+from nirwatch.chemometrics.state import apply_steps
 from nirwatch.errors import DataError, ModelError
+from training.fitted_cnn import FittedCNN
 from training.train_config import Schedule, TrainConfig, make_scheduler
 
 __all__ = [
@@ -146,68 +146,6 @@ def split_augmentation_steps(steps: Sequence[Any]) -> tuple[list[Any], list[Any]
     while k < len(steps) and isinstance(steps[k], WavelengthRange):
         k += 1
     return steps[:k], steps[k:]
-
-
-@dataclass
-class FittedCNN:
-    """A trained CNN (or ensemble) with the preprocessing it was trained on.
-
-    Attributes
-    ----------
-    steps : list of fitted transformers applied to raw spectra before the network
-    predictor : CNNPredictor
-    history : list (one per member) of list of dict
-        Per epoch: ``epoch``, ``train_loss`` (standardised MSE), ``val_rmse``, ``lr``,
-        ``seconds``.
-    best_epochs : list of int
-        The restored epoch of each member.
-    train_seconds : float
-    oof_pred : ndarray (n,), optional
-        Held-out predictions of the calibration spectra (ensemble only).
-    """
-
-    steps: list[Any]
-    predictor: CNNPredictor
-    history: list[list[dict[str, float]]] = field(default_factory=list)
-    best_epochs: list[int] = field(default_factory=list)
-    train_seconds: float = 0.0
-    oof_pred: np.ndarray | None = None
-
-    def preprocess(self, X: Any) -> np.ndarray:
-        """Raw spectra (n, p) to the network's input (n, L)."""
-        return apply_steps(self.steps, np.asarray(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predictions in the target's units for raw spectra (n, p); float64 (n,)."""
-        return self.predictor.predict(self.preprocess(X))
-
-    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Preprocessing and network tensors in one flat dict, plus JSON-able metadata."""
-        step_arrays, step_meta = dump_steps(self.steps, prefix="cnn_steps")
-        net_arrays, net_meta = self.predictor.to_state()
-        meta = {
-            "class": type(self).__name__,
-            "steps": step_meta,
-            "predictor": net_meta,
-            "best_epochs": list(self.best_epochs),
-            "train_seconds": self.train_seconds,
-        }
-        return {**step_arrays, **net_arrays}, meta
-
-    @classmethod
-    def from_state(
-        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], device: str = "auto"
-    ) -> Self:
-        """Rebuild from :meth:`to_state` output (history is not stored)."""
-        steps = load_steps(arrays, meta["steps"])
-        net_arrays = {k: v for k, v in arrays.items() if k.startswith("member.")}
-        predictor = CNNPredictor.from_state(net_arrays, meta["predictor"], device=device)
-        return cls(
-            steps=steps,
-            predictor=predictor,
-            best_epochs=list(meta.get("best_epochs", [])),
-            train_seconds=float(meta.get("train_seconds", 0.0)),
-        )
 
 
 def _check_xy(X: Any, y: Any, who: str) -> tuple[np.ndarray, np.ndarray]:

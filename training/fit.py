@@ -257,7 +257,6 @@ def _fit_cnn(
     progress: bool,
 ) -> _CNNResult:
     """Augment, then EMSC, then the CNN (an ensemble over stratified folds by default)."""
-    import torch
 
     from nirwatch.chemometrics.augmentation import SpectralAugmenter
     from nirwatch.chemometrics.cnn import CNNConfig
@@ -318,16 +317,7 @@ def _fit_cnn(
         extra={"members": len(fitted.predictor.members), "best_epochs": fitted.best_epochs},
     )
     # The paper's figure: first conv layer's response to the mean calibration spectrum.
-    reference = fitted.preprocess(X).mean(axis=0)
-    net = fitted.predictor.members[0]
-    device = next(net.parameters()).device
-    with torch.inference_mode():
-        x = torch.as_tensor(reference[None], dtype=torch.float32, device=device)
-        activations = net.first_layer_activations(x)[0].cpu().numpy()
-    wl_in = wl
-    for step in fitted.steps:
-        if isinstance(step, WavelengthRange):
-            wl_in = step.wavelengths_out_
+    activations, reference, wl_in = fitted.first_layer_response(X, wl)
     return _CNNResult(
         predictor=fitted.predictor,
         steps=fitted.steps,
