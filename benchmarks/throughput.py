@@ -9,6 +9,8 @@ simulated calibration spectra, runs ``nirwatch worker`` as a child process and m
     join is excluded);
 (b) end-to-end latency (instrument timestamp -> prediction published, from each prediction's
     ``published_at - timestamp``) at paced offered loads, p50 / p99;
+    With ``--side-consumer`` a plain consumer (no group) also reads the spectra during each
+    load and times them: the Kafka path's own latency under the same load, beside the worker;
 (c) the worker's peak RSS (``VmHWM``) and its RSS sampled over the run;
 (d) a naive baseline in a child process: kafka-python loop, JSON spectrum per message, model
     called on one spectrum at a time, each prediction published synchronously.
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from bench_worker import WorkerProcess, drain_rate, stage_summary
 from kafka import TopicPartition
+from kafka_clients import SideConsumer
 from naive_baseline import run_baseline
 
 from ingest.simulator import ProbeSpec, TabletLineSimulator, calibration_set
@@ -259,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-audit", dest="audit", action="store_false", help="worker without the audit trail"
     )
+    p.add_argument(
+        "--side-consumer",
+        action="store_true",
+        help="also time a plain consumer of the spectra during each load (the Kafka path alone)",
+    )
     args = p.parse_args(argv)
     drain_n = args.drain or (10_000 if args.quick else 200_000)
     load_s = args.load_seconds or (2.0 if args.quick else 20.0)
@@ -308,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             latency: dict[int, dict[str, Any]] = {}
             for rate in loads:
                 before = worker.metrics()
+                side = (
+                    SideConsumer(kafka, kafka.topic_spectra, f"load{rate}")
+                    if args.side_consumer
+                    else None
+                )
                 sent = offered_load(kafka, factory, rate, load_s)
                 total += sent
                 # Above the worker's capacity the backlog drains after the load stops and the
@@ -327,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"(b) {rate}/s offered: p50 {latency[rate]['p50_ms']:.1f} ms, "
                     f"p99 {latency[rate]['p99_ms']:.1f} ms ({sent} spectra in {load_s:g} s)"
                 )
+                if side is not None:
+                    path = side.stop(sent)
+                    latency[rate]["kafka_path_p50_ms"] = float(np.percentile(path, 50))
+                    latency[rate]["kafka_path_p99_ms"] = float(np.percentile(path, 99))
+                    log(
+                        f"    Kafka path alone (plain consumer beside the worker): p50 "
+                        f"{latency[rate]['kafka_path_p50_ms']:.1f} ms, p99 "
+                        f"{latency[rate]['kafka_path_p99_ms']:.1f} ms"
+                    )
             soak: dict[str, Any] = {}
             if args.soak_seconds:
                 soak = run_soak(worker, kafka, factory, args.soak_rate, args.soak_seconds, total)
