@@ -92,3 +92,47 @@ def test_bundle_served_from_cuda_matches_cpu(tmp_path: Path) -> None:
     assert list(g.model) == list(c.model)
     np.testing.assert_allclose(g.value, c.value, rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose(g.t2, c.t2, rtol=1e-9)
+
+
+_DETERMINISTIC_FIT = """
+import hashlib, sys
+import numpy as np
+from ingest.simulator import calibration_set
+from nirwatch.chemometrics.augmentation import SpectralAugmenter
+from nirwatch.chemometrics.cnn import CNNConfig
+from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
+from training.cnn import TrainConfig, fit_cnn
+
+X, y, _ = calibration_set(120, seed=0)
+config = CNNConfig(conv_filters=(4,), kernel_sizes=(9,), pool_size=4, dense_units=(16,))
+train = TrainConfig(epochs=5, batch_size=32, device="cuda", deterministic=True, seed=int(sys.argv[1]))
+fit = fit_cnn(
+    X[:100], y[:100], X[100:], y[100:], config,
+    steps=[ExtendedMultiplicativeScatterCorrection()],
+    augmenter=SpectralAugmenter(n_copies=2, random_state=0),
+    train=train,
+)
+print(hashlib.sha256(fit.predict(X[100:]).tobytes()).hexdigest())
+"""
+
+
+def test_determinism_switch_on_cuda_gives_bit_identical_reruns() -> None:
+    # cuBLAS reads CUBLAS_WORKSPACE_CONFIG when the process creates its handle: a fresh process.
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+
+    def digest(seed: int) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", _DETERMINISTIC_FIT, str(seed)],
+            env=env, cwd=root, capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
+    first, second, other = digest(7), digest(7), digest(8)
+    assert first == second
+    assert first != other
