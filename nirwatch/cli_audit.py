@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
     if args.json:
         for r in records:
-            print(json.dumps(asdict(r), separators=(",", ":")), file=out)
+            print(json.dumps(r._asdict(), separators=(",", ":")), file=out)
     else:
         print_table(records, out)
         print(f"{len(records)} record(s)", file=out)

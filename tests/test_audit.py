@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -161,7 +160,7 @@ def test_replace_cannot_rewrite_history(trail: SQLiteAuditTrail, verb: str) -> N
 def test_failed_batch_leaves_nothing(trail: SQLiteAuditTrail) -> None:
     pubs = [_publication("s1") for _ in range(5)]
     recs = audit_records([p for p, _ in pubs], [r for _, r in pubs])
-    bad = recs[:4] + [dataclasses.replace(recs[4], sample_id=None)]  # type: ignore[arg-type]
+    bad = recs[:4] + [recs[4]._replace(sample_id=None)]  # type: ignore[arg-type]
     with pytest.raises(AuditError, match="NOT NULL"):
         trail.append_many(bad)
     assert trail.count() == 0  # one transaction: all or nothing
