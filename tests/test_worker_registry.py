@@ -10,9 +10,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from test_worker_support import (
+    SwitchableSource,
     produce,
     read_predictions,
     spectra_messages,
@@ -56,6 +58,58 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             )
         )
     return out
+
+
+class FaultyCNN:
+    """A bundle's real CNN with injected faults, by call: raises, NaN, far from PLS, itself."""
+
+    def __init__(self, cnn: object) -> None:
+        self.cnn, self.calls = cnn, 0
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        kind = self.calls % 4
+        if kind == 1:
+            raise RuntimeError("injected CNN fault")
+        out = np.asarray(self.cnn.predict(X), dtype=np.float64)  # type: ignore[attr-defined]
+        if kind == 2:
+            return np.full(out.shape, np.nan)
+        return out + 1e7 if kind == 3 else out
+
+
+def test_real_bundle_falls_back_to_pls_for_each_reason_through_the_broker(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    X, y, wl = calibration_set(80, seed=0)
+    path = fit_bundle(
+        X, y, wl, target="api", unit="mg", model="both", out_dir=tmp_path / "b",
+        cv_folds=3, pls_max_components=4, epochs=2, cnn_members=1, augment_copies=1,
+    )  # fmt: skip
+    bundle = load_bundle(path, device="cpu")
+    assert bundle.has_cnn
+    bundle._cnn = FaultyCNN(bundle.cnn)  # the worker sees a real LoadedBundle
+    # The briefly trained CNN may be far from PLS on these test spectra: only the injected
+    # +1e7 is to count as disagreement here.
+    bundle.fallback_limit = 1e6
+    w = start_worker(worker_settings(kafka_settings, max_batch_size=10), SwitchableSource(bundle))
+    msgs = spectra_messages(40, PROBES, seed=4)
+    produce(kafka_settings, [(k, v) for k, v, _ in msgs])
+    preds = read_predictions(kafka_settings, expected=40)
+    w.halt()
+
+    assert sorted(p.message_id for p in preds) == sorted(h.message_id for _, _, h in msgs)
+    reasons = {p.fallback_reason for p in preds}
+    assert reasons == {None, "cnn_error", "cnn_non_finite", "cnn_pls_disagree"}
+    for p in preds:
+        assert (p.model == "cnn") == (p.fallback_reason is None)
+        assert p.value is not None and p.pls_value is not None
+        if p.model == "pls":
+            assert p.value == p.pls_value
+        else:
+            assert p.value == p.cnn_value
+    for reason in reasons - {None}:
+        n = sum(p.fallback_reason == reason for p in preds)
+        assert w.value("nirwatch_fallbacks_total", {"reason": reason}) == n
 
 
 def test_registry_champion_hot_reload_and_tampered_bundle_refused(
