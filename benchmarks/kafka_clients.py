@@ -161,6 +161,7 @@ def rd_consume(
     ready: threading.Event | None = None,
     from_end: bool = False,
 ) -> float:
+    """:func:`kp_consume` with librdkafka (confluent-kafka)."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
     consumer = Consumer(
