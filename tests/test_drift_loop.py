@@ -202,7 +202,11 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
             _wait(lambda: first_seen.get(first), 120, "first predictions")
             onset = _wait(lambda: probe.onset, 120, "drift onset")
             assert not promstack.query(prom, firing), "drift alert before the drift"
-            assert not monitor.drifting(), monitor.drifting()
+            # No detector before the onset. Not `not monitor.drifting()` here: at 80 spectra/s the
+            # first drifted predictions can reach the monitor, and a detector latch on them
+            # (legitimately), between the probe's onset and this line. Detection times are taken
+            # as predictions arrive, so one caused by the drift is always after the onset.
+            assert not detected or detected[0] >= onset, (detected, onset, monitor.drifting())
 
             _wait(lambda: promstack.query(prom, firing), 300, "the drift alert to fire")
             t_alert = time.monotonic()
