@@ -31,10 +31,10 @@ from pydantic_settings import SettingsConfigDict
 from monitoring.drift import (
     CUSUM,
     ExceedanceRateDetector,
-    LabReferenceTracker,
     MeanShiftDetector,
     PageHinkley,
 )
+from monitoring.lab_reference import LabReferenceTracker
 from monitoring.metrics import WorkerMetrics
 from nirwatch.errors import DataError
 from nirwatch.settings import NirwatchSettings

@@ -9,10 +9,10 @@ from scipy import stats
 from monitoring.drift import (
     CUSUM,
     ExceedanceRateDetector,
-    LabReferenceTracker,
     MeanShiftDetector,
     PageHinkley,
 )
+from monitoring.lab_reference import LabReferenceTracker
 from nirwatch.errors import DataError
 
 N_STATIONARY = 50_000
