@@ -77,13 +77,11 @@ def measure(
     }
 
 
-def networks(bundle: Path | None, members: int, length: int) -> list[SpectralCNN]:
-    if bundle is not None:
-        from nirwatch.bundle import load_bundle
-
-        loaded = load_bundle(bundle, device="cpu")
+def networks(loaded: Any | None, members: int, length: int) -> list[SpectralCNN]:
+    """``members`` networks: the bundle's (repeated as needed), else randomly initialised."""
+    if loaded is not None:
         if loaded.cnn is None:
-            raise SystemExit(f"{bundle}: no CNN in this bundle ({loaded.cnn_load_error})")
+            raise SystemExit(f"{loaded.path}: no CNN in this bundle ({loaded.cnn_load_error})")
         nets: list[SpectralCNN] = list(loaded.cnn.members)
         return (nets * members)[:members]
     torch.manual_seed(0)
@@ -125,10 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
 
     length = args.length
+    loaded = None  # the bundle, loaded once: its networks and the whole-predict row
+    if args.bundle is not None:
+        from nirwatch.bundle import load_bundle
+
+        loaded = load_bundle(args.bundle, device=str(device))
     log(f"device {name}, torch {torch.__version__}, {n} spectra per pass")
     results: list[dict[str, Any]] = []
     for members in members_list:
-        nets = networks(args.bundle, members, length)
+        nets = networks(loaded, members, length)
         length = nets[0].config.input_length
         host = np.random.default_rng(0).normal(size=(n, length)).astype(np.float32)
         resident = torch.as_tensor(host, device=device)
@@ -144,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
     bundle_row: dict[str, Any] | None = None
-    if args.bundle is not None:
-        from nirwatch.bundle import load_bundle
-
-        loaded = load_bundle(args.bundle, device=str(device))
+    if loaded is not None:
         raw = np.random.default_rng(1).normal(0.5, 0.01, (min(n, 16_384), loaded.n_points))
         batch = raw.astype(np.float32)
         rate = best_rate(lambda: loaded.predict(batch), batch.shape[0], args.repeats, sync)

@@ -73,7 +73,7 @@ def test_module_level_imports_have_no_cycle() -> None:
         state[node] = 1
         for dep in sorted(g[node]):
             if state.get(dep) == 1:
-                cycles.append(path[path.index(dep) :] + [dep] if dep in path else [node, dep])
+                cycles.append(path[path.index(dep) :] + [dep])  # path is the DFS stack
             elif dep not in state:
                 visit(dep, [*path, dep])
         state[node] = 2
