@@ -68,6 +68,12 @@ class WorkerObserver:
             i for i, o in zip(instruments, oom, strict=True) if o
         ).items():
             m.out_of_model.labels(inst).inc(n)
+        if bp.outside_range is not None:
+            outside = bp.outside_range.tolist()
+            for inst, n in collections.Counter(
+                i for i, o in zip(instruments, outside, strict=True) if o
+            ).items():
+                m.outside_range.labels(inst).inc(n)
         now = time.time()
         observe = m.latency_seconds.observe
         for h in headers:

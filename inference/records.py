@@ -61,7 +61,10 @@ def check_batch_prediction(bp: BatchPrediction, n: int) -> None:
     ModelError
         Naming the field, the expected length ``n`` and the length it has.
     """
-    for name in ("value", "model", "cnn_value", "pls_value", "t2", "q", "out_of_model"):
+    names = ["value", "model", "cnn_value", "pls_value", "t2", "q", "out_of_model"]
+    if bp.outside_range is not None:
+        names.append("outside_range")
+    for name in names:
         got = np.shape(getattr(bp, name))
         if got != (n,):
             raise ModelError(f"predictor returned {name} of shape {got}, expected ({n},)")
@@ -108,6 +111,12 @@ class _Columns(NamedTuple):
 def _columns(bp: BatchPrediction, n: int) -> _Columns:
     value = _finite_or_none(bp.value)
     oom: list[bool] = np.asarray(bp.out_of_model, dtype=bool).tolist()
+    if bp.outside_range is not None:
+        # An extrapolated value is held like an out-of-model one (not releasable).
+        held = np.asarray(bp.out_of_model, dtype=bool) | np.asarray(bp.outside_range, dtype=bool)
+        hold: list[bool] = held.tolist()
+    else:
+        hold = oom
     return _Columns(
         ids=prediction_ids(n),
         value=value,
@@ -117,7 +126,7 @@ def _columns(bp: BatchPrediction, n: int) -> _Columns:
         t2=_finite_or_none(bp.t2),
         q=_finite_or_none(bp.q),
         out_of_model=oom,
-        releasable=[not o and v is not None for o, v in zip(oom, value, strict=True)],
+        releasable=[not h and v is not None for h, v in zip(hold, value, strict=True)],
     )
 
 
@@ -126,7 +135,7 @@ class EncodedBatch(NamedTuple):
 
     #: The JSON records, in the order of the headers.
     values: list[bytes]
-    #: Per record: inside the applicability domain and with a finite value.
+    #: Per record: a finite value, inside the applicability domain and the calibrated range.
     releasable: list[bool]
     #: The audit records of exactly these values (empty unless ``raw_values`` was given).
     audit: list[AuditRecord]

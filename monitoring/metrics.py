@@ -79,6 +79,12 @@ class WorkerMetrics:
             ["instrument"],
             registry=r,
         )
+        self.outside_range = Counter(
+            "nirwatch_outside_range",
+            "Predictions outside the calibration's reference range (extrapolations, held)",
+            ["instrument"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "nirwatch_batch_size", "Spectra per micro-batch", buckets=BATCH_BUCKETS, registry=r
         )

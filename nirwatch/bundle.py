@@ -4,7 +4,8 @@ Layout (every file but the manifest and its signature is listed with its SHA-256
 manifest's ``files``)::
 
     <bundle>/
-      manifest.json            format, version, target/unit, wavelengths + grid id, data hash,
+      manifest.json            format, version, target (name, unit, calibrated range),
+                               wavelengths + grid id, data hash,
                                metrics, package versions, fallback limit, files {name: sha256}
       manifest.sig             optional: "hmac-sha256:<hex>" of manifest.json's bytes
       preprocessing.npz/.json  named preprocessing pipelines ("cnn", "statistics")
@@ -99,6 +100,8 @@ class BundleContents:
     (``pls.preprocess``, computed once per batch for both); ``cnn`` predicts after the
     ``cnn_steps``. ``fallback_limit`` is the
     largest |CNN − PLS| difference accepted before falling back to PLS (e.g. 3 × RMSECV).
+    ``target_range`` is the (min, max) of the calibration's reference values: predictions
+    outside it are extrapolations and are not releasable.
     """
 
     target: str
@@ -116,6 +119,19 @@ class BundleContents:
     training: Mapping[str, Any] = field(default_factory=dict)
     extra_files: Mapping[str, bytes] = field(default_factory=dict)
     version: str | None = None
+    target_range: tuple[float, float] | None = None
+
+
+def _target(contents: BundleContents) -> dict[str, Any]:
+    target: dict[str, Any] = {"name": contents.target, "unit": contents.unit}
+    if contents.target_range is not None:
+        lo, hi = (float(v) for v in contents.target_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise BundleError(
+                f"target_range must be finite (min, max), got {contents.target_range}"
+            )
+        target["range"] = [lo, hi]
+    return target
 
 
 def data_hash(X: np.ndarray, y: np.ndarray) -> str:
@@ -234,7 +250,7 @@ def write_bundle(
         "format": FORMAT,
         "created_at": created.isoformat(),
         "version": contents.version or new_version(created, contents.data_hash),
-        "target": {"name": contents.target, "unit": contents.unit},
+        "target": _target(contents),
         "grid": grid,
         "wavelengths": wl.tolist(),
         "data_hash": contents.data_hash,

@@ -1,7 +1,8 @@
 """The predictor side of a model bundle: :class:`LoadedBundle`, built by
 :func:`nirwatch.bundle.load_bundle` from a verified bundle's components.
 
-CNN with PLS fallback, Hotelling T² / Q diagnostics and the out-of-model flag. The bundle
+CNN with PLS fallback, Hotelling T² / Q diagnostics, the out-of-model flag and the
+calibrated-range check. The bundle
 format itself (manifest, writing, verification, checksums) lives in :mod:`nirwatch.bundle`;
 this module does not import it.
 """
@@ -58,6 +59,11 @@ class LoadedBundle:
         self.fallback_limit = float(self.manifest["fallback_limit"])
         self.t2_limit = float(statistics.t2_limit_99_)
         self.q_limit = float(statistics.q_limit_99_)
+        rng = self.manifest["target"].get("range")
+        # Bundles written before the range was stored have none: no range check then.
+        self.target_range: tuple[float, float] | None = (
+            (float(rng[0]), float(rng[1])) if rng is not None else None
+        )
 
     @property
     def version(self) -> str:
@@ -140,8 +146,13 @@ class LoadedBundle:
                     for f, d in zip(finite.tolist(), disagree.tolist(), strict=True)
                 ]
         use_cnn = np.array([r is None for r in reasons], dtype=bool)
+        value = np.where(use_cnn, cnn, pls)
+        outside = None
+        if self.target_range is not None:
+            lo, hi = self.target_range
+            outside = (value < lo) | (value > hi)  # NaN compares False: no value, no range flag
         return BatchPrediction(
-            value=np.where(use_cnn, cnn, pls),
+            value=value,
             model=np.where(use_cnn, "cnn", "pls"),
             fallback_reason=reasons,
             cnn_value=cnn,
@@ -152,6 +163,7 @@ class LoadedBundle:
             q_limit=self.q_limit,
             # NaN diagnostics compare False: written so that they count as out of model.
             out_of_model=~((t2 <= self.t2_limit) & (q <= self.q_limit)),
+            outside_range=outside,
         )
 
 

@@ -52,6 +52,13 @@ class DemoState:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
+def _status(p: Prediction) -> str:
+    """OUT: outside the T²/Q limits; HOLD: not releasable otherwise (e.g. an extrapolation)."""
+    if p.out_of_model:
+        return "[red]OUT[/red]"
+    return "[green]in[/green]" if p.releasable else "[yellow]HOLD[/yellow]"
+
+
 def _fmt(v: float | None, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -109,7 +116,7 @@ def render(state: DemoState, title: str, counts: dict[str, int], loop: DriftLoop
             f"{p.model} {p.model_version[-4:]}",
             _ratio(p.t2, p.t2_limit),
             _ratio(p.q, p.q_limit),
-            "[red]OUT[/red]" if p.out_of_model else "[green]in[/green]",
+            _status(p),
             str(r.count),
             str(r.out_of_model),
             f"{1000.0 * (p.published_at - p.timestamp):.0f}",

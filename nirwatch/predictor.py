@@ -29,6 +29,10 @@ class BatchPrediction:
         The 99 % limits used for ``out_of_model``.
     out_of_model : ndarray (n,) of bool
         Outside the calibration's applicability domain: not releasable.
+    outside_range : ndarray (n,) of bool, optional
+        ``value`` lies outside the range of the calibration's reference values: an
+        extrapolation, not releasable (the validated range of the method, as in the EMA NIR
+        guideline EMA/CHMP/CVMP/QWP/17760/2009 Rev. 2). None when the model has no range.
     """
 
     value: np.ndarray
@@ -41,6 +45,7 @@ class BatchPrediction:
     t2_limit: float
     q_limit: float
     out_of_model: np.ndarray
+    outside_range: np.ndarray | None = None
 
 
 class Predictor(Protocol):

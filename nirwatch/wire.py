@@ -269,7 +269,9 @@ class Prediction:
     ``model`` is the model that produced ``value`` (``"cnn"`` or ``"pls"``);
     ``fallback_reason`` says why PLS was used when the CNN was not. ``value`` is ``None``
     only when no model could predict. ``out_of_model`` marks a spectrum outside the
-    calibration's 99 % Hotelling T² or Q limits: it is not releasable.
+    calibration's 99 % Hotelling T² or Q limits: it is not releasable. Nor is a value outside
+    the range of the calibration's reference values (the bundle's ``target.range``): an
+    extrapolation has ``releasable`` false with ``out_of_model`` false.
     """
 
     prediction_id: str

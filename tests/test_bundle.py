@@ -7,6 +7,7 @@ the chemometrics modules; tests/test_bundle_real.py uses the real ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,26 @@ def test_fallback_disagree_and_non_finite(tmp_path: Path) -> None:
     p2 = nan_cnn.predict(X[:2])
     assert p2.fallback_reason == ["cnn_non_finite"] * 2
     assert np.isfinite(p2.value).all()
+
+
+def test_calibrated_range_flags_extrapolations(tmp_path: Path) -> None:
+    # make_data's references lie in [0, 10]; a calibrated range of [2, 8] makes both ends
+    # extrapolations.
+    contents = dataclasses.replace(make_contents(), target_range=(2.0, 8.0))
+    loaded = load_bundle(write_bundle(contents, tmp_path / "b"))
+    assert read_manifest(tmp_path / "b")["target"]["range"] == [2.0, 8.0]
+    assert loaded.target_range == (2.0, 8.0)
+    X, _ = make_data(40, seed=5)
+    pred = loaded.predict(X)
+    assert pred.outside_range is not None
+    np.testing.assert_array_equal(pred.outside_range, (pred.value < 2.0) | (pred.value > 8.0))
+    assert pred.outside_range.any() and (~pred.outside_range).any()
+    # A bundle without a range (written before it was stored) flags nothing.
+    old = load_bundle(write_bundle(make_contents(), tmp_path / "c"))
+    assert old.target_range is None and old.predict(X).outside_range is None
+    bad = dataclasses.replace(make_contents(), target_range=(8.0, 2.0))
+    with pytest.raises(BundleError, match="target_range"):
+        write_bundle(bad, tmp_path / "d")
 
 
 def test_out_of_model(tmp_path: Path) -> None:

@@ -74,6 +74,16 @@ def test_train_pls_register_and_predict(
     assert {"prediction", "model", "cnn_prediction", "pls_prediction", "t2", "q"} <= set(rows[0])
     assert all(r["model"] == "pls" and r["fallback_reason"] == "cnn_unavailable" for r in rows)
     assert all(r["out_of_model"] in ("true", "false") for r in rows)
+    # The calibrated range is the Train rows' reference range; beyond it a value is held.
+    calibrated = load_spectra(
+        shootout_slice, target="assay", split_column="SampleType", split_values={"Train"}
+    )
+    assert calibrated.y is not None
+    lo, hi = float(calibrated.y.min()), float(calibrated.y.max())
+    assert load_bundle(out).target_range == (lo, hi)
+    values = np.array([float(r["prediction"]) for r in rows])
+    outside = [r["outside_range"] == "true" for r in rows]
+    assert outside == ((values < lo) | (values > hi)).tolist()
     data = load_spectra(shootout_slice, target="assay")
     expected = load_bundle(out).predict(data.X).value
     np.testing.assert_allclose([float(r["prediction"]) for r in rows], expected, rtol=1e-8)

@@ -73,6 +73,7 @@ def _fill(metrics: WorkerMetrics, rng: np.random.Generator) -> None:
         metrics.predictions.labels(instrument, "cnn").inc(n - 2)
         metrics.predictions.labels(instrument, "pls").inc(2)
         metrics.out_of_model.labels(instrument).inc(int(rng.integers(0, 3)))
+        metrics.outside_range.labels(instrument).inc(int(rng.integers(0, 2)))
         metrics.last_prediction.labels(instrument, product).set(rng.normal(200.0, 5.0))
         metrics.t2.labels(instrument).set(rng.chisquare(5))
         metrics.q.labels(instrument).set(rng.gamma(2.0, 0.002))
@@ -203,6 +204,7 @@ def test_dashboards_cover_the_required_views_with_existing_metrics() -> None:
     required = {
         "nirwatch_predictions_total",  # predictions per instrument
         "nirwatch_out_of_model_total",
+        "nirwatch_outside_range_total",
         "nirwatch_hotelling_t2",
         "nirwatch_q_residual",
         "nirwatch_drift_score",

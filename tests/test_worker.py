@@ -264,6 +264,9 @@ def test_fallback_reasons_nan_and_out_of_model_are_published_and_counted(
                 bp.model[i], bp.fallback_reason[i] = "pls", "cnn_non_finite"
             if i % 3 == 0:
                 bp.value[i] = np.nan
+        # Above 0.7: an extrapolation, outside the calibrated range (per spectrum, whatever
+        # the micro-batching).
+        bp.outside_range = bp.pls_value > 0.7
         return bp
 
     normal = spectra_messages(30, ["probe-0"], seed=7)
@@ -287,6 +290,23 @@ def test_fallback_reasons_nan_and_out_of_model_are_published_and_counted(
         assert (p.model == "pls") == (p.fallback_reason == "cnn_non_finite")
         if p.value is None:
             assert not p.releasable
+    # An extrapolation is held (not releasable) without being out of model, and counted.
+    outside = [p.pls_value is not None and p.pls_value > 0.7 for p in preds]
+    n_outside = sum(outside)
+    held = [not p.releasable and not p.out_of_model and p.value is not None for p in preds]
+    assert any(held)
+    expected = [
+        o and not p.out_of_model and p.value is not None
+        for o, p in zip(outside, preds, strict=True)
+    ]
+    assert held == expected
+    assert (
+        sum(
+            w.value("nirwatch_outside_range_total", {"instrument": i}) or 0
+            for i in ("probe-0", "probe-far")
+        )
+        == n_outside
+    )
     assert any(p.value is None for p in preds)
     far_preds = [p for p in preds if p.instrument_id == "probe-far"]
     assert all(p.out_of_model and not p.releasable for p in far_preds)

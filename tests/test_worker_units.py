@@ -102,6 +102,23 @@ def test_encoded_records_equal_prediction_encode_and_decode_back() -> None:
     assert json.loads(values[3])["out_of_model"] is True
 
 
+def test_extrapolation_is_held_but_not_out_of_model() -> None:
+    predictor = LinearPredictor()
+    X = mixtures(np.array([0.3, 0.5, 0.7]), np.random.default_rng(5))
+    headers = [make_header(f"p{i}", i) for i in range(3)]
+    bp = predictor.predict(X)
+    _, releasable = encode_predictions(headers, bp, predictor, published_at=1.0)
+    assert releasable == [True, True, True]  # no range known: nothing held
+    bp.outside_range = np.array([False, True, False])
+    values, releasable = encode_predictions(headers, bp, predictor, published_at=1.0)
+    assert releasable == [True, False, True]
+    held = decode_prediction(values[1])
+    assert held.value is not None and not held.out_of_model and not held.releasable
+    bp.outside_range = np.array([False, True])
+    with pytest.raises(ModelError, match=r"outside_range of shape \(2,\), expected \(3,\)"):
+        check_batch_prediction(bp, 3)
+
+
 def test_audit_records_say_exactly_what_is_published() -> None:
     """The worker audits from the encoder's lists, not by parsing its JSON back: both agree."""
     predictor = LinearPredictor()

@@ -25,6 +25,7 @@ COLUMNS = (
     "t2",
     "q",
     "out_of_model",
+    "outside_range",
 )
 CHUNK = 4096
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     n = data.n_samples
-    n_out = n_oom = n_cnn = 0
+    n_out = n_oom = n_cnn = n_outside = 0
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*args.id_column, *COLUMNS])
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             stop = min(start + CHUNK, n)
             p = bundle.predict(data.X[start:stop])
             ids = [data.metadata[c][start:stop] for c in args.id_column]
+            outside = p.outside_range
             for i in range(stop - start):
                 w.writerow(
                     [
@@ -81,17 +83,20 @@ def run(args: argparse.Namespace) -> int:
                         _num(p.t2[i]),
                         _num(p.q[i]),
                         str(bool(p.out_of_model[i])).lower(),
+                        "" if outside is None else str(bool(outside[i])).lower(),
                     ]
                 )
             n_out += stop - start
             n_oom += int(p.out_of_model.sum())
+            n_outside += 0 if outside is None else int(outside.sum())
             n_cnn += int((p.model == "cnn").sum())
             if n > CHUNK:
                 print(f"predicted {n_out}/{n}", file=sys.stderr)
     tmp.replace(args.out)
     print(
         f"{n_out} predictions of {bundle.target} [{bundle.unit}] by {bundle.version} -> {args.out} "
-        f"(cnn {n_cnn}, pls {n_out - n_cnn}, out of model {n_oom})"
+        f"(cnn {n_cnn}, pls {n_out - n_cnn}, out of model {n_oom}, "
+        f"outside the calibrated range {n_outside})"
     )
     return 0
 

@@ -237,6 +237,7 @@ def fit_bundle(
         cnn=cnn.predictor if cnn else None,
         cnn_steps=cnn.steps if cnn else [],
         fallback_limit=fallback_limit,
+        target_range=(float(y.min()), float(y.max())),
         metrics=_finite(manifest_metrics),
         training={"n_calibration": int(X.shape[0]), "model": model, "seed": s.seed}
         | ({"cnn": cnn.info} if cnn else {}),
