@@ -11,8 +11,8 @@ from ingest.simulator import (
     ProbeSpec,
     TabletLineSimulator,
     calibration_set,
-    component_spectra,
 )
+from ingest.tablet_spectra import component_spectra
 from nirwatch.errors import DataError
 from nirwatch.grid import points_in_grid
 
