@@ -211,17 +211,33 @@ class SpectrumProducer:
         self.lab_results_sent += 1
 
     # -- shutdown ---------------------------------------------------------------------------
-    def flush(self, timeout: float | None = 30.0) -> None:
-        """Wait until everything sent so far is acknowledged (or failed)."""
-        if self._producer is not None:
-            try:
-                self._producer.flush(timeout=timeout)
-            except KafkaError as exc:
-                log.warning("flush failed: %s", exc)
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything sent so far is acknowledged (or failed).
+
+        Returns True when every spectrum and lab result sent so far was acknowledged; False
+        when some still wait for a re-send (they stay buffered) or the flush timed out.
+        """
+        if self._producer is None:
+            return not self._retry
+        try:
+            self._producer.flush(timeout=timeout)
             if self._broken.is_set() and self._retry:
                 # One more attempt with a fresh client for what failed.
                 self._client()
+                assert self._producer is not None
                 self._producer.flush(timeout=timeout)
+        except KafkaError as exc:
+            log.warning("flush failed: %s", exc)
+            return False
+        with self._lock:
+            return not self._retry
+
+    def dead_letter(self, value: bytes | None, key: str | None, reason: str, detail: str) -> None:
+        """Dead-letter what an adapter could not turn into spectra at all (e.g. a file).
+
+        ``reason`` is one of :data:`nirwatch.wire.REASONS` (e.g. ``"bad_file"``).
+        """
+        self._dead_letter(value, key.encode() if key else None, WireFormatError(reason, detail))
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and close the client."""

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulate inline NIR probes on a tablet line and publish spectra",
     ),
     "replay": ("ingest.cli_replay", "replay a CSV/npz spectra dataset to Kafka at a chosen rate"),
+    "file-drop": (
+        "ingest.cli_file_drop",
+        "publish spectra files that instrument software drops into a folder",
+    ),
     "worker": ("inference.cli", "run the inference worker (consume, predict, publish, metrics)"),
     "train": ("training.cli_train", "fit CNN and/or PLS on a dataset and write a model bundle"),
     "predict": ("training.cli_predict", "predict a CSV/npz file offline with a model bundle"),

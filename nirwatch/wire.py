@@ -51,6 +51,8 @@ REASONS = (
     "length_mismatch",
     "non_finite",
     "grid_mismatch",
+    # Ingest only: a dropped file that cannot be read as spectra (ingest.file_drop).
+    "bad_file",
 )
 
 _REQUIRED = ("message_id", "instrument_id", "sample_id", "timestamp", "grid", "n_points")
