@@ -219,18 +219,22 @@ class SpectrumProducer:
         """
         if self._producer is None:
             return not self._retry
+        ok = True
         try:
             self._producer.flush(timeout=timeout)
-            if self._broken.is_set() and self._retry:
-                # One more attempt with a fresh client for what failed.
-                self._client()
-                assert self._producer is not None
-                self._producer.flush(timeout=timeout)
         except KafkaError as exc:
             log.warning("flush failed: %s", exc)
-            return False
+            ok = False
+        if self._broken.is_set() and self._retry:
+            # One more attempt with a fresh client for what failed.
+            try:
+                self._client().flush(timeout=timeout)
+                ok = True
+            except KafkaError as exc:
+                log.warning("flush after recreating the producer failed: %s", exc)
+                ok = False
         with self._lock:
-            return not self._retry
+            return ok and not self._retry
 
     def dead_letter(self, value: bytes | None, key: str | None, reason: str, detail: str) -> None:
         """Dead-letter what an adapter could not turn into spectra at all (e.g. a file).
