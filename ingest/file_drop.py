@@ -2,8 +2,9 @@
 
 Many NIR instruments export each measurement (or a run of them) as a file into a folder. This
 adapter watches that folder (the *inbox*) for ``.csv`` files (one spectrum per row, numeric
-wavelength headers, as :mod:`nirwatch.datasets` reads them) and ``.npz`` files (keys ``X``,
-``wavelengths``, optional per-row metadata), publishes every row through the validating
+wavelength headers, as :mod:`nirwatch.datasets` reads them), ``.npz`` files (keys ``X``,
+``wavelengths``, optional per-row metadata) and JCAMP-DX exports (``.jdx``, ``.dx``,
+``.jcamp``: :mod:`nirwatch.jcamp`), publishes every row through the validating
 :class:`~ingest.producer.SpectrumProducer`, and then moves the file:
 
 * ``done/``   every row was published or dead-lettered, and the broker acknowledged them;
@@ -44,11 +45,12 @@ from ingest.producer import SpectrumProducer
 from ingest.replay import on_even_grid
 from nirwatch.datasets_files import read_csv, read_npz
 from nirwatch.errors import DataError
+from nirwatch.jcamp import read_jcamp
 from nirwatch.wire import SpectrumHeader
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".csv", ".npz")
+SUFFIXES = (".csv", ".npz", ".jdx", ".dx", ".jcamp")
 #: Larger files are dead-lettered without their bytes (they stay in ``failed/``).
 MAX_DEAD_LETTER_FILE_BYTES = 512 * 1024
 
@@ -146,11 +148,17 @@ def read_rows(
     """
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()[:20]
-    if path.suffix.lower() == ".csv":
+    suffix, axis_unit = path.suffix.lower(), "nm"
+    if suffix == ".csv":
         X, wl, meta, _ = read_csv(path)
-    else:
+    elif suffix == ".npz":
         X, wl, meta, _, _ = read_npz(path)
+    else:
+        X, wl, meta, axis_unit = read_jcamp(path)
     spectra, _, grid = on_even_grid(X, wl)
+    extra: dict[str, object] = {"file": path.name}
+    if axis_unit != "nm":  # grid ids read as nm unless the header says otherwise
+        extra["axis_unit"] = axis_unit
     mtime = path.stat().st_mtime
     n = spectra.shape[0]
 
@@ -178,7 +186,7 @@ def read_rows(
             n_points=spectra.shape[1],
             product=text(products[i]),
             batch=text(batches[i]),
-            extra={"file": path.name},
+            extra=dict(extra),
         )
         yield header, spectra[i]
 

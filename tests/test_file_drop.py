@@ -21,6 +21,7 @@ from nirwatch.kafka import ensure_topics, make_producer
 from nirwatch.settings import KafkaSettings
 from nirwatch.wire import decode_spectrum
 from tests.test_ingest_producer import read_topic
+from tests.test_jcamp import jcamp
 
 GRID = "lin:600:1898:2"
 WL = grid_wavelengths(GRID)
@@ -193,3 +194,22 @@ def test_file_stays_in_the_inbox_while_the_broker_is_unreachable(
         assert take_file(path, inbox, working, stats, instrument_id="p1") == "done"
     assert not path.exists() and (tmp_path / "done" / "run.csv").exists()
     assert len(read_topic(settings.kafka, settings.kafka.topic_spectra, 2)) == 2
+
+
+def test_jcamp_exports_are_read_with_their_axis_unit(tmp_path: Path) -> None:
+    path = tmp_path / "ft.jdx"
+    path.write_text(
+        jcamp(
+            "ft-nir",
+            ["9000 1 2 3 4"],
+            XUNITS="1/CM",
+            FIRSTX=9000,
+            LASTX=6000,
+            NPOINTS=4,
+            **{"$SAMPLE_ID": "S-9"},
+        )
+    )
+    [(h, x)] = list(read_rows(path, instrument_id="ft-1", product="", batch=""))
+    assert h.sample_id == "S-9" and h.grid == "lin:6000:9000:1000"
+    assert h.extra == {"file": "ft.jdx", "axis_unit": "cm-1"}
+    np.testing.assert_allclose(x, [4, 3, 2, 1])
