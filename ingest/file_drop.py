@@ -45,12 +45,12 @@ from ingest.producer import SpectrumProducer
 from ingest.replay import on_even_grid
 from nirwatch.datasets_files import read_csv, read_npz
 from nirwatch.errors import DataError
-from nirwatch.jcamp import read_jcamp
+from nirwatch.jcamp import JCAMP_SUFFIXES, read_jcamp
 from nirwatch.wire import SpectrumHeader
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".csv", ".npz", ".jdx", ".dx", ".jcamp")
+SUFFIXES = (".csv", ".npz", *JCAMP_SUFFIXES)
 #: Larger files are dead-lettered without their bytes (they stay in ``failed/``).
 MAX_DEAD_LETTER_FILE_BYTES = 512 * 1024
 

@@ -21,6 +21,7 @@ import numpy as np
 from nirwatch.datasets_files import read_csv, read_npz
 from nirwatch.errors import DataError
 from nirwatch.grid import grid_id_for
+from nirwatch.jcamp import JCAMP_SUFFIXES, read_jcamp
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def load_spectra(
     Parameters
     ----------
     path : str or Path
-        ``.csv`` (numeric wavelength headers) or ``.npz`` (keys X, wavelengths, y, ...).
+        ``.csv`` (numeric wavelength headers), ``.npz`` (keys X, wavelengths, y, ...) or
+        JCAMP-DX (``.jdx``, ``.dx``, ``.jcamp``; spectra without targets).
     target : str, optional
         Target column (CSV) or key (npz). For npz files ``y`` is the target when it is present
         and ``target`` is not given (named by an optional ``target_name`` key).
@@ -149,8 +151,12 @@ def load_spectra(
         X, wl, metadata, lines, default_target = read_npz(path)
         row_name = "rows"
         target = target if target is not None else default_target
+    elif suffix in JCAMP_SUFFIXES:
+        X, wl, metadata, _ = read_jcamp(path)  # spectra only: targets come from elsewhere
+        lines = list(range(1, X.shape[0] + 1))
+        row_name = "spectra"
     else:
-        raise DataError(f"{source}: expected a .csv or .npz file, got {suffix!r}")
+        raise DataError(f"{source}: expected a .csv, .npz or JCAMP-DX file, got {suffix!r}")
     line_arr = np.asarray(lines)
     keep = np.ones(X.shape[0], dtype=bool)
     where = ""

@@ -20,6 +20,8 @@ import numpy as np
 
 from nirwatch.errors import DataError
 
+#: File name endings of JCAMP-DX files.
+JCAMP_SUFFIXES = (".jdx", ".dx", ".jcamp")
 _SQZ = {"@": 0, **{c: i + 1 for i, c in enumerate("ABCDEFGHI")}}
 _SQZ.update({c: -(i + 1) for i, c in enumerate("abcdefghi")})
 _DIF = {"%": 0, **{c: i + 1 for i, c in enumerate("JKLMNOPQR")}}

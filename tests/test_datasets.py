@@ -146,7 +146,7 @@ def test_npz_round_trip_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"1 spectra, rows \[7\]"):
         load_spectra(tmp_path / "inf.npz")
     (tmp_path / "ok.txt").write_text("x")
-    with pytest.raises(DataError, match="expected a .csv or .npz"):
+    with pytest.raises(DataError, match="expected a .csv, .npz or JCAMP-DX file"):
         load_spectra(tmp_path / "ok.txt")
     with pytest.raises(DataError, match="no such file"):
         load_spectra(tmp_path / "absent.csv")

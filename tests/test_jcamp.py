@@ -109,3 +109,12 @@ def test_bad_files_are_refused_with_the_reason(tmp_path: Path, text: str, match:
     path.write_text(text)
     with pytest.raises(DataError, match=match):
         read_jcamp(path)
+
+
+def test_load_spectra_reads_jcamp_for_offline_prediction(tmp_path: Path) -> None:
+    path = tmp_path / "t.jdx"
+    path.write_text(jcamp("t", AFFN, FIRSTX=600, LASTX=610, NPOINTS=6))
+    data = load_spectra(path)
+    assert data.X.shape == (1, 6) and data.grid_id == "lin:600:610:2"
+    with pytest.raises(DataError, match="no target column 'assay'"):
+        load_spectra(path, target="assay")
