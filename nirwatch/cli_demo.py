@@ -288,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(
         f"summary: spectra in {c['sent']}, predictions out {state.predictions}, "
         f"dead-lettered {c['dead_lettered']}, out-of-model "
-        f"{sum(r.out_of_model for r in state.rows.values())}, latency p50 "
+        f"{sum(r.out_of_model for r in state.rows.values())}, held "
+        f"{sum(r.held for r in state.rows.values())}, latency p50 "
         f"{state.percentile(50):.1f} ms p99 {state.percentile(99):.1f} ms, "
         f"first prediction after {first}"
     )

@@ -23,6 +23,8 @@ class ProbeRow:
     last: Prediction
     count: int = 0
     out_of_model: int = 0
+    #: Not releasable although inside the T²/Q limits (e.g. outside the calibrated range).
+    held: int = 0
 
 
 @dataclass
@@ -43,6 +45,7 @@ class DemoState:
         row.last = p
         row.count += 1
         row.out_of_model += int(p.out_of_model)
+        row.held += int(not p.releasable and not p.out_of_model)
         self.latencies_ms.append(1000.0 * (p.published_at - p.timestamp))
         self.predictions += 1
         if self.first_prediction_s is None:

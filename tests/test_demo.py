@@ -49,6 +49,10 @@ def test_demo_end_to_end_smoke(
     assert sent > 0 and predicted > 0
     assert predicted == sent  # every spectrum of the run was predicted once
     assert dead == 0
+    # The fitted calibration spans the simulated line's content: nothing is held as an
+    # extrapolation.
+    held = re.search(r"held (\d+),", out.replace("\n", " "))
+    assert held and held.group(1) == "0", out
     assert (registry / "champion.json").exists()
 
 
