@@ -209,10 +209,23 @@ class AuditTrail(ABC):
         message_id: str | None = None,
         until: float | None = None,
         limit: int | None = 1000,
+        batch: str | None = None,
+        product: str | None = None,
     ) -> list[AuditRecord]:
         """Records matching all given filters (``since``/``until``: published_at, epoch s),
         in append order; ``limit`` None returns all."""
-        where, params = _where(self._placeholder, sample_id, since, instrument, message_id, until)
+        where, params = _where(
+            self._placeholder,
+            {
+                "sample_id = {}": sample_id,
+                "instrument_id = {}": instrument,
+                "message_id = {}": message_id,
+                "batch = {}": batch,
+                "product = {}": product,
+                "published_at >= {}": since,
+                "published_at < {}": until,
+            },
+        )
         sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -238,23 +251,12 @@ class AuditTrail(ABC):
         self.close()
 
 
-def _where(
-    ph: str,
-    sample_id: str | None,
-    since: float | None,
-    instrument: str | None,
-    message_id: str | None,
-    until: float | None,
-) -> tuple[str, list[Any]]:
+def _where(ph: str, filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """SQL ``WHERE`` clause (``{}`` in each condition becomes the placeholder) and its values,
+    for the filters that are not None."""
     conds: list[str] = []
     params: list[Any] = []
-    for cond, value in (
-        ("sample_id = {}", sample_id),
-        ("instrument_id = {}", instrument),
-        ("message_id = {}", message_id),
-        ("published_at >= {}", since),
-        ("published_at < {}", until),
-    ):
+    for cond, value in filters.items():
         if value is not None:
             conds.append(cond.format(ph))
             params.append(value)

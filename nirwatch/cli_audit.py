@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nirwatch.audit import AuditRecord, AuditSettings, open_audit_trail
+from nirwatch.batch_summary import format_summary, summarize_batch
 from nirwatch.errors import ConfigError
 from nirwatch.settings import load_settings
 
@@ -46,6 +47,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", help="only this sample id")
     p.add_argument("--message", help="only this message id (shows redeliveries)")
     p.add_argument("--instrument", help="only this instrument id")
+    p.add_argument("--batch", help="only this production batch")
+    p.add_argument("--product", help="only this product")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="content uniformity of --batch (redeliveries once, releasable units only)",
+    )
+    p.add_argument(
+        "--label-claim", type=float, help="declared content per unit, for --summary (e.g. 200)"
+    )
+    p.add_argument(
+        "--k",
+        type=float,
+        help="acceptability constant for the acceptance value (pharmacopoeial table for this n)",
+    )
     p.add_argument(
         "--since",
         help="published at or after: ISO 8601, or a duration ago (1h, 30m, 2d; also --since=-1h)",
@@ -109,14 +125,22 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     file=out,
                 )
             return 0
+        if args.summary and (args.batch is None or args.label_claim is None):
+            raise ConfigError("--summary needs --batch and --label-claim")
         records = trail.query(
             sample_id=args.sample,
             since=parse_since(args.since, now) if args.since else None,
             until=parse_since(args.until, now) if args.until else None,
             instrument=args.instrument,
             message_id=args.message,
-            limit=args.limit or None,
+            batch=args.batch,
+            product=args.product,
+            limit=None if args.summary else (args.limit or None),
         )
+    if args.summary:
+        summary = summarize_batch(records, label_claim=args.label_claim, k=args.k)
+        print(json.dumps(summary.as_dict()) if args.json else format_summary(summary), file=out)
+        return 0
     if args.json:
         for r in records:
             print(json.dumps(r._asdict(), separators=(",", ":")), file=out)
