@@ -226,8 +226,10 @@ def _take(
     dead_before = producer.dead_lettered
     try:
         rows = list(read_rows(path, instrument_id=instrument_id, product=product, batch=batch))
-    except (DataError, ValueError) as exc:
-        detail = str(exc) if path.name in str(exc) else f"{path.name}: {exc}"
+    except OSError:
+        raise  # cannot open it now (locked, vanished): take_file keeps it for a retry
+    except Exception as exc:  # noqa: BLE001 - whatever a file's content does, the adapter lives
+        detail = str(exc) if path.name in str(exc) else f"{path.name}: {type(exc).__name__}: {exc}"
         size = path.stat().st_size
         value = path.read_bytes() if size <= MAX_DEAD_LETTER_FILE_BYTES else None
         if value is None:

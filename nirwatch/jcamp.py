@@ -75,6 +75,8 @@ def decode_xydata(lines: list[str], where: str = "XYDATA") -> np.ndarray:
         prev_kind, prev_value = "abs", 0.0
         for kind, value in toks[1:]:  # toks[0] is the line's abscissa
             if kind == "dup":
+                if not row:
+                    raise DataError(f"{where}, line {number}: a repeat count with nothing before")
                 for _ in range(int(value) - 1):
                     row.append(row[-1] + prev_value if prev_kind == "dif" else row[-1])
                 continue

@@ -128,18 +128,22 @@ def test_file_drop_publishes_rows_dead_letters_bad_ones_and_moves_files(
     junk = b"\x00\x01 not a spectrum"
     (inbox_dir / "junk.csv").write_bytes(junk)
     (inbox_dir / "pending.csv.tmp").write_text("still being written")
+    write_csv(inbox_dir / "when.csv", spectra(1), timestamp=["yesterday"])  # not a time
     good_bytes = good.read_bytes()
     inbox = Inbox(inbox_dir, settle_s=0.0)
     with SpectrumProducer(settings, source="file-drop:line-3", expected_grid=GRID) as producer:
         stats = watch_inbox(
             inbox, producer, stop=threading.Event(), instrument_id="line-3", once=True
         )
-    assert stats == DropStats(files_done=2, files_failed=1, sent=6, dead_lettered=2)
+    assert stats == DropStats(files_done=2, files_failed=2, sent=6, dead_lettered=3)
     assert sorted(p.name for p in (inbox_dir / "done").iterdir()) == ["good.csv", "mixed.csv"]
     assert sorted(p.name for p in (inbox_dir / "failed").iterdir()) == [
         "junk.csv",
         "junk.csv.reason.txt",
+        "when.csv",
+        "when.csv.reason.txt",
     ]
+    assert "ValueError" in (inbox_dir / "failed" / "when.csv.reason.txt").read_text()
     assert "junk.csv" in (inbox_dir / "failed" / "junk.csv.reason.txt").read_text()
     assert (inbox_dir / "pending.csv.tmp").exists()  # never taken while named .tmp
 
@@ -154,11 +158,10 @@ def test_file_drop_publishes_rows_dead_letters_bad_ones_and_moves_files(
         "mixed-00000",
         "mixed-00002",
     }
-    letters = read_dead_letters(kafka, expected=2)
-    by_reason = {d.reason: d for d in letters}
-    assert set(by_reason) == {"non_finite", "bad_file"}
-    assert by_reason["bad_file"].value == junk and "junk.csv" in by_reason["bad_file"].detail
-    assert by_reason["bad_file"].stage == "ingest"
+    letters = read_dead_letters(kafka, expected=3)
+    assert sorted(d.reason for d in letters) == ["bad_file", "bad_file", "non_finite"]
+    [bad] = [d for d in letters if "junk.csv" in d.detail]
+    assert bad.reason == "bad_file" and bad.value == junk and bad.stage == "ingest"
 
     # The same file dropped again gives the same message ids: duplicates are traceable.
     shutil.copy(inbox_dir / "done" / "good.csv", inbox_dir / "good.csv")

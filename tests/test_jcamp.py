@@ -31,6 +31,8 @@ def test_compressed_and_plain_ordinates_decode_alike() -> None:
         decode_xydata(["600A0K%T", "608A3Lm"])
     with pytest.raises(DataError, match="cannot read"):
         decode_xydata(["600 12 #"])
+    with pytest.raises(DataError, match="a repeat count with nothing before"):
+        decode_xydata(["600 T"])
 
 
 def jcamp(title: str, lines: list[str], **labels: object) -> str:
