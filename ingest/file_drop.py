@@ -17,7 +17,7 @@ is dead-lettered on its own with its reason; the other rows of the file go throu
 
 Files are taken oldest first, once their size and modification time have not changed for
 ``settle_s`` (instruments that write in place), and never while hidden (``.name``) or named
-``*.tmp`` / ``*.part`` (those that write, then rename). A file is moved only after the producer
+``*.tmp`` / ``*.part`` (those that write, then rename); symbolic links are ignored. A file is moved only after the producer
 has flushed: if the broker is down, it stays in the inbox and is tried again (at-least-once).
 Message ids are derived from the file's SHA-256 and the row number, so a file published twice
 (a crash between flush and move) gives the same message ids: the duplicates are traceable.
@@ -101,8 +101,10 @@ class Inbox:
         found: dict[Path, tuple[int, int]] = {}
         for entry in os.scandir(self.path):
             name = entry.name
+            # Symlinks are never followed: a link dropped into a share must not make the adapter
+            # publish (or dead-letter, bytes included) a file from elsewhere.
             if (
-                not entry.is_file()
+                not entry.is_file(follow_symlinks=False)
                 or name.startswith(".")
                 or name.endswith((".tmp", ".part"))
                 or not name.lower().endswith(SUFFIXES)

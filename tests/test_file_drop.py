@@ -62,6 +62,8 @@ def test_inbox_takes_settled_visible_files_oldest_first(tmp_path: Path) -> None:
     os.utime(b, (100, 100))
     for name in (".hidden.csv", "c.csv.tmp", "d.part", "notes.txt"):
         (tmp_path / name).write_text("x")
+    outside = write_csv(tmp_path.parent / f"{tmp_path.name}-secret.csv", spectra(1))
+    (tmp_path / "link.csv").symlink_to(outside)  # never followed
     assert inbox.ready() == [] and inbox.settling == 2  # first sight: settling
     clock.now = 1.0
     assert inbox.ready() == []
