@@ -6,9 +6,12 @@ import argparse
 import threading
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from ingest.cli_common import ingest_settings, install_stop_handlers
 from ingest.file_drop import Inbox, watch_inbox
 from ingest.producer import SpectrumProducer
+from monitoring.metrics import FileDropMetrics
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     inbox = Inbox(args.inbox, settle_s=args.settle)
     instrument = args.instrument or args.inbox.resolve().name
     with ingest_settings() as settings:
+        metrics = None
+        if settings.metrics_port:
+            registry = CollectorRegistry()
+            metrics = FileDropMetrics(registry)
+            start_http_server(settings.metrics_port, settings.metrics_host, registry)
+            print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
         print(
             f"watching {args.inbox} as {instrument} -> {settings.kafka.topic_spectra} on "
             f"{settings.kafka.bootstrap} (processed files to done/, unreadable ones to failed/)"
@@ -50,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 batch=settings.batch,
                 poll_s=args.poll,
                 once=args.once,
+                metrics=metrics,
             )
     print(
         f"{stats.files_done} files done, {stats.files_failed} failed, {stats.files_retried} "

@@ -43,6 +43,7 @@ from kafka.errors import KafkaError
 
 from ingest.producer import SpectrumProducer
 from ingest.replay import on_even_grid
+from monitoring.metrics import FileDropMetrics
 from nirwatch.datasets_files import read_csv, read_npz
 from nirwatch.errors import DataError
 from nirwatch.jcamp import JCAMP_SUFFIXES, read_jcamp
@@ -94,6 +95,9 @@ class Inbox:
         self._seen: dict[Path, tuple[tuple[int, int], float]] = {}
         #: Files seen by the last :meth:`ready` that were not ready yet (still settling).
         self.settling = 0
+        #: Files seen by the last :meth:`ready`, and the oldest one's modification time (epoch s).
+        self.waiting = 0
+        self.oldest_mtime: float | None = None
 
     def ready(self) -> list[Path]:
         """Files to take now, oldest modification time first."""
@@ -123,6 +127,8 @@ class Inbox:
                 ready.append((sig[1], path.name, path))
         self._seen = {p: v for p, v in self._seen.items() if p in found}
         self.settling = len(found) - len(ready)
+        self.waiting = len(found)
+        self.oldest_mtime = min(sig[1] for sig in found.values()) / 1e9 if found else None
         return [p for _, _, p in sorted(ready)]
 
     def move(self, path: Path, to: Path) -> Path:
@@ -269,6 +275,7 @@ def watch_inbox(
     batch: str = "",
     poll_s: float = 1.0,
     once: bool = False,
+    metrics: FileDropMetrics | None = None,
 ) -> DropStats:
     """Take ready files until ``stop`` is set.
 
@@ -278,7 +285,11 @@ def watch_inbox(
     stats = DropStats()
     while not stop.is_set():
         outcomes = []
-        for path in inbox.ready():
+        before = (stats.sent, stats.dead_lettered)
+        ready = inbox.ready()
+        if metrics is not None:
+            _observe_inbox(metrics, inbox)
+        for path in ready:
             if stop.is_set():
                 break
             outcomes.append(
@@ -292,9 +303,28 @@ def watch_inbox(
                     batch=batch,
                 )
             )
+        if metrics is not None:
+            _observe_pass(
+                metrics, outcomes, stats.sent - before[0], stats.dead_lettered - before[1]
+            )
         progress = any(o != "retry" for o in outcomes)
         if once and (not progress and (outcomes or inbox.settling == 0)):
             break
         if not progress:
             stop.wait(poll_s)  # nothing ready, or the broker is away: do not spin
     return stats
+
+
+def _observe_inbox(metrics: FileDropMetrics, inbox: Inbox) -> None:
+    metrics.inbox_files.set(inbox.waiting)
+    oldest = inbox.oldest_mtime
+    metrics.oldest_file_age_seconds.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+
+
+def _observe_pass(
+    metrics: FileDropMetrics, outcomes: list[str], sent: int, dead_lettered: int
+) -> None:
+    for outcome in outcomes:
+        metrics.files.labels(outcome).inc()
+    metrics.spectra.labels("sent").inc(sent)
+    metrics.spectra.labels("dead_lettered").inc(dead_lettered)

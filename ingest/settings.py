@@ -28,6 +28,9 @@ class IngestSettings(NirwatchSettings):
     max_block_ms: int = Field(default=10_000, ge=100)
     #: Unacknowledged messages kept for re-sending after a producer is recreated.
     max_retry_buffer: int = Field(default=100_000, ge=0)
+    #: Prometheus endpoint of the adapters that export metrics (``file-drop``); port 0: none.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     product: str = "tablet-200mg"
     batch: str = ""
     seed: int = 0

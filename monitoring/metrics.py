@@ -1,4 +1,4 @@
-"""Prometheus metrics of the inference worker.
+"""Prometheus metrics of the inference worker (and of the file-drop adapter).
 
 Every metric takes a ``registry`` (tests pass a fresh ``CollectorRegistry``). Label sets are
 bounded: instrument and product values beyond ``max_label_values`` distinct ones are folded
@@ -171,3 +171,37 @@ class WorkerMetrics:
         self.lab_rmsecv = Gauge(
             "nirwatch_model_rmsecv", "Calibration RMSECV of the served model", registry=r
         )
+
+
+class FileDropMetrics:
+    """Metrics of the file-drop adapter (``nirwatch file-drop``): throughput and inbox backlog."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.files = Counter(
+            "nirwatch_file_drop_files",
+            "Dropped files handled, by outcome (done, failed, retry)",
+            ["outcome"],
+            registry=r,
+        )
+        self.spectra = Counter(
+            "nirwatch_file_drop_spectra",
+            "Spectra of dropped files, by result (sent, dead_lettered)",
+            ["result"],
+            registry=r,
+        )
+        self.inbox_files = Gauge(
+            "nirwatch_file_drop_inbox_files",
+            "Files waiting in the inbox (settling, ready or kept for a retry)",
+            registry=r,
+        )
+        self.oldest_file_age_seconds = Gauge(
+            "nirwatch_file_drop_oldest_file_age_seconds",
+            "Age of the oldest waiting file by its modification time (0 when the inbox is empty)",
+            registry=r,
+        )
+        for outcome in ("done", "failed", "retry"):
+            self.files.labels(outcome)
+        for result in ("sent", "dead_lettered"):
+            self.spectra.labels(result)

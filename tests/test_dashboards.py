@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
-from monitoring.metrics import WorkerMetrics
+from monitoring.metrics import FileDropMetrics, WorkerMetrics
 from nirwatch.broker import free_port
 from training.service import ServiceMetrics
 
@@ -114,6 +114,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     retrain.webhook.labels("triggered").inc()
     retrain.webhook.labels("unauthorised").inc()
     retrain.labelled.set(312)
+    file_drop = FileDropMetrics(registry)  # the file-drop adapter's, same scrape for brevity
+    file_drop.inbox_files.set(3)
+    file_drop.oldest_file_age_seconds.set(42.0)
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     stop = threading.Event()
@@ -122,6 +125,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     def feed() -> None:
         while not stop.wait(0.2):
             _fill(metrics, rng)
+            file_drop.files.labels("done").inc()
+            file_drop.spectra.labels("sent").inc(int(rng.integers(1, 20)))
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -187,6 +192,7 @@ def test_dashboards_are_well_formed() -> None:
 def test_dashboards_cover_the_required_views_with_existing_metrics() -> None:
     registry = CollectorRegistry()
     WorkerMetrics(registry)
+    FileDropMetrics(registry)
     ServiceMetrics(registry)
     suffixes = {
         "counter": ["_total"],
@@ -205,6 +211,7 @@ def test_dashboards_cover_the_required_views_with_existing_metrics() -> None:
         "nirwatch_predictions_total",  # predictions per instrument
         "nirwatch_out_of_model_total",
         "nirwatch_outside_range_total",
+        "nirwatch_file_drop_oldest_file_age_seconds",
         "nirwatch_hotelling_t2",
         "nirwatch_q_residual",
         "nirwatch_drift_score",

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ingest.file_drop import DropStats, Inbox, read_rows, take_file, watch_inbox
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
+from monitoring.metrics import FileDropMetrics
 from nirwatch.deadletter import read_dead_letters
 from nirwatch.errors import DataError
 from nirwatch.grid import wavelengths as grid_wavelengths
@@ -65,6 +67,7 @@ def test_inbox_takes_settled_visible_files_oldest_first(tmp_path: Path) -> None:
     outside = write_csv(tmp_path.parent / f"{tmp_path.name}-secret.csv", spectra(1))
     (tmp_path / "link.csv").symlink_to(outside)  # never followed
     assert inbox.ready() == [] and inbox.settling == 2  # first sight: settling
+    assert inbox.waiting == 2 and inbox.oldest_mtime == 100.0  # b.npz's time
     clock.now = 1.0
     assert inbox.ready() == []
     with a.open("a") as f:  # the instrument is still writing a.csv
@@ -133,11 +136,27 @@ def test_file_drop_publishes_rows_dead_letters_bad_ones_and_moves_files(
     write_csv(inbox_dir / "when.csv", spectra(1), timestamp=["yesterday"])  # not a time
     good_bytes = good.read_bytes()
     inbox = Inbox(inbox_dir, settle_s=0.0)
+    registry = CollectorRegistry()
+    metrics = FileDropMetrics(registry)
     with SpectrumProducer(settings, source="file-drop:line-3", expected_grid=GRID) as producer:
         stats = watch_inbox(
-            inbox, producer, stop=threading.Event(), instrument_id="line-3", once=True
+            inbox,
+            producer,
+            stop=threading.Event(),
+            instrument_id="line-3",
+            once=True,
+            metrics=metrics,
         )
     assert stats == DropStats(files_done=2, files_failed=2, sent=6, dead_lettered=3)
+    value = registry.get_sample_value
+    assert value("nirwatch_file_drop_files_total", {"outcome": "done"}) == 2
+    assert value("nirwatch_file_drop_files_total", {"outcome": "failed"}) == 2
+    assert value("nirwatch_file_drop_files_total", {"outcome": "retry"}) == 0
+    assert value("nirwatch_file_drop_spectra_total", {"result": "sent"}) == 6
+    assert value("nirwatch_file_drop_spectra_total", {"result": "dead_lettered"}) == 3
+    # The last pass found the inbox empty (the .tmp file does not count).
+    assert value("nirwatch_file_drop_inbox_files") == 0
+    assert value("nirwatch_file_drop_oldest_file_age_seconds") == 0
     assert sorted(p.name for p in (inbox_dir / "done").iterdir()) == ["good.csv", "mixed.csv"]
     assert sorted(p.name for p in (inbox_dir / "failed").iterdir()) == [
         "junk.csv",
