@@ -5,7 +5,8 @@ and the ordinates in ``##XYDATA=(X++(Y..Y))`` form, either as plain numbers (AFF
 compressed (ASDF: SQZ digits, DIF differences, DUP repeats), or as ``##XYPOINTS=(XY..XY)``.
 A file holds one spectrum or several blocks (``##TITLE=`` ... ``##END=``; LINK files); each
 block with data becomes one row. The abscissa is rebuilt from ``##FIRSTX``, ``##LASTX`` and
-``##NPOINTS`` (with ``##XFACTOR``), ordinates are scaled by ``##YFACTOR``. Only
+``##NPOINTS`` (real units; ``##XFACTOR`` scales only the abscissas written in data lines, and in
+``XYPOINTS``), ordinates are scaled by ``##YFACTOR``. Only
 ``##YUNITS=ABSORBANCE`` (or unset, or ``ARBITRARY UNITS``, taken as they are) is accepted:
 nirwatch's models work on absorbance (log 1/R for diffuse reflectance), and a reflectance or
 transmittance export must be converted by the instrument software, where its reference is
