@@ -9,9 +9,10 @@ Uniformity of dosage units (Ph. Eur. 2.9.40 / USP <905>), in % of label claim:
 the acceptance value is ``AV = |M − X̄| + k·s`` with the reference value ``M = X̄`` clipped
 to [98.5, 101.5] (target content T ≤ 101.5 %). ``k`` depends on the number of units and, for
 large samples from PAT, on the table of Ph. Eur. 2.9.47 (Alternative 1): it is not built in,
-the user passes the one that applies (``--k``). The counts of units
-outside 85–115 % and 75–125 % of label claim are reported for the counting criteria
-(c1, c2); the pass/fail decision against the pharmacopoeial tables stays with QA.
+the user passes the one that applies (``--k``). The numbers of units outside 85–115 % and
+75–125 % of label claim are reported as counts of label claim; how they map onto a
+pharmacopoeia's counting criteria (c1, c2, and the reference they are taken against) and the
+pass/fail decision stay with QA.
 """
 
 from __future__ import annotations
