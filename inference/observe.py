@@ -10,8 +10,10 @@ import collections
 import logging
 import time
 
+import numpy as np
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
+from prometheus_client import Counter
 
 from inference.batching import MicroBatch
 from monitoring.metrics import WorkerMetrics
@@ -63,17 +65,9 @@ class WorkerObserver:
             m.predictions.labels(inst, model).inc(n)
         for reason, n in collections.Counter(r for r in bp.fallback_reason if r).items():
             m.fallbacks.labels(reason).inc(n)
-        oom = bp.out_of_model.tolist()
-        for inst, n in collections.Counter(
-            i for i, o in zip(instruments, oom, strict=True) if o
-        ).items():
-            m.out_of_model.labels(inst).inc(n)
+        _count_flagged(m.out_of_model, instruments, bp.out_of_model)
         if bp.outside_range is not None:
-            outside = bp.outside_range.tolist()
-            for inst, n in collections.Counter(
-                i for i, o in zip(instruments, outside, strict=True) if o
-            ).items():
-                m.outside_range.labels(inst).inc(n)
+            _count_flagged(m.outside_range, instruments, bp.outside_range)
         now = time.time()
         observe = m.latency_seconds.observe
         for h in headers:
@@ -124,3 +118,11 @@ class WorkerObserver:
         for labels in self._lag_series - seen:  # partitions this worker no longer owns
             self.metrics.consumer_lag.remove(*labels)
         self._lag_series = seen
+
+
+def _count_flagged(counter: Counter, instruments: list[str], flags: np.ndarray) -> None:
+    """Add the flagged spectra of a batch to ``counter``, per instrument label."""
+    for inst, n in collections.Counter(
+        i for i, f in zip(instruments, flags.tolist(), strict=True) if f
+    ).items():
+        counter.labels(inst).inc(n)
