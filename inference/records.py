@@ -49,7 +49,8 @@ def _template(const: dict[str, str]) -> str:
         f'"bundle_checksum":{c["bundle_checksum"]},"product":%s,"batch":%s,'
         f'"unit":{c["unit"]},"fallback_reason":%s,"cnn_value":%s,"pls_value":%s,'
         f'"t2":%s,"q":%s,"t2_limit":{c["t2_limit"]},"q_limit":{c["q_limit"]},'
-        f'"out_of_model":%s,"releasable":%s,"schema":{c["schema"]}}}'
+        f'"out_of_model":%s,"releasable":%s,"interval_low":%s,"interval_high":%s,'
+        f'"schema":{c["schema"]}}}'
     )
 
 
@@ -62,8 +63,11 @@ def check_batch_prediction(bp: BatchPrediction, n: int) -> None:
         Naming the field, the expected length ``n`` and the length it has.
     """
     names = ["value", "model", "cnn_value", "pls_value", "t2", "q", "out_of_model"]
-    if bp.outside_range is not None:
-        names.append("outside_range")
+    names += [
+        name
+        for name in ("outside_range", "interval_low", "interval_high", "too_wide")
+        if getattr(bp, name) is not None
+    ]
     for name in names:
         got = np.shape(getattr(bp, name))
         if got != (n,):
@@ -106,17 +110,21 @@ class _Columns(NamedTuple):
     q: list[float | None]
     out_of_model: list[bool]
     releasable: list[bool]
+    low: list[float | None]
+    high: list[float | None]
 
 
 def _columns(bp: BatchPrediction, n: int) -> _Columns:
     value = _finite_or_none(bp.value)
     oom: list[bool] = np.asarray(bp.out_of_model, dtype=bool).tolist()
-    if bp.outside_range is not None:
-        # An extrapolated value is held like an out-of-model one (not releasable).
-        held = np.asarray(bp.out_of_model, dtype=bool) | np.asarray(bp.outside_range, dtype=bool)
-        hold: list[bool] = held.tolist()
-    else:
-        hold = oom
+    held = np.asarray(bp.out_of_model, dtype=bool)
+    for extra in (bp.outside_range, bp.too_wide):
+        # An extrapolated value, or one with too wide an interval, is held like an
+        # out-of-model one (not releasable).
+        if extra is not None:
+            held = held | np.asarray(extra, dtype=bool)
+    hold: list[bool] = held.tolist()
+    none = [None] * n
     return _Columns(
         ids=prediction_ids(n),
         value=value,
@@ -127,6 +135,8 @@ def _columns(bp: BatchPrediction, n: int) -> _Columns:
         q=_finite_or_none(bp.q),
         out_of_model=oom,
         releasable=[not h and v is not None for h, v in zip(hold, value, strict=True)],
+        low=none if bp.interval_low is None else _finite_or_none(bp.interval_low),
+        high=none if bp.interval_high is None else _finite_or_none(bp.interval_high),
     )
 
 
@@ -185,7 +195,7 @@ def encode_batch(
     if raw_values is not None and len(raw_values) != n:
         raise ModelError(f"expected {n} raw spectrum values to audit, got {len(raw_values)}")
     c = _columns(bp, n)
-    ids, value, model, cnn, pls, t2, q, oom, releasable = c
+    ids, value, model, cnn, pls, t2, q, oom, releasable, low, high = c
     # Fields shared by the whole batch are encoded once; per record only its own values are.
     const = {
         "published_at": _dumps(published_at),
@@ -222,6 +232,8 @@ def encode_batch(
                     _num(q[i]),
                     _TRUE if oom[i] else _FALSE,
                     _TRUE if releasable[i] else _FALSE,
+                    _num(low[i]),
+                    _num(high[i]),
                 )
             ).encode()
         )
@@ -242,7 +254,7 @@ def _audit_records(
     c: _Columns,
 ) -> list[AuditRecord]:
     # Filled from the same lists as the JSON (NaN/inf already None), so both say the same.
-    ids, value, model, cnn, pls, t2, q, oom, releasable = c
+    ids, value, model, cnn, pls, t2, q, oom, releasable, _, _ = c
     t2_limit, q_limit = _limit(bp.t2_limit), _limit(bp.q_limit)
     version, checksum = predictor.version, predictor.checksum
     target, unit = predictor.target, predictor.unit

@@ -102,6 +102,12 @@ class BundleContents:
     largest |CNN − PLS| difference accepted before falling back to PLS (e.g. 3 × RMSECV).
     ``target_range`` is the (min, max) of the calibration's reference values: predictions
     outside it are extrapolations and are not releasable.
+
+    ``serving`` says what serves (``{"model": "pls"|"cnn"|"blend", "cnn_weight": w}``; None:
+    the CNN when present), ``interval`` how prediction intervals are made (conformal quantiles
+    per model, scaled by leverage), ``max_interval_width`` the widest releasable interval,
+    ``extrapolation`` which model serves within ``margin`` of a range end and beyond it, and
+    ``selection`` the validation that chose them (report data).
     """
 
     target: str
@@ -120,6 +126,11 @@ class BundleContents:
     extra_files: Mapping[str, bytes] = field(default_factory=dict)
     version: str | None = None
     target_range: tuple[float, float] | None = None
+    serving: Mapping[str, Any] | None = None
+    interval: Mapping[str, Any] | None = None
+    max_interval_width: float | None = None
+    extrapolation: Mapping[str, Any] | None = None
+    selection: Mapping[str, Any] | None = None
 
 
 def _target(contents: BundleContents) -> dict[str, Any]:
@@ -132,6 +143,31 @@ def _target(contents: BundleContents) -> dict[str, Any]:
             )
         target["range"] = [lo, hi]
     return target
+
+
+def _optional_sections(contents: BundleContents) -> dict[str, Any]:
+    """Manifest sections written only when given (older bundles lack them)."""
+    out: dict[str, Any] = {}
+    for name in ("serving", "interval", "extrapolation", "selection"):
+        value = getattr(contents, name)
+        if value is not None:
+            out[name] = _plain(value)
+    if contents.max_interval_width is not None:
+        out["max_interval_width"] = float(contents.max_interval_width)
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def data_hash(X: np.ndarray, y: np.ndarray) -> str:
@@ -260,6 +296,7 @@ def write_bundle(
         "fallback_limit": float(contents.fallback_limit),
         "statistics_input": "pls" if contents.statistics_on_pls else "steps",
         "models": {"cnn": contents.cnn is not None, "pls": True},
+        **_optional_sections(contents),
         "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
     }
     manifest_bytes = _json_bytes(manifest)

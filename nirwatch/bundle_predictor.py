@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from nirwatch.chemometrics.diagnostics import leverage_scale
 from nirwatch.errors import DataError
 from nirwatch.predictor import BatchPrediction
 
@@ -64,6 +65,18 @@ class LoadedBundle:
         self.target_range: tuple[float, float] | None = (
             (float(rng[0]), float(rng[1])) if rng is not None else None
         )
+        # Older bundles have no serving section: the CNN serves when present.
+        serving = self.manifest.get("serving") or {}
+        self.cnn_weight = float(serving.get("cnn_weight", 1.0)) if cnn is not None else 0.0
+        interval = self.manifest.get("interval") or {}
+        self._quantiles = {k: float(v) for k, v in (interval.get("quantiles") or {}).items()}
+        self.interval_level: float | None = interval.get("level")
+        width = self.manifest.get("max_interval_width")
+        self.max_interval_width = None if width is None else float(width)
+        self._n_calibration = int(self.manifest.get("training", {}).get("n_calibration", 0))
+        ends = self.manifest.get("extrapolation") or {}
+        self.range_end_model: str | None = ends.get("model")
+        self.range_end_margin = float(ends.get("margin", 0.0))
 
     @property
     def version(self) -> str:
@@ -126,34 +139,22 @@ class LoadedBundle:
             pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
             Xs = _apply(self._stats_steps, X)
         t2, q = (np.asarray(a, dtype=np.float64).reshape(n) for a in self._stats.score(Xs))
-        cnn = np.full(n, np.nan)
-        reasons: list[str | None]
-        if self._cnn is None:
-            reasons = ["cnn_unavailable"] * n
-        else:
-            try:
-                Xc = _apply(self._cnn_steps, X)
-                cnn = np.asarray(self._cnn.predict(Xc), dtype=np.float64).reshape(n)
-            except Exception:  # a failing CNN must never stop the line: PLS serves
-                log.exception("bundle %s: CNN raised; PLS serves this batch", self.version)
-                cnn = np.full(n, np.nan)
-                reasons = ["cnn_error"] * n
-            else:
-                finite = np.isfinite(cnn)
-                disagree = finite & (np.abs(cnn - pls) > self.fallback_limit)
-                reasons = [
-                    "cnn_non_finite" if not f else ("cnn_pls_disagree" if d else None)
-                    for f, d in zip(finite.tolist(), disagree.tolist(), strict=True)
-                ]
+        cnn, reasons = self._cnn_values(X, pls, n)
         use_cnn = np.array([r is None for r in reasons], dtype=bool)
-        value = np.where(use_cnn, cnn, pls)
+        w = self.cnn_weight
+        label = "cnn" if w == 1 else "blend"
+        value = np.where(use_cnn, w * cnn + (1 - w) * pls, pls)
+        model = np.where(use_cnn, label, "pls")
         outside = None
         if self.target_range is not None:
             lo, hi = self.target_range
             outside = (value < lo) | (value > hi)  # NaN compares False: no value, no range flag
+            value, model = self._range_ends(value, model, cnn, pls, use_cnn, reasons)
+            outside |= (value < lo) | (value > hi)
+        low, high, too_wide = self._intervals(value, model, t2)
         return BatchPrediction(
             value=value,
-            model=np.where(use_cnn, "cnn", "pls"),
+            model=model,
             fallback_reason=reasons,
             cnn_value=cnn,
             pls_value=pls,
@@ -164,7 +165,75 @@ class LoadedBundle:
             # NaN diagnostics compare False: written so that they count as out of model.
             out_of_model=~((t2 <= self.t2_limit) & (q <= self.q_limit)),
             outside_range=outside,
+            interval_low=low,
+            interval_high=high,
+            too_wide=too_wide,
         )
+
+    def _cnn_values(self, X: np.ndarray, pls: np.ndarray, n: int) -> tuple[np.ndarray, list]:
+        """The CNN's predictions and, per spectrum, why it cannot serve (None: it can)."""
+        cnn = np.full(n, np.nan)
+        if self._cnn is None:
+            return cnn, ["cnn_unavailable"] * n
+        try:
+            Xc = _apply(self._cnn_steps, X)
+            cnn = np.asarray(self._cnn.predict(Xc), dtype=np.float64).reshape(n)
+        except Exception:  # a failing CNN must never stop the line: PLS serves
+            log.exception("bundle %s: CNN raised; PLS serves this batch", self.version)
+            return np.full(n, np.nan), ["cnn_error"] * n
+        finite = np.isfinite(cnn)
+        disagree = finite & (np.abs(cnn - pls) > self.fallback_limit)
+        return cnn, [
+            "cnn_non_finite" if not f else ("cnn_pls_disagree" if d else None)
+            for f, d in zip(finite.tolist(), disagree.tolist(), strict=True)
+        ]
+
+    def _range_ends(
+        self,
+        value: np.ndarray,
+        model: np.ndarray,
+        cnn: np.ndarray,
+        pls: np.ndarray,
+        use_cnn: np.ndarray,
+        reasons: list[str | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Within ``margin`` of a range end or beyond it, the range-end model serves (the one
+        that predicted held-out range ends best in training); ``reasons`` gets ``range_end``."""
+        ends_model = self.range_end_model
+        if ends_model is None or self.target_range is None:
+            return value, model
+        lo, hi = self.target_range
+        near = (value < lo + self.range_end_margin) | (value > hi - self.range_end_margin)
+        if ends_model == "pls":
+            alt = pls
+        elif ends_model == "cnn":
+            alt = np.where(use_cnn, cnn, np.nan)
+        else:
+            w = self.cnn_weight
+            alt = np.where(use_cnn, w * cnn + (1 - w) * pls, np.nan)
+        swap = near & np.isfinite(alt) & (model != ends_model)
+        if not swap.any():
+            return value, model
+        for i in np.flatnonzero(swap).tolist():
+            reasons[i] = reasons[i] or "range_end"
+        return np.where(swap, alt, value), np.where(swap, ends_model, model)
+
+    def _intervals(
+        self, value: np.ndarray, model: np.ndarray, t2: np.ndarray
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Conformal interval ``value ± quantile[model] * leverage scale`` (None: no interval
+        in this bundle)."""
+        if not self._quantiles:
+            return None, None, None
+        scale = leverage_scale(t2, self._n_calibration)
+        quantile = np.array([self._quantiles.get(str(m), np.nan) for m in model.tolist()])
+        half = quantile * scale
+        low, high = value - half, value + half
+        too_wide = None
+        if self.max_interval_width is not None:
+            # No interval (NaN) is not a narrow one: it is held too.
+            too_wide = ~(high - low <= self.max_interval_width)
+        return low, high, too_wide
 
 
 def _apply(steps: Sequence[Any], X: np.ndarray) -> np.ndarray:

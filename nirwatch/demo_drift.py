@@ -102,7 +102,15 @@ class DriftLoop:
             Dataset(X, y, wl),
             self.buffer.dataset(),
             self.registry,
-            fit_bundle_fitter(target="api_content", unit="mg", model="pls", hmac_key=self.hmac_key),
+            # Quick fit for a live demo: no nested CV, one CV repeat.
+            fit_bundle_fitter(
+                target="api_content",
+                unit="mg",
+                model="pls",
+                hmac_key=self.hmac_key,
+                nested_cv=False,
+                cv_repeats=1,
+            ),  # fmt: skip
             settings,
             root / "staging",
         )

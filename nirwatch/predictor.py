@@ -17,10 +17,12 @@ class BatchPrediction:
     value : ndarray (n,)
         The published prediction (NaN where no model could predict).
     model : ndarray (n,) of str
-        ``"cnn"`` or ``"pls"``: which model produced ``value``.
+        ``"cnn"``, ``"pls"`` or ``"blend"`` (a weighted mean of the two): which model
+        produced ``value``.
     fallback_reason : list of (str or None), length n
         Why PLS was used instead of the CNN (bounded codes, e.g. ``"cnn_unavailable"``,
-        ``"cnn_error"``, ``"cnn_non_finite"``, ``"cnn_pls_disagree"``); None when the CNN served.
+        ``"cnn_error"``, ``"cnn_non_finite"``, ``"cnn_pls_disagree"``, or ``"range_end"``
+        when the bundle's range-end model replaced the served one); None otherwise.
     cnn_value, pls_value : ndarray (n,)
         Each model's own prediction (NaN when not computed).
     t2, q : ndarray (n,)
@@ -33,6 +35,10 @@ class BatchPrediction:
         ``value`` lies outside the range of the calibration's reference values: an
         extrapolation, not releasable (the validated range of the method, as in the EMA NIR
         guideline EMA/CHMP/CVMP/QWP/17760/2009 Rev. 2). None when the model has no range.
+    interval_low, interval_high : ndarray (n,), optional
+        The prediction interval (conformal, at the bundle's level); NaN where there is none.
+    too_wide : ndarray (n,) of bool, optional
+        The interval is wider than the bundle's ``max_interval_width``: not releasable.
     """
 
     value: np.ndarray
@@ -46,6 +52,9 @@ class BatchPrediction:
     q_limit: float
     out_of_model: np.ndarray
     outside_range: np.ndarray | None = None
+    interval_low: np.ndarray | None = None
+    interval_high: np.ndarray | None = None
+    too_wide: np.ndarray | None = None
 
 
 class Predictor(Protocol):

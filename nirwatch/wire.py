@@ -273,7 +273,9 @@ class Prediction:
     only when no model could predict. ``out_of_model`` marks a spectrum outside the
     calibration's 99 % Hotelling T² or Q limits: it is not releasable. Nor is a value outside
     the range of the calibration's reference values (the bundle's ``target.range``): an
-    extrapolation has ``releasable`` false with ``out_of_model`` false.
+    extrapolation has ``releasable`` false with ``out_of_model`` false. ``interval_low`` and
+    ``interval_high`` bound the bundle's conformal prediction interval (None when the bundle
+    has none); an interval wider than the bundle's ``max_interval_width`` is not releasable.
     """
 
     prediction_id: str
@@ -299,6 +301,8 @@ class Prediction:
     q_limit: float | None = None
     out_of_model: bool = False
     releasable: bool = True
+    interval_low: float | None = None
+    interval_high: float | None = None
     schema: str = PREDICTION_SCHEMA
 
     def encode(self) -> bytes:

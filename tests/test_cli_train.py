@@ -27,6 +27,13 @@ def write_slice(src: Path, dest: Path, n_train: int = 60, n_test: int = 30) -> P
     return dest
 
 
+@pytest.fixture(autouse=True)
+def _one_cv_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The recipe search repeats K-fold up to 5 times on small sets; once is enough to test the
+    # plumbing and keeps these tests quick.
+    monkeypatch.setenv("NIRWATCH_TRAIN_CV_REPEATS", "1")
+
+
 @pytest.fixture
 def shootout_slice(shootout_csv: Path, tmp_path: Path) -> Path:
     return write_slice(shootout_csv, tmp_path / "slice.csv")
@@ -72,6 +79,10 @@ def test_train_pls_register_and_predict(
         rows = list(csv.DictReader(f))
     assert len(rows) == 90
     assert {"prediction", "model", "cnn_prediction", "pls_prediction", "t2", "q"} <= set(rows[0])
+    low = np.array([float(r["interval_low"]) for r in rows])
+    high = np.array([float(r["interval_high"]) for r in rows])
+    value = np.array([float(r["prediction"]) for r in rows])
+    assert np.all((low < value) & (value < high))
     assert all(r["model"] == "pls" and r["fallback_reason"] == "cnn_unavailable" for r in rows)
     assert all(r["out_of_model"] in ("true", "false") for r in rows)
     # The calibrated range is the Train rows' reference range; beyond it a value is held.
@@ -147,7 +158,7 @@ def test_predict_refuses_other_grid(
     assert not (tmp_path / "p.csv").exists()
 
 
-FALLBACK_REASONS = {"", "cnn_pls_disagree", "cnn_non_finite", "cnn_error"}
+FALLBACK_REASONS = {"", "cnn_pls_disagree", "cnn_non_finite", "cnn_error", "range_end"}
 
 
 def test_train_tiny_cnn_and_predict(
@@ -157,16 +168,22 @@ def test_train_tiny_cnn_and_predict(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A tiny CNN (2 networks, 3 epochs, 2 augmented copies): the plumbing, not the accuracy.
+    # 60 spectra are below cnn_min_samples: --model cnn trains and serves it regardless.
     monkeypatch.setenv("NIRWATCH_TRAIN_CNN_MEMBERS", "2")
     monkeypatch.setenv("NIRWATCH_TRAIN_AUGMENT_COPIES", "2")
     monkeypatch.setenv("NIRWATCH_TRAIN_CNN_START_NM", "1100")  # as benchmarks/shootout.py
     out = tmp_path / "bundle"
     split = ["--split-column", "SampleType", "--train-values", "Train"]
-    rc = main(train_args(shootout_slice, out, *split, "--epochs", "3", "--device", "cpu"))
+    rc = main(
+        train_args(
+            shootout_slice, out, *split, "--epochs", "3", "--device", "cpu", "--model", "cnn"
+        )
+    )
     assert rc == 0, capsys.readouterr().err
     assert (out / "cnn.safetensors").exists() and (out / "cnn.json").exists()
     report = json.loads((out / "report/report.json").read_text())
-    assert set(report["models"]) == {"pls", "cnn"} and report["served_by"] == "cnn"
+    assert set(report["models"]) == {"pls", "cnn", "served"} and report["served_by"] == "cnn"
+    assert report["selection"]["reason"] == "--model cnn: the CNN serves as asked"
     cnn = report["models"]["cnn"]
     assert cnn["members"] == 2 and cnn["n_cv"] == 60 and cnn["n_test"] == 30
     for png in ("learning_curves.png", "conv1_kernel_activations.png"):

@@ -82,6 +82,7 @@ def test_bundle_served_from_cuda_matches_cpu(tmp_path: Path) -> None:
     out = fit_bundle(
         X, y, wl, target="api", unit="mg", model="both", out_dir=tmp_path / "b",
         cv_folds=5, pls_max_components=8, epochs=3, cnn_members=2, augment_copies=1,
+        nested_cv=False, cv_repeats=1,
         device="cuda",
     )  # fmt: skip
     on_gpu = load_bundle(out, device="cuda")

@@ -129,7 +129,9 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
     # --- a champion fitted on the calibration set (PLS-only: fast)
     X, y, wl = calibration_set(150, seed=0)
     calibration = Dataset(X.astype(float), y, wl)
-    fitter = fit_bundle_fitter(target="api_content", unit="mg", model="pls")
+    fitter = fit_bundle_fitter(
+        target="api_content", unit="mg", model="pls", nested_cv=False, cv_repeats=1
+    )
     registry = ModelRegistry(tmp_path / "registry")
     first = registry.register(fitter(calibration, tmp_path / "champion"))
     registry.promote(first)

@@ -233,7 +233,8 @@ def test_registry_rmsecv_reads_the_manifest(tmp_path: Path) -> None:
     from training.fit import fit_bundle
 
     X, y, wl = calibration_set(40, seed=2)
-    bundle = fit_bundle(X, y, wl, target="api", unit="mg", model="pls", out_dir=tmp_path / "b")
+    bundle = fit_bundle(X, y, wl, target="api", unit="mg", model="pls", out_dir=tmp_path / "b",
+                        nested_cv=False, cv_repeats=1)  # fmt: skip
     registry = ModelRegistry(tmp_path / "reg")
     version = registry.register(bundle)
     lookup = registry_rmsecv(registry)

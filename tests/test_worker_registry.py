@@ -54,6 +54,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                 model="pls",
                 out_dir=root / f"b{seed}",
                 cv_folds=3,
+                nested_cv=False,
+                cv_repeats=1,
                 pls_max_components=4,
             )
         )
@@ -84,6 +86,7 @@ def test_real_bundle_falls_back_to_pls_for_each_reason_through_the_broker(
     path = fit_bundle(
         X, y, wl, target="api", unit="mg", model="both", out_dir=tmp_path / "b",
         cv_folds=3, pls_max_components=4, epochs=2, cnn_members=1, augment_copies=1,
+        nested_cv=False, cv_repeats=1,
     )  # fmt: skip
     bundle = load_bundle(path, device="cpu")
     assert bundle.has_cnn

@@ -26,6 +26,8 @@ COLUMNS = (
     "q",
     "out_of_model",
     "outside_range",
+    "interval_low",
+    "interval_high",
 )
 CHUNK = 4096
 
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             p = bundle.predict(data.X[start:stop])
             ids = [data.metadata[c][start:stop] for c in args.id_column]
             outside = p.outside_range
+            low = p.interval_low if p.interval_low is not None else np.full(stop - start, np.nan)
+            high = p.interval_high if p.interval_high is not None else np.full(stop - start, np.nan)
             for i in range(stop - start):
                 w.writerow(
                     [
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                         _num(p.q[i]),
                         str(bool(p.out_of_model[i])).lower(),
                         "" if outside is None else str(bool(outside[i])).lower(),
+                        _num(low[i]),
+                        _num(high[i]),
                     ]
                 )
             n_out += stop - start

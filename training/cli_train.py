@@ -32,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=["cnn", "pls", "both"],
         default="both",
-        help="pls: PLS only; cnn or both: the CNN serves and PLS is stored as its fallback",
+        help="both: PLS and (with enough spectra) the CNN; the validation winner serves: CNN, "
+        "PLS or a blend. cnn: the CNN serves. pls: PLS only. PLS is always the fallback",
     )
     parser.add_argument(
         "--out", type=Path, help="bundle directory to create (default bundles/<target>-<time>)"
@@ -98,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
             f"{name}: RMSECV {m['rmsecv']:.4g}  RMSEP {rmsep}  bias {m['bias']:.3g}  "
             f"R² {m['r2']:.4f} [{args.unit}]"
         )
+    sel = report.get("selection", {})
+    coverage = report.get("interval", {}).get("test_coverage")
+    cov = "" if coverage is None else f"; test interval coverage {coverage:.1%}"
+    print(f"served: {report['served_by']} ({sel.get('reason', '')}){cov}")
     print(f"bundle: {path}")
     if args.register is not None:
         version = ModelRegistry(args.register, hmac_key=settings.registry.key()).register(path)

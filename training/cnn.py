@@ -261,7 +261,10 @@ def fit_cnn(
             generator,
             on_epoch,
         )
-        model.load_state_dict(best_state)
+        if train.restore_best:
+            model.load_state_dict(best_state)
+        else:
+            best_epoch = len(history) - 1
     finally:
         torch.use_deterministic_algorithms(prev_det)
     predictor = CNNPredictor([model.cpu()], device=train.device)
@@ -327,6 +330,6 @@ def _loop(
             if rmse < best_rmse:
                 best_rmse, best_epoch = rmse, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            elif epoch - best_epoch >= train.patience:
+            elif train.restore_best and epoch - best_epoch >= train.patience:
                 break
     return history, best_state, float(best_rmse), best_epoch

@@ -52,11 +52,15 @@ def fit_cnn_ensemble(
     augmenter: SpectralAugmenter | None = None,
     train: TrainConfig | None = None,
     n_members: int = 5,
+    folds: np.ndarray | None = None,
 ) -> FittedCNN:
     """One network per fold of a stratified K-fold split, each early-stopped on its fold.
 
     The preprocessing (unsupervised: no target involved) is fitted once on all calibration
     spectra and shared by the members; the augmenter is seeded differently per member.
+
+    ``folds`` (n,) gives the split (members = folds) instead of :func:`stratified_folds`, e.g.
+    to share the outer folds of a nested model comparison.
 
     Returns
     -------
@@ -71,7 +75,12 @@ def fit_cnn_ensemble(
     Z = X
     for step in fitted:
         Z = step.fit_transform(Z)
-    folds = stratified_folds(y, n_members, seed=train.seed)
+    if folds is None:
+        folds = stratified_folds(y, n_members, seed=train.seed)
+    elif np.shape(folds) != y.shape:
+        raise DataError(f"folds: expected shape {y.shape}, got {np.shape(folds)}")
+    else:
+        n_members = int(np.max(folds)) + 1
     members: list[SpectralCNN] = []
     history: list[list[dict[str, float]]] = []
     best_epochs: list[int] = []

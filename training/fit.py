@@ -1,38 +1,56 @@
-"""Fit a complete model bundle: PLS (always, the fallback), CNN (optional), diagnostics, report.
+"""Fit a complete model bundle: the model that validation chooses, PLS as its fallback,
+diagnostics, intervals and a report.
 
-* PLS: MSC, then a Savitzky-Golay first derivative, latent variables by K-fold CV
-  (:func:`nirwatch.chemometrics.pls.fit_pls_cv`) — the reference PLS of issue 3.
-* CNN: spectral augmentation followed by EMSC, then the 1-D CNN (Bjerrum, Glahder & Skov
-  2017, arXiv:1710.01927); by default :func:`training.cnn.fit_cnn_ensemble` (one network per
-  stratified fold, early-stopped on it, so the out-of-fold predictions are the CNN's RMSECV),
-  or :func:`training.cnn.fit_cnn` with a validation split when ``cnn_members`` is 1. Never
-  anything of the test rows: they only give RMSEP.
-* Calibration statistics: PCA of the PLS-preprocessed calibration spectra with as many
-  components as PLS latent variables; Hotelling T² and Q limits at 95 / 99 %.
-* Fallback limit: ``fallback_k × RMSECV`` of PLS. Two predictions that each err by about
-  RMSECV differ by about √2 × RMSECV, so k = 3 flags only clear disagreements.
+1. **PLS** (always; the fallback): recipe (wavelength range, scatter correction, derivative)
+   and latent variables chosen by repeated K-fold CV with a one-standard-error rule
+   (:class:`nirwatch.chemometrics.pls_search.PLSCalibrationCV`), and the same search rerun
+   inside the outer folds for its honest RMSECV (:mod:`training.candidates`).
+2. **CNN** (``model`` "both" with at least ``cnn_min_samples`` spectra, or "cnn"): spectral
+   augmentation, then EMSC, then the 1-D CNN (Bjerrum, Glahder & Skov 2017); one network per
+   outer fold, so its held-out predictions are out-of-fold on the same split.
+3. **Served model**: ``w * CNN + (1 - w) * PLS`` with ``w`` from the out-of-fold predictions
+   (0 = PLS, 1 = CNN); its reported RMSECV chooses ``w`` inside the outer folds
+   (:func:`training.calibration.choose_blend`). ``model="cnn"`` serves the CNN (w = 1).
+4. **Range ends**: the model that predicts the held-out bottom and top 10 % of the target best
+   serves near and beyond the calibrated range (such values stay not releasable).
+5. **Intervals**: split-conformal quantiles of the out-of-fold residuals, scaled by leverage.
+6. Calibration statistics (Hotelling T², Q) on the PLS preprocessing; fallback limit
+   ``fallback_k x`` the PLS's honest RMSECV.
+
+Never anything of the test rows: they only give RMSEP.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.model_selection import KFold
 
-from nirwatch.bundle import BundleContents, data_hash, write_bundle
-from nirwatch.chemometrics.derivative import SavitzkyGolay
+from nirwatch.bundle import BundleContents, data_hash, load_bundle, write_bundle
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import PLSCalibration, fit_pls_cv
-from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
 from nirwatch.errors import DataError
+from training.calibration import (
+    BlendChoice,
+    choose_blend,
+    conformal_quantile,
+    leverage_scale,
+    rmse,
+)
+from training.candidates import (
+    CNNCandidate,
+    PLSCandidate,
+    evaluation,
+    fit_cnn_candidate,
+    fit_pls_candidate,
+    range_end_check,
+)
+from training.cnn_ensemble import stratified_folds
 from training.report import ModelEvaluation, build_report
 from training.settings import TrainingSettings
 
@@ -41,18 +59,8 @@ log = logging.getLogger(__name__)
 ModelChoice = Literal["both", "cnn", "pls"]
 #: Fewest calibration spectra accepted: K-fold CV and a CNN validation split need a few each.
 MIN_SAMPLES = 20
-
-
-@dataclass
-class _CNNResult:
-    predictor: Any
-    steps: list[Any]
-    evaluation: ModelEvaluation
-    history: list[list[dict[str, float]]] = field(default_factory=list)
-    activations: np.ndarray | None = None
-    reference: np.ndarray | None = None
-    wavelengths: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+#: Outer folds of the model comparison when the CNN is a single network (no ensemble folds).
+OUTER_FOLDS = 5
 
 
 def check_training_data(
@@ -89,27 +97,6 @@ def check_training_data(
     return X, y, wl
 
 
-def pls_steps(settings: TrainingSettings) -> list[Any]:
-    """The PLS preprocessing: MSC, then a Savitzky-Golay first derivative."""
-    return [
-        MultiplicativeScatterCorrection(),
-        SavitzkyGolay(window_length=settings.sg_window, polyorder=settings.sg_polyorder, deriv=1),
-    ]
-
-
-def cv_predictions(
-    model: PLSCalibration, X: np.ndarray, y: np.ndarray, folds: int, seed: int
-) -> np.ndarray:
-    """Held-out predictions of ``model``'s pipeline with its chosen components, same folds as CV."""
-    pred = np.empty_like(y)
-    for train, test in KFold(n_splits=folds, shuffle=True, random_state=seed).split(X):
-        fold = PLSCalibration(
-            steps=[clone(s) for s in model.steps], n_components=model.n_components_
-        )
-        pred[test] = fold.fit(X[train], y[train]).predict(X[test])
-    return pred
-
-
 def fit_bundle(
     X: Any,
     y: Any,
@@ -126,7 +113,7 @@ def fit_bundle(
     progress: bool = False,
     **overrides: Any,
 ) -> Path:
-    """Fit PLS (always) and the CNN (``model`` "cnn" or "both") and write a bundle.
+    """Fit the candidates, choose the served model by validation and write a bundle.
 
     Parameters
     ----------
@@ -136,13 +123,15 @@ def fit_bundle(
         Reference values of ``target`` in ``unit``.
     wavelengths : array-like (p,)
     model : {"both", "cnn", "pls"}
-        "cnn" and "both" both store the two models (PLS is the fallback and the sanity check).
+        "both": PLS and (data permitting) the CNN, the validation winner serves (CNN, PLS or a
+        blend). "cnn": the CNN serves. "pls": PLS only. PLS is always stored as the fallback.
     out_dir : path
         Bundle directory to create (must not exist).
     settings : TrainingSettings, optional
         Hyper-parameters; ``overrides`` (e.g. ``epochs=5``) replace individual fields.
     X_test, y_test : array-like, optional
-        Rows not used for fitting: RMSEP, test bias and R² in the manifest and report.
+        Rows not used for fitting or choosing: RMSEP, test bias, R² and interval coverage of
+        the served bundle in the manifest and report.
     hmac_key : optional
         Sign the manifest.
     progress : bool
@@ -156,64 +145,83 @@ def fit_bundle(
         raise DataError(f"model must be 'both', 'cnn' or 'pls', got {model!r}")
     s = _settings(settings, overrides)
     X, y, wl = check_training_data(X, y, wavelengths)
-    has_test = X_test is not None and y_test is not None and len(y_test) > 0
-    if has_test:
-        X_test = np.asarray(X_test, dtype=np.float64)
-        y_test = np.asarray(y_test, dtype=np.float64)
-        if X_test.ndim != 2 or X_test.shape[1] != X.shape[1] or y_test.shape != (X_test.shape[0],):
-            raise DataError(
-                f"test data: expected X_test (m, {X.shape[1]}) and y_test (m,), "
-                f"got {np.shape(X_test)} and {np.shape(y_test)}"
-            )
+    X_test, y_test = _check_test(X, X_test, y_test)
+    if Path(out_dir).exists():
+        raise DataError(f"refusing to overwrite existing path {out_dir}")
     say = _reporter(progress)
     t0 = time.perf_counter()
-
-    say(f"PLS: MSC + SG 1st derivative, {s.cv_folds}-fold CV over up to {s.pls_max_components} LVs")
-    folds = min(s.cv_folds, X.shape[0])
-    pls = fit_pls_cv(X, y, pls_steps(s), s.pls_max_components, folds, random_state=s.seed)
-    pls_eval = ModelEvaluation(
-        name="pls",
-        cv_true=y,
-        cv_pred=cv_predictions(pls, X, y, folds, s.seed),
-        cv_label=f"{folds}-fold CV",
-        test_true=y_test if has_test else None,
-        test_pred=pls.predict(X_test) if has_test else None,
-        extra={"n_components": int(pls.n_components_), "rmsec": float(pls.rmsec_)},
-    )
-    t_pls = time.perf_counter() - t0
-    say(f"PLS: {pls.n_components_} LVs, RMSECV {pls.rmsecv_:.4g} ({t_pls:.1f} s)")
-
-    Z = pls.preprocess(X)
-    stats = CalibrationStatistics(n_components=min(int(pls.n_components_), Z.shape[0] - 2)).fit(Z)
-
-    cnn: _CNNResult | None = None
-    if model in ("cnn", "both"):
-        t1 = time.perf_counter()
-        cnn = _fit_cnn(
-            X, y, wl, s, X_test if has_test else None, y_test if has_test else None, progress
-        )
-        cnn.info["train_seconds"] = time.perf_counter() - t1
-        say(f"CNN: trained in {cnn.info['train_seconds']:.1f} s")
-
-    evaluations = [pls_eval] + ([cnn.evaluation] if cnn else [])
-    metrics = (cnn.evaluation if cnn else pls_eval).metrics()
-    manifest_metrics = {k: metrics.get(k) for k in ("rmsecv", "rmsep", "bias", "r2", "n_test")} | {
-        "pls_rmsecv": float(pls.rmsecv_),
-        "pls_rmsep": pls_eval.metrics()["rmsep"],
+    k_outer = s.cnn_members if s.cnn_members > 1 else OUTER_FOLDS
+    folds = stratified_folds(y, min(k_outer, X.shape[0]), seed=s.seed)
+    pls = fit_pls_candidate(X, y, wl, s, folds, say)
+    stats = CalibrationStatistics(
+        n_components=min(int(pls.search.n_components_), X.shape[0] - 2)
+    ).fit(pls.model.preprocess(X))
+    cnn = _maybe_cnn(X, y, wl, s, model, folds, pls, say, progress)
+    blend = _serving(model, y, folds, pls, cnn)
+    weight = 1.0 if blend is None else blend.weight
+    ends = range_end_check(X, y, wl, s, pls, cnn, weight if cnn else 0.0)
+    say(f"range ends: {ends['model']} extrapolates best ({_fmt(ends['rmse_at_ends'])})")
+    oof = _oof_by_model(y, pls, cnn, blend)
+    served = "pls" if cnn is None or weight == 0 else ("cnn" if weight == 1 else "blend")
+    scale = leverage_scale(stats.score(pls.model.preprocess(X))[0], X.shape[0])
+    quantiles = {
+        name: conformal_quantile(y - pred, scale, s.interval_level) for name, pred in oof.items()
     }
-    fallback_limit = s.fallback_k * float(pls.rmsecv_)
+    serving = {"model": served, "cnn_weight": weight if served != "pls" else 0.0}
+    selection = _selection(y, pls, cnn, blend, oof, served, model, s)
+    contents = BundleContents(
+        target=target,
+        unit=unit,
+        wavelengths=wl,
+        data_hash=data_hash(X, y),
+        pls=pls.model,
+        statistics=stats,
+        statistics_on_pls=True,
+        cnn=cnn.predictor if cnn is not None and served != "pls" else None,
+        cnn_steps=cnn.steps if cnn is not None and served != "pls" else [],
+        fallback_limit=s.fallback_k * rmse(pls.nested_oof, y),
+        target_range=(float(y.min()), float(y.max())),
+        metrics={},
+        training={"n_calibration": int(X.shape[0]), "model": model, "seed": s.seed}
+        | ({"cnn": cnn.info} if cnn else {}),
+        serving=serving,
+        interval={
+            "method": "conformal",
+            "level": s.interval_level,
+            "scale": "leverage",
+            "quantile": quantiles[served],
+            "quantiles": {k: v for k, v in quantiles.items() if np.isfinite(v)},
+        },
+        max_interval_width=s.max_interval_width,
+        extrapolation={
+            "model": ends["model"] if served != "pls" else "pls",
+            "margin": s.extrapolation_margin * rmse(oof[served], y),
+        },
+        selection=selection | {"range_ends": ends},
+    )
+    test = _served_test(contents, X_test, y_test, hmac_key)
+    evaluations = _evaluations(y, pls, cnn, oof, served, X_test, y_test, test)
+    metrics = evaluations[-1].metrics()
+    manifest_metrics = {k: metrics.get(k) for k in ("rmsecv", "rmsep", "bias", "r2", "n_test")}
+    manifest_metrics |= {
+        "pls_rmsecv": rmse(pls.nested_oof, y),
+        "pls_rmsep": evaluations[0].metrics()["rmsep"],
+        "interval_coverage": test.get("coverage"),
+    }
     summary = {
         "n_calibration": int(X.shape[0]),
-        "n_test": int(len(y_test)) if has_test else 0,
+        "n_test": int(len(y_test)) if y_test is not None else 0,
         "model": model,
-        "served_by": "cnn" if cnn else "pls",
-        "fallback_limit": fallback_limit,
+        "served_by": served,
+        "selection": contents.selection,
+        "interval": contents.interval | {"test_coverage": test.get("coverage")},
+        "fallback_limit": contents.fallback_limit,
         "calibration_statistics": {
             "n_components": int(stats.n_components_),
             "t2_limit_99": float(stats.t2_limit_99_),
             "q_limit_99": float(stats.q_limit_99_),
         },
-        "seconds": {"pls": t_pls, "cnn": cnn.info.get("train_seconds") if cnn else None},
+        "seconds": {"pls": pls.seconds, "cnn": cnn.info.get("train_seconds") if cnn else None},
         "settings": s.model_dump(mode="json", exclude={"registry"}),
     }
     report = build_report(
@@ -222,120 +230,183 @@ def fit_bundle(
         evaluations=evaluations,
         summary=summary,
         history=cnn.history if cnn else None,
-        activations=cnn.activations if cnn else None,
-        reference_spectrum=cnn.reference if cnn else None,
-        wavelengths=cnn.wavelengths if cnn else wl,
+        **(_cnn_figure(cnn, X, wl) if cnn else {"wavelengths": wl}),
     )
-    contents = BundleContents(
-        target=target,
-        unit=unit,
-        wavelengths=wl,
-        data_hash=data_hash(X, y),
-        pls=pls,
-        statistics=stats,
-        statistics_on_pls=True,
-        cnn=cnn.predictor if cnn else None,
-        cnn_steps=cnn.steps if cnn else [],
-        fallback_limit=fallback_limit,
-        target_range=(float(y.min()), float(y.max())),
+    contents = _with(
+        contents,
         metrics=_finite(manifest_metrics),
-        training={"n_calibration": int(X.shape[0]), "model": model, "seed": s.seed}
-        | ({"cnn": cnn.info} if cnn else {}),
         extra_files={f"report/{name}": data for name, data in report.items()},
     )
     path = write_bundle(contents, out_dir, hmac_key=hmac_key)
-    say(f"bundle written to {path} ({time.perf_counter() - t0:.1f} s in all)")
+    say(f"served: {served}; bundle written to {path} ({time.perf_counter() - t0:.1f} s in all)")
     return path
 
 
-def _fit_cnn(
+def _check_test(X: np.ndarray, X_test: Any, y_test: Any) -> tuple[Any, Any]:
+    if X_test is None or y_test is None or len(y_test) == 0:
+        return None, None
+    X_test = np.asarray(X_test, dtype=np.float64)
+    y_test = np.asarray(y_test, dtype=np.float64)
+    if X_test.ndim != 2 or X_test.shape[1] != X.shape[1] or y_test.shape != (X_test.shape[0],):
+        raise DataError(
+            f"test data: expected X_test (m, {X.shape[1]}) and y_test (m,), "
+            f"got {np.shape(X_test)} and {np.shape(y_test)}"
+        )
+    return X_test, y_test
+
+
+def _maybe_cnn(
     X: np.ndarray,
     y: np.ndarray,
     wl: np.ndarray,
     s: TrainingSettings,
-    X_test: np.ndarray | None,
-    y_test: np.ndarray | None,
+    model: str,
+    folds: np.ndarray,
+    pls: PLSCandidate,
+    say: Callable[[str], None],
     progress: bool,
-) -> _CNNResult:
-    """Augment, then EMSC, then the CNN (an ensemble over stratified folds by default)."""
-
-    from nirwatch.chemometrics.augmentation import SpectralAugmenter
-    from nirwatch.chemometrics.cnn import CNNConfig
-    from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
-    from nirwatch.chemometrics.selection import WavelengthRange
-    from training.cnn import TrainConfig, fit_cnn
-    from training.cnn_ensemble import fit_cnn_ensemble
-
-    given: dict[str, Any] = {
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "learning_rate": s.learning_rate,
-        "patience": s.patience,
-    }
-    train = TrainConfig(
-        **{k: v for k, v in given.items() if v is not None},
-        seed=s.seed,
-        deterministic=s.deterministic,
-        device=s.device,
-        progress=progress,
-    )
-    steps: list[Any] = []
-    if s.cnn_start_nm is not None or s.cnn_stop_nm is not None:
-        # Selected before augmentation and EMSC (training.cnn.split_augmentation_steps).
-        steps.append(WavelengthRange(wl, start=s.cnn_start_nm, stop=s.cnn_stop_nm))
-    steps.append(ExtendedMultiplicativeScatterCorrection(order=s.emsc_order))
-    augmenter = (
-        SpectralAugmenter(n_copies=s.augment_copies, random_state=s.seed)
-        if s.augment_copies > 0
-        else None
-    )
-    config = CNNConfig()
-    if s.cnn_members > 1:
-        fitted = fit_cnn_ensemble(
-            X, y, config, steps=steps, augmenter=augmenter, train=train, n_members=s.cnn_members
+) -> CNNCandidate | None:
+    if model == "pls":
+        return None
+    if model == "both" and X.shape[0] < s.cnn_min_samples:
+        say(
+            f"CNN: skipped, {X.shape[0]} calibration spectra < cnn_min_samples "
+            f"{s.cnn_min_samples} (PLS serves; --model cnn trains one anyway)"
         )
-        assert fitted.oof_pred is not None
-        cv_true, cv_pred = y, fitted.oof_pred
-        cv_label = f"{s.cnn_members}-fold CV (ensemble members)"
+        return None
+    t1 = time.perf_counter()
+    cnn = fit_cnn_candidate(X, y, wl, s, folds, pls, progress)
+    cnn.info["train_seconds"] = time.perf_counter() - t1
+    msg = "" if cnn.oof is None else f", out-of-fold RMSECV {rmse(cnn.oof, y):.4g}"
+    say(f"CNN: {cnn.info['members']} network(s), {cnn.info['epochs']} epochs{msg} "
+        f"({cnn.info['train_seconds']:.1f} s)")  # fmt: skip
+    return cnn
+
+
+def _serving(
+    model: str,
+    y: np.ndarray,
+    folds: np.ndarray,
+    pls: PLSCandidate,
+    cnn: CNNCandidate | None,
+) -> BlendChoice | None:
+    """The blend choice (None: no comparison possible, the CNN or PLS serves as asked)."""
+    if cnn is None or cnn.oof is None:
+        return None
+    choice = choose_blend(y, cnn.oof, pls.nested_oof, folds)
+    if model == "cnn":  # asked for the CNN: it serves, the comparison is still reported
+        return BlendChoice(1.0, cnn.oof, [1.0] * len(choice.fold_weights), choice.rmse_by_weight)
+    return choice
+
+
+def _oof_by_model(
+    y: np.ndarray, pls: PLSCandidate, cnn: CNNCandidate | None, blend: BlendChoice | None
+) -> dict[str, np.ndarray]:
+    """Honest held-out predictions of every servable model."""
+    out = {"pls": pls.nested_oof}
+    if cnn is not None:
+        out["cnn"] = cnn.oof if cnn.oof is not None else np.full_like(y, np.nan)
+    if blend is not None and 0 < blend.weight < 1:
+        out["blend"] = blend.nested_pred
+    return out
+
+
+def _selection(
+    y: np.ndarray,
+    pls: PLSCandidate,
+    cnn: CNNCandidate | None,
+    blend: BlendChoice | None,
+    oof: dict[str, np.ndarray],
+    served: str,
+    model: str,
+    s: TrainingSettings,
+) -> dict[str, Any]:
+    """What was compared, each candidate's honest RMSECV, and why the winner won."""
+    cands: dict[str, Any] = {"pls": {"rmsecv": rmse(pls.nested_oof, y)} | pls.to_dict()}
+    if cnn is not None:
+        cands["cnn"] = {"rmsecv": rmse(cnn.oof, y) if cnn.oof is not None else None} | cnn.info
+    if blend is not None:
+        cands["blend"] = {
+            "rmsecv": rmse(blend.nested_pred, y),
+            "cnn_weight": blend.weight,
+            "outer_fold_weights": blend.fold_weights,
+            "rmsecv_by_weight": {f"{w:.2f}": e for w, e in blend.rmse_by_weight.items()},
+        }
+    if model == "pls":
+        why = "--model pls: PLS only"
+    elif cnn is None:
+        why = f"no CNN: {len(y)} calibration spectra < cnn_min_samples {s.cnn_min_samples}"
+    elif model == "cnn":
+        why = "--model cnn: the CNN serves as asked"
+    elif blend is None:
+        why = "one CNN network (cnn_members=1) gives no out-of-fold predictions to compare"
     else:
-        # One network: a seeded validation split carved from the calibration data.
-        rng = np.random.default_rng(s.seed)
-        order = rng.permutation(X.shape[0])
-        n_val = max(2, int(round(s.validation_fraction * X.shape[0])))
-        val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
-        fitted = fit_cnn(
-            X[tr], y[tr], X[val], y[val], config, steps=steps, augmenter=augmenter, train=train
+        why = (
+            f"lowest out-of-fold RMSE at CNN weight {blend.weight:.2f} "
+            f"({blend.rmse_by_weight[blend.weight]:.4g}; PLS alone "
+            f"{blend.rmse_by_weight[0.0]:.4g}, CNN alone {blend.rmse_by_weight[1.0]:.4g})"
         )
-        cv_true, cv_pred = y[val], fitted.predict(X[val])
-        cv_label = "validation split"
-    evaluation = ModelEvaluation(
-        name="cnn",
-        cv_true=cv_true,
-        cv_pred=np.asarray(cv_pred, dtype=float),
-        cv_label=cv_label,
-        test_true=y_test,
-        test_pred=fitted.predict(X_test) if X_test is not None else None,
-        extra={"members": len(fitted.predictor.members), "best_epochs": fitted.best_epochs},
-    )
+    return {
+        "served": served,
+        "reason": why,
+        "rmsecv": rmse(oof[served], y),
+        "rmsecv_kind": "nested: every choice (recipe, components, blend weight) made inside "
+        "the outer folds"
+        if s.nested_cv
+        else "not nested (nested_cv=false): the PLS search's own out-of-fold predictions, "
+        "optimistic",
+        "outer_folds": int(max(len(blend.fold_weights) if blend else 0, 0)) or None,
+        "candidates": cands,
+    }
+
+
+def _served_test(
+    contents: BundleContents, X_test: Any, y_test: Any, hmac_key: str | bytes | None
+) -> dict[str, Any]:
+    """Test predictions of exactly what will be served: write, load and predict."""
+    if X_test is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="nirwatch-served-") as tmp:
+        path = write_bundle(contents, Path(tmp) / "b", hmac_key=hmac_key)
+        p = load_bundle(path, hmac_key=hmac_key, device="cpu").predict(X_test)
+    inside = (y_test >= p.interval_low) & (y_test <= p.interval_high)
+    return {"pred": p.value, "pls": p.pls_value, "coverage": float(np.mean(inside))}
+
+
+def _evaluations(
+    y: np.ndarray,
+    pls: PLSCandidate,
+    cnn: CNNCandidate | None,
+    oof: dict[str, np.ndarray],
+    served: str,
+    X_test: Any,
+    y_test: Any,
+    test: dict[str, Any],
+) -> list[ModelEvaluation]:
+    label = f"{int(pls.search.cv_results_['folds'])}-fold nested CV"
+    out = [evaluation("pls", y, pls.nested_oof, label, y_test, test.get("pls"), **pls.to_dict())]
+    if cnn is not None and cnn.oof is not None:
+        cnn_test = cnn.fitted.predict(X_test) if X_test is not None else None
+        out.append(evaluation("cnn", y, cnn.oof, "out-of-fold", y_test, cnn_test, **cnn.info))
+    out.append(evaluation("served", y, oof[served], f"{served}, nested CV", y_test,
+                          test.get("pred"), model=served))  # fmt: skip
+    return out
+
+
+def _cnn_figure(cnn: CNNCandidate, X: np.ndarray, wl: np.ndarray) -> dict[str, Any]:
     # The paper's figure: first conv layer's response to the mean calibration spectrum.
-    activations, reference, wl_in = fitted.first_layer_response(X, wl)
-    return _CNNResult(
-        predictor=fitted.predictor,
-        steps=fitted.steps,
-        evaluation=evaluation,
-        history=fitted.history,
-        activations=activations,
-        reference=reference,
-        wavelengths=wl_in,
-        info={
-            "members": len(fitted.predictor.members),
-            "best_epochs": list(fitted.best_epochs),
-            "augment_copies": s.augment_copies,
-            "emsc_order": s.emsc_order,
-            "wavelength_range": [s.cnn_start_nm, s.cnn_stop_nm],
-            "config": config.to_dict(),
-        },
-    )
+    activations, reference, wl_in = cnn.fitted.first_layer_response(X, wl)
+    return {"activations": activations, "reference_spectrum": reference, "wavelengths": wl_in}
+
+
+def _with(contents: BundleContents, **changes: Any) -> BundleContents:
+    from dataclasses import replace
+
+    return replace(contents, **changes)
+
+
+def _fmt(errors: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
 
 
 def _settings(settings: TrainingSettings | None, overrides: dict[str, Any]) -> TrainingSettings:

@@ -36,8 +36,9 @@ class TrainingSettings(NirwatchSettings):
         default=5,
         ge=1,
         le=20,
-        description="ensemble of networks, one per stratified fold (each early-stopped on its "
-        "held-out fold, which also gives the CNN's RMSECV); 1 = one network",
+        description="ensemble of networks, one per outer fold of the model comparison (each "
+        "holds its fold out, which gives the CNN's out-of-fold predictions); 1 = one network "
+        "on a validation split, served without comparison",
     )
     validation_fraction: float = Field(
         default=0.15,
@@ -46,19 +47,59 @@ class TrainingSettings(NirwatchSettings):
         description="with cnn_members=1: validation share carved from the calibration data",
     )
     cnn_start_nm: float | None = Field(
-        default=None, description="CNN input starts here (nm); e.g. 1100 on the shootout"
+        default=None, description="CNN input starts here (nm); unset: the PLS search's range"
     )
     cnn_stop_nm: float | None = Field(default=None, description="CNN input ends here (nm)")
     augment_copies: int = Field(default=10, ge=0, description="0 turns augmentation off")
     emsc_order: int = Field(default=2, ge=0, le=6)
 
-    # PLS (MSC + Savitzky-Golay 1st derivative, latent variables by K-fold CV)
-    pls_max_components: int = Field(default=20, ge=1, le=100)
-    cv_folds: int = Field(default=10, ge=2, le=100)
-    sg_window: int = Field(default=11, ge=3)
-    sg_polyorder: int = Field(default=2, ge=1)
+    cnn_min_samples: int = Field(
+        default=100,
+        ge=2,
+        description="with --model both, fewer calibration spectra than this train no CNN (a "
+        "stated rule, not a measurement: a 13k-weight network trained on 4/5 of under 100 "
+        "spectra is unlikely to beat a chosen PLS; Bjerrum et al. 2017 had 195); --model cnn "
+        "trains one regardless",
+    )
 
-    # Serving
+    # PLS: recipe (range, scatter correction, derivative) and latent variables by repeated
+    # K-fold CV (nirwatch.chemometrics.pls_search.PLSCalibrationCV)
+    pls_max_components: int = Field(
+        default=40, ge=1, le=200, description="upper bound; the data lower it (n - 2, points)"
+    )
+    cv_folds: int = Field(default=10, ge=2, le=100)
+    cv_repeats: int | None = Field(
+        default=None, ge=1, le=20, description="unset: 400 / n, within 1..5"
+    )
+    nested_cv: bool = Field(
+        default=True,
+        description="rerun the whole PLS search inside the outer folds for an honest RMSECV "
+        "(selection included); False reports the search's own, optimistic, out-of-fold "
+        "predictions: quicker, for demos and tests",
+    )
+    pls_rule: Literal["1se", "min"] = Field(
+        default="1se", description="latent variables: one-standard-error rule or minimum"
+    )
+
+    # Serving: intervals, extrapolation, fallback
+    interval_level: float = Field(
+        default=0.95, gt=0.5, lt=1, description="conformal prediction interval coverage"
+    )
+    max_interval_width: float | None = Field(
+        default=None, gt=0, description="wider intervals are not releasable (target units)"
+    )
+    extrapolation_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=0.5,
+        description="share of each range end held out to choose the model that serves at the ends",
+    )
+    extrapolation_margin: float = Field(
+        default=1.0,
+        ge=0,
+        description="the range-end model serves within this many RMSECV "
+        "of a calibrated range end, and beyond it",
+    )
     fallback_k: float = Field(
         default=3.0, gt=0, description="CNN falls back to PLS when |cnn - pls| > k * RMSECV"
     )

@@ -60,6 +60,11 @@ class TrainConfig:
     mixup_extend : float
         Widens ``lam`` to ``[-e, 1 + e]`` (``lam' = lam * (1 + 2e) - e``): the mixed samples
         then also lie a little beyond the pair, i.e. linear extrapolation of spectra and target.
+    restore_best : bool
+        Restore the weights of the epoch with the best validation RMSE, and stop early after
+        ``patience`` epochs without one. False trains all ``epochs`` and keeps the last weights:
+        the validation fold then chooses nothing, so its predictions stay honest held-out
+        predictions (what the ensemble's out-of-fold RMSECV and model selection rely on).
     shift_points : float
         Random shift of each preprocessed spectrum along the wavelength axis, uniform in
         ``[-shift_points, shift_points]`` points (linear interpolation, edges held), per batch;
@@ -80,6 +85,7 @@ class TrainConfig:
     mixup: float = 0.4
     mixup_extend: float = 0.0
     shift_points: float = 0.0
+    restore_best: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:

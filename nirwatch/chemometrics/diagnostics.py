@@ -259,3 +259,14 @@ class CalibrationStatistics(BaseEstimator):
             )
         obj._set_limits(a)
         return obj
+
+
+def leverage_scale(t2: Any, n_calibration: int) -> np.ndarray:
+    """Relative prediction uncertainty from Hotelling T²: ``sqrt(1 + 1/n + T²/(n - 1))``.
+
+    ``1/n + T²/(n - 1)`` is the leverage of a new spectrum on the calibration's scores
+    (Faber & Kowalski 1997, J. Chemom. 11, 181-238): predictions far out in score space are
+    less certain. NaN T² (no diagnostics) gives NaN.
+    """
+    n = max(int(n_calibration), 2)
+    return np.sqrt(1.0 + 1.0 / n + np.asarray(t2, dtype=np.float64) / (n - 1))

@@ -1,0 +1,259 @@
+"""The candidate models :func:`training.fit.fit_bundle` chooses among, each with honest
+held-out predictions on one shared outer split.
+
+* :func:`fit_pls_candidate`: the PLS search on all calibration data (the served PLS and the
+  fallback) plus the same search nested in the outer folds (its honest RMSECV).
+* :func:`fit_cnn_candidate`: augmentation, then EMSC, then the CNN ensemble (Bjerrum, Glahder &
+  Skov 2017, arXiv:1710.01927), one member per outer fold, trained for a fixed number of
+  steps with the last weights kept, so each member's fold is a true hold-out.
+* :func:`range_end_check`: which model extrapolates better, refitted without the bottom and
+  top 10 % of the target and tested on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nirwatch.chemometrics.pls import PLSCalibration
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV
+from training.calibration import cnn_epochs, nested_pls_predictions, range_end_split, rmse
+from training.report import ModelEvaluation
+from training.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PLSCandidate:
+    """The searched PLS and its honest out-of-fold predictions."""
+
+    search: PLSCalibrationCV
+    nested_oof: np.ndarray
+    nested_choices: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def model(self) -> PLSCalibration:
+        return self.search.best_estimator_
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.search
+        return {
+            "recipe": s.recipe_.to_dict(),
+            "n_components": int(s.n_components_),
+            "rmsecv_search": float(s.rmsecv_),
+            "cv": {"folds": s.cv_results_["folds"], "repeats": s.cv_results_["repeats"]},
+            "candidates_searched": len(s.cv_results_["recipes"]),
+            "top_recipes": s.summary(8),
+            "outer_fold_choices": self.nested_choices,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class CNNCandidate:
+    predictor: Any
+    steps: list[Any]
+    oof: np.ndarray | None
+    info: dict[str, Any]
+    fitted: Any
+    history: list[list[dict[str, float]]] = field(default_factory=list)
+
+
+def make_search(wl: np.ndarray, s: TrainingSettings) -> Callable[[], PLSCalibrationCV]:
+    def make() -> PLSCalibrationCV:
+        return PLSCalibrationCV(
+            wavelengths=wl,
+            max_components=s.pls_max_components,
+            cv=s.cv_folds,
+            repeats=s.cv_repeats,
+            rule=s.pls_rule,
+            random_state=s.seed,
+        )
+
+    return make
+
+
+def fit_pls_candidate(
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    folds: np.ndarray,
+    say: Callable[[str], None],
+) -> PLSCandidate:
+    """Search on all data, then the nested search for the honest held-out predictions."""
+    t0 = time.perf_counter()
+    search = make_search(wl, s)().fit(X, y)
+    say(
+        f"PLS: {search.recipe_.name}, {search.n_components_} LVs "
+        f"(of {len(search.cv_results_['recipes'])} recipes, {search.cv_results_['folds']}-fold "
+        f"CV x {search.cv_results_['repeats']}), RMSECV {search.rmsecv_:.4g}"
+    )
+    if not s.nested_cv:
+        return PLSCandidate(search, search.oof_pred_, [], time.perf_counter() - t0)
+    oof, chosen = nested_pls_predictions(
+        X, y, folds, make_search(wl, s), lambda k, m: say(f"PLS: nested search, outer fold {k}/{m}")
+    )
+    return PLSCandidate(search, oof, chosen, time.perf_counter() - t0)
+
+
+def _train_config(s: TrainingSettings, n_train: int, progress: bool) -> Any:
+    from training.cnn import TrainConfig
+
+    batch = s.batch_size or TrainConfig.batch_size
+    epochs = s.epochs or cnn_epochs(n_train, s.augment_copies, batch)
+    given = {"batch_size": s.batch_size, "learning_rate": s.learning_rate}
+    return TrainConfig(
+        **{k: v for k, v in given.items() if v is not None},
+        epochs=epochs,
+        patience=s.patience or epochs,
+        restore_best=False,
+        seed=s.seed,
+        deterministic=s.deterministic,
+        device=s.device,
+        progress=progress,
+    )
+
+
+def cnn_steps(wl: np.ndarray, s: TrainingSettings, pls: PLSCandidate) -> list[Any]:
+    """The CNN's preprocessing: the PLS search's wavelength range (unless set), then EMSC."""
+    from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
+    from nirwatch.chemometrics.selection import WavelengthRange
+
+    start, stop = s.cnn_start_nm, s.cnn_stop_nm
+    if start is None and stop is None:
+        start, stop = pls.search.recipe_.start, pls.search.recipe_.stop
+    steps: list[Any] = []
+    if start is not None or stop is not None:
+        # Selected before augmentation and EMSC (training.cnn.split_augmentation_steps).
+        steps.append(WavelengthRange(wl, start=start, stop=stop))
+    steps.append(ExtendedMultiplicativeScatterCorrection(order=s.emsc_order))
+    return steps
+
+
+def fit_cnn_candidate(
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    folds: np.ndarray,
+    pls: PLSCandidate,
+    progress: bool,
+) -> CNNCandidate:
+    """The CNN ensemble on the outer folds (or one network on a validation split)."""
+    from nirwatch.chemometrics.augmentation import SpectralAugmenter
+    from nirwatch.chemometrics.cnn import CNNConfig
+    from training.cnn import fit_cnn
+    from training.cnn_ensemble import fit_cnn_ensemble
+
+    steps = cnn_steps(wl, s, pls)
+    augmenter = (
+        SpectralAugmenter(n_copies=s.augment_copies, random_state=s.seed)
+        if s.augment_copies > 0
+        else None
+    )
+    config = CNNConfig()
+    n_members = int(folds.max()) + 1
+    oof: np.ndarray | None = None
+    if s.cnn_members > 1:
+        train = _train_config(s, int(np.sum(folds != 0)), progress)
+        fitted = fit_cnn_ensemble(
+            X, y, config, steps=steps, augmenter=augmenter, train=train, folds=folds
+        )
+        oof = fitted.oof_pred
+    else:
+        # One network: a seeded validation split carved from the calibration data; it gives
+        # no out-of-fold predictions, so the CNN then serves without a comparison.
+        rng = np.random.default_rng(s.seed)
+        order = rng.permutation(X.shape[0])
+        n_val = max(2, int(round(s.validation_fraction * X.shape[0])))
+        val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
+        train = _train_config(s, tr.size, progress)
+        fitted = fit_cnn(
+            X[tr], y[tr], X[val], y[val], config, steps=steps, augmenter=augmenter, train=train
+        )
+        n_members = 1
+    info = {
+        "members": n_members,
+        "epochs": train.epochs,
+        "augment_copies": s.augment_copies,
+        "emsc_order": s.emsc_order,
+        "wavelength_range": [steps[0].start, steps[0].stop] if len(steps) > 1 else [None, None],
+        "config": config.to_dict(),
+    }
+    return CNNCandidate(fitted.predictor, fitted.steps, oof, info, fitted, fitted.history)
+
+
+def range_end_check(
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    pls: PLSCandidate,
+    cnn: CNNCandidate | None,
+    weight: float,
+) -> dict[str, Any]:
+    """Refit without the bottom and top 10 % of ``y``, predict them; RMSE per model.
+
+    PLS keeps its chosen recipe and components (capped by the smaller set); the CNN is one
+    network with the same settings. The model with the lowest RMSE on the ends serves
+    predictions at the range ends (:class:`nirwatch.bundle_predictor.LoadedBundle`).
+    """
+    mid, ends = range_end_split(y, s.extrapolation_fraction)
+    recipe = pls.search.recipe_
+    a = min(int(pls.search.n_components_), int(mid.sum()) - 2)
+    pls_mid = PLSCalibration(steps=recipe.steps(wl), n_components=max(1, a)).fit(X[mid], y[mid])
+    preds = {"pls": pls_mid.predict(X[ends])}
+    if cnn is not None and cnn.oof is not None and weight > 0:
+        from nirwatch.chemometrics.augmentation import SpectralAugmenter
+        from nirwatch.chemometrics.cnn import CNNConfig
+        from training.cnn import fit_cnn
+
+        augmenter = (
+            SpectralAugmenter(n_copies=s.augment_copies, random_state=s.seed)
+            if s.augment_copies > 0
+            else None
+        )
+        train = _train_config(s, int(mid.sum()), progress=False)
+        net = fit_cnn(
+            X[mid], y[mid], X[ends], y[ends], CNNConfig(),
+            steps=cnn_steps(wl, s, pls), augmenter=augmenter, train=train,
+        )  # fmt: skip
+        preds["cnn"] = net.predict(X[ends])
+        if 0 < weight < 1:
+            preds["blend"] = weight * preds["cnn"] + (1 - weight) * preds["pls"]
+    errors = {name: rmse(p, y[ends]) for name, p in preds.items()}
+    best = min(errors, key=errors.__getitem__)
+    return {
+        "model": best,
+        "rmse_at_ends": errors,
+        "n_ends": int(ends.sum()),
+        "fraction": s.extrapolation_fraction,
+    }
+
+
+def evaluation(
+    name: str,
+    y: np.ndarray,
+    oof: np.ndarray,
+    label: str,
+    y_test: np.ndarray | None,
+    test_pred: np.ndarray | None,
+    **extra: Any,
+) -> ModelEvaluation:
+    return ModelEvaluation(
+        name=name,
+        cv_true=y,
+        cv_pred=np.asarray(oof, dtype=float),
+        cv_label=label,
+        test_true=y_test,
+        test_pred=test_pred,
+        extra=extra,
+    )
