@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nirwatch.errors import BrokerUnavailableError
+from nirwatch.ports import check_port_free
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         if self.port == 0:
             self.port = free_port(self.host)
+        else:
+            # Else another process's listener on the port would pass for ours being up.
+            check_port_free(self.host, self.port, "start the broker on another port")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.cert and self.key:
