@@ -7,14 +7,36 @@ Each service owns one frozen settings object (``NIRWATCH_`` env prefix) that it 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nirwatch.errors import BrokerNotConfiguredError, ConfigError
 
 S = TypeVar("S", bound=BaseSettings)
+
+#: Where services keep local state unless a setting says otherwise (``NIRWATCH_STATE_DIR``):
+#: the audit trail, retrain reports. Relative paths are relative to the working directory.
+DEFAULT_STATE_DIR = Path("var")
+
+
+def state_dir_field() -> Any:
+    """A ``state_dir`` field read from ``NIRWATCH_STATE_DIR`` whatever the class's prefix."""
+    return Field(
+        default=DEFAULT_STATE_DIR,
+        validation_alias=AliasChoices("state_dir", "NIRWATCH_STATE_DIR"),
+        description="directory for local state (NIRWATCH_STATE_DIR)",
+    )
+
+
+def under_state_dir(data: Any, field: str, name: str) -> Any:
+    """For a ``mode="before"`` validator: ``field`` unset becomes ``<state_dir>/<name>``."""
+    if isinstance(data, dict) and data.get(field) in (None, ""):
+        state = data.get("state_dir") or data.get("NIRWATCH_STATE_DIR") or DEFAULT_STATE_DIR
+        data = {**data, field: Path(state) / name}
+    return data
 
 
 class NirwatchSettings(BaseSettings):
