@@ -7,16 +7,22 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 from test_drift_monitor import _feed, _monitor, _predictions
 
 from inference.observe import WorkerObserver
+from ingest.producer import SpectrumProducer
+from ingest.settings import IngestSettings
 from monitoring.metrics import WorkerMetrics
 from nirwatch.logs import format_event
+from nirwatch.settings import KafkaSettings
+from nirwatch.wire import SpectrumHeader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +94,46 @@ def test_drift_monitor_logs_drift_detected_once(caplog: pytest.LogCaptureFixture
     keys = [(e["instrument"], e["detector"]) for e in detected]
     assert ("probe-1", "content_page_hinkley") in keys
     assert len(keys) == len(set(keys))  # one line per change, not one per batch
+
+
+class _Future:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def add_callback(self, fn: Callable[[object], None]) -> None:
+        if self.error is None:
+            fn(object())
+
+    def add_errback(self, fn: Callable[[BaseException], None]) -> None:
+        if self.error is not None:
+            fn(self.error)
+
+
+class _FlakyProducer:
+    """A producer whose sends fail while ``down`` is set (a broker outage)."""
+
+    down = False
+
+    def send(self, topic: str, value: bytes, key: bytes | None) -> _Future:
+        return _Future(KafkaTimeoutError("no broker") if _FlakyProducer.down else None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_adapters_log_broker_lost_and_back_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = IngestSettings(kafka=KafkaSettings(bootstrap="127.0.0.1:1"))
+    producer = SpectrumProducer(settings, producer_factory=_FlakyProducer)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    with caplog.at_level(logging.INFO, logger="ingest.producer"):
+        for i, down in enumerate([False, True, True, True, False, False]):
+            _FlakyProducer.down = down
+            header = SpectrumHeader(f"m{i}", "probe-1", f"s{i}", 1.7e9, "lin:600:1898:2", 650)
+            producer.send(header, rng.uniform(0.1, 1.0, 650))
+    assert [e["event"] for e in _events(caplog.text)] == ["broker_lost", "broker_back"]
+    assert producer.acked == 6 and producer.flush(1)  # every spectrum got through
