@@ -22,6 +22,7 @@ from monitoring.drift_monitor import DriftMonitor, DriftSettings
 from monitoring.metrics import WorkerMetrics
 from nirwatch.bundle import read_manifest
 from nirwatch.errors import NirwatchError
+from nirwatch.logs import log_event
 from nirwatch.ports import start_metrics_server
 from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
@@ -80,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
         "--metrics-port or NIRWATCH_DRIFT_METRICS_PORT",
     )  # fmt: skip
     print(f"drift metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    if args.rmsecv is None and rmsecv_for is None:
+        log_event(
+            log, "lab_checks_off", level=logging.WARNING,
+            why="no RMSECV: set NIRWATCH_REGISTRY_DIR (each model's RMSECV) or pass --rmsecv",
+        )  # fmt: skip
+    log_event(
+        log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=args.group_id,
+        metrics=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        registry=reg.dir, rmsecv=args.rmsecv,
+    )  # fmt: skip
     try:
         run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
     finally:
