@@ -151,7 +151,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     overrides = {"backend": "sqlite", "path": args.db} if args.db else {}
     settings = load_settings(AuditSettings, **overrides)
     if settings.backend == "sqlite" and not Path(settings.path).exists():
-        raise ConfigError(f"no audit trail at {settings.path} (set --db or NIRWATCH_AUDIT_PATH)")
+        raise ConfigError(
+            f"no audit trail at {settings.path} (set --db, NIRWATCH_AUDIT_PATH or "
+            "NIRWATCH_STATE_DIR; the demo writes var/demo/audit.sqlite3)"
+        )
     now = time.time()
     with open_audit_trail(settings) as trail:
         if args.duplicates:
