@@ -66,6 +66,7 @@ def configure_logging(command: str | None, verbose: int = 0, quiet: bool = False
     handler._nirwatch = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # kafka-python logs every reconnect attempt at INFO/WARNING; the services log their own
-    # broker lost/back lines, so keep its chatter for -v.
-    logging.getLogger("kafka").setLevel(level if verbose else max(level, logging.ERROR))
+    # kafka-python is chatty at INFO/DEBUG (every connection, every metadata refresh): its own
+    # level follows -v alone (WARNING, -v INFO, -vv DEBUG); the services log broker lost/back.
+    kafka_level = logging.WARNING - 10 * min(verbose, 2)
+    logging.getLogger("kafka").setLevel(max(kafka_level, level))
