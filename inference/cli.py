@@ -15,16 +15,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from inference.reload import PredictorSource, RegistrySource, StaticSource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
 from monitoring.metrics import WorkerMetrics
 from nirwatch.audit import AuditSettings, open_audit_trail
-from nirwatch.broker import kafka_bootstrap
 from nirwatch.errors import ConfigError
-from nirwatch.settings import load_settings
+from nirwatch.logs import log_event
+from nirwatch.ports import start_metrics_server
+from nirwatch.settings import load_settings, require_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ def predictor_source(settings: WorkerSettings, metrics: WorkerMetrics) -> Predic
     reg = load_settings(RegistrySettings)
     loader = functools.partial(load_bundle, hmac_key=reg.key(), device=settings.device)
     if settings.bundle_path is not None:
-        return StaticSource(loader(settings.bundle_path))
+        predictor = loader(settings.bundle_path)
+        log_event(log, "model_loaded", bundle=settings.bundle_path, checksum=predictor.checksum)
+        return StaticSource(predictor)
     root = settings.registry_dir or reg.dir
     if root is None:
         raise ConfigError(
@@ -121,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, opt, None) is not None
     }
     settings = load_settings(WorkerSettings, **overrides)
+    bootstrap = require_bootstrap(settings.kafka, "worker")  # before the slow model load
+    audit_settings = load_settings(AuditSettings) if settings.audit else None
     if settings.torch_threads:
         import torch
 
@@ -129,25 +134,28 @@ def run(args: argparse.Namespace) -> int:
     install_stop_handlers(stop)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    source = predictor_source(settings, metrics)
     server = None
     if settings.metrics_port:
-        server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+        server = start_metrics_server(
+            registry, settings.metrics_host, settings.metrics_port, "--metrics-port "
+            "or NIRWATCH_WORKER_METRICS_PORT (0: no endpoint)",
+        )  # fmt: skip
         print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     try:
-        with kafka_bootstrap(settings.kafka.bootstrap) as bootstrap:
-            kafka = settings.kafka.model_copy(update={"bootstrap": bootstrap})
-            settings = settings.model_copy(update={"kafka": kafka})
-            print(f"worker consuming {kafka.topic_spectra} on {bootstrap}")
-            audit = open_audit_trail(load_settings(AuditSettings)) if settings.audit else None
-            worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
-            freeze_startup_objects()
-            try:
-                worker.run()
-            finally:
-                if audit is not None:
-                    audit.close()
-            print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
+        source = predictor_source(settings, metrics)
+        print(f"worker consuming {settings.kafka.topic_spectra} on {bootstrap}")
+        audit = open_audit_trail(audit_settings) if audit_settings is not None else None
+        if audit_settings is not None:
+            where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
+            log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
+        worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
+        freeze_startup_objects()
+        try:
+            worker.run()
+        finally:
+            if audit is not None:
+                audit.close()
+        print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
     finally:
         if server is not None:
             server.shutdown()

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 
 from inference.batching import MicroBatch
 from monitoring.metrics import WorkerMetrics
+from nirwatch.logs import log_event
 from nirwatch.predictor import BatchPrediction, Predictor
 from nirwatch.wire import DecodedBatch
 
@@ -31,6 +32,7 @@ class WorkerObserver:
         self._served: tuple[str, str] | None = None
         self._lag_series: set[tuple[str, str]] = set()
         self._next_broker_check = 0.0
+        self._broker_up: bool | None = None
 
     def note_model(self, predictor: Predictor) -> None:
         """``nirwatch_model_info`` for the predictor serving now (set when it changes)."""
@@ -99,6 +101,16 @@ class WorkerObserver:
             return
         if count is not None:
             self.metrics.broker_up.set(1 if count > 0 else 0)
+            self.note_broker(count > 0, connections=int(count))
+
+    def note_broker(self, up: bool, **fields: object) -> None:
+        """Log ``broker_lost`` / ``broker_back`` once per change of the broker's state."""
+        if up != self._broker_up and (self._broker_up is not None or not up):
+            log_event(
+                log, "broker_back" if up else "broker_lost",
+                level=logging.INFO if up else logging.WARNING, **fields,
+            )  # fmt: skip
+        self._broker_up = up
 
     def lag(self, consumer: KafkaConsumer) -> None:
         """Lag per owned partition from the high-water marks; forget partitions gone."""

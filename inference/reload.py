@@ -14,6 +14,7 @@ from typing import Protocol
 
 from monitoring.metrics import WorkerMetrics
 from nirwatch.errors import ModelError, NirwatchError
+from nirwatch.logs import log_event
 from nirwatch.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,16 @@ class RegistrySource:
             # Keep serving the previous champion: a bad bundle must never stop inference.
             self._failed = version
             self.metrics.model_reloads.labels("failed").inc()
-            log.error("champion %s failed to load, keeping %s: %s", version, self._version, exc)
+            log_event(
+                log, "model_reload_failed", level=logging.ERROR, version=version,
+                keeping=self._version, error=str(exc),
+            )  # fmt: skip
             return
+        previous = self._version
         if self._predictor is not None:  # the first load is a start, not a reload
             self.metrics.model_reloads.labels("success").inc()
         self._predictor, self._version, self._failed = predictor, version, None
-        log.info("serving model version %s (checksum %s)", version, predictor.checksum)
+        log_event(
+            log, "model_reloaded" if previous else "model_loaded", version=version,
+            previous=previous, checksum=predictor.checksum,
+        )  # fmt: skip

@@ -280,6 +280,7 @@ class InferenceWorker:
         self.holding = 0
         self.batches += 1
         self.metrics.broker_up.set(1)
+        self.observer.note_broker(True, operation="commit")
         self.observer.batch(batch, decoded, bp)
         self.published += len(decoded.headers) if bp is not None else 0
 
@@ -362,4 +363,5 @@ class InferenceWorker:
         self.metrics.kafka_errors.labels(operation).inc()
         self.metrics.broker_up.set(0)
         log.warning("kafka %s failed: %s", operation, exc)
+        self.observer.note_broker(False, operation=operation, error=type(exc).__name__)
         self.stop.wait(0.5)

@@ -1,17 +1,15 @@
-"""Shared plumbing of the ingest commands: settings, broker, topics, signals."""
+"""Shared plumbing of the ingest commands: settings, broker, topics, signals, options."""
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import signal
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from ingest.settings import IngestSettings
-from nirwatch.broker import kafka_bootstrap
 from nirwatch.kafka import ensure_topics
-from nirwatch.settings import load_settings
+from nirwatch.settings import load_settings, require_bootstrap
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -20,14 +18,33 @@ def install_stop_handlers(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-@contextlib.contextmanager
-def ingest_settings(**overrides: Any) -> Iterator[IngestSettings]:
-    """Settings read once, with a bootstrap address (the embedded broker when none is set)
-    and the spectra, dead-letter and lab-results topics created."""
+def add_batch_option(p: argparse.ArgumentParser) -> None:
+    """``--batch``: the production batch id written into every spectrum's header."""
+    p.add_argument(
+        "--batch",
+        help="production batch id put on every spectrum (default NIRWATCH_INGEST_BATCH); "
+        "`nirwatch audit --batch B` selects by it",
+    )
+    p.add_argument("--product", help="product name on every spectrum (NIRWATCH_INGEST_PRODUCT)")
+
+
+def ingest_settings(command: str, args: argparse.Namespace | None = None) -> IngestSettings:
+    """Settings read once, with the spectra, dead-letter and lab-results topics created.
+
+    Command-line ``--batch``/``--product`` override ``NIRWATCH_INGEST_BATCH``/``_PRODUCT``.
+
+    Raises
+    ------
+    BrokerNotConfiguredError
+        Without ``NIRWATCH_KAFKA_BOOTSTRAP``: an adapter never starts a broker of its own.
+    """
+    overrides: dict[str, Any] = {}
+    for name in ("batch", "product"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
     settings = load_settings(IngestSettings, **overrides)
-    with kafka_bootstrap(settings.kafka.bootstrap) as bootstrap:
-        kafka = settings.kafka.model_copy(update={"bootstrap": bootstrap})
-        ensure_topics(
-            kafka, [kafka.topic_spectra, kafka.topic_dead_letter, kafka.topic_lab_results]
-        )
-        yield settings.model_copy(update={"kafka": kafka})
+    require_bootstrap(settings.kafka, command)
+    kafka = settings.kafka
+    ensure_topics(kafka, [kafka.topic_spectra, kafka.topic_dead_letter, kafka.topic_lab_results])
+    return settings

@@ -6,12 +6,13 @@ import argparse
 import threading
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
-from ingest.cli_common import ingest_settings, install_stop_handlers
+from ingest.cli_common import add_batch_option, ingest_settings, install_stop_handlers
 from ingest.file_drop import Inbox, watch_inbox
 from ingest.producer import SpectrumProducer
 from monitoring.metrics import FileDropMetrics
+from nirwatch.ports import start_metrics_server
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="seconds a file's size and time must stay unchanged before it is taken (default 2)",
     )
     p.add_argument("--once", action="store_true", help="take what is there, then exit")
+    add_batch_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,31 +38,33 @@ def run(args: argparse.Namespace) -> int:
     install_stop_handlers(stop)
     inbox = Inbox(args.inbox, settle_s=args.settle)
     instrument = args.instrument or args.inbox.resolve().name
-    with ingest_settings() as settings:
-        metrics = None
-        if settings.metrics_port:
-            registry = CollectorRegistry()
-            metrics = FileDropMetrics(registry)
-            start_http_server(settings.metrics_port, settings.metrics_host, registry)
-            print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
-        print(
-            f"watching {args.inbox} as {instrument} -> {settings.kafka.topic_spectra} on "
-            f"{settings.kafka.bootstrap} (processed files to done/, unreadable ones to failed/)"
+    settings = ingest_settings("file-drop", args)
+    metrics = None
+    if settings.metrics_port:
+        registry = CollectorRegistry()
+        metrics = FileDropMetrics(registry)
+        start_metrics_server(
+            registry, settings.metrics_host, settings.metrics_port, "NIRWATCH_INGEST_METRICS_PORT"
         )
-        with SpectrumProducer(
-            settings, source=f"file-drop:{instrument}", expected_grid=args.grid
-        ) as producer:
-            stats = watch_inbox(
-                inbox,
-                producer,
-                stop=stop,
-                instrument_id=instrument,
-                product=settings.product,
-                batch=settings.batch,
-                poll_s=args.poll,
-                once=args.once,
-                metrics=metrics,
-            )
+        print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    print(
+        f"watching {args.inbox} as {instrument} -> {settings.kafka.topic_spectra} on "
+        f"{settings.kafka.bootstrap} (processed files to done/, unreadable ones to failed/)"
+    )
+    with SpectrumProducer(
+        settings, source=f"file-drop:{instrument}", expected_grid=args.grid
+    ) as producer:
+        stats = watch_inbox(
+            inbox,
+            producer,
+            stop=stop,
+            instrument_id=instrument,
+            product=settings.product,
+            batch=settings.batch,
+            poll_s=args.poll,
+            once=args.once,
+            metrics=metrics,
+        )
     print(
         f"{stats.files_done} files done, {stats.files_failed} failed, {stats.files_retried} "
         f"retries; {stats.sent} spectra sent, {stats.dead_lettered} dead-lettered"

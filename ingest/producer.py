@@ -32,6 +32,7 @@ from ingest.settings import IngestSettings
 from nirwatch.deadletter import DeadLetterPublisher
 from nirwatch.errors import WireFormatError
 from nirwatch.kafka import make_producer
+from nirwatch.logs import log_event
 from nirwatch.wire import MAGIC, VERSION, SpectrumHeader, decode_spectrum
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,13 @@ class SpectrumProducer:
         self.dead_lettered_by_reason: dict[str, int] = {}
         self.lab_results_sent = 0
         self.recreated = 0
+        #: Sends are failing: logged once as broker_lost, and broker_back at the next ack.
+        self._down = False
 
     # -- client lifecycle -------------------------------------------------------------------
     def _client(self) -> KafkaProducer:
         if self._producer is not None and self._broken.is_set():
-            log.warning("recreating the Kafka producer after a failed send")
+            log.debug("recreating the Kafka producer after a failed send")
             old, self._producer = self._producer, None
             try:
                 old.close(timeout=1)
@@ -136,6 +139,9 @@ class SpectrumProducer:
     ) -> Any:
         def ok(_meta: object) -> None:
             self.acked += 1
+            if self._down:
+                self._down = False
+                log_event(log, "broker_back", topic=topic, retrying=len(self._retry))
 
         def failed(exc: BaseException) -> None:
             # Runs on the producer's I/O thread: only record the failure here.
@@ -143,7 +149,14 @@ class SpectrumProducer:
             self._broken.set()
             with self._lock:
                 self._retry.append((topic, key, value))
-            log.warning("send to %s failed: %s", topic, exc)
+            if self._down:  # one line per outage, not one per message
+                log.debug("send to %s failed: %s", topic, exc)
+                return
+            self._down = True
+            log_event(
+                log, "broker_lost", level=logging.WARNING, topic=topic, error=str(exc),
+                action="kept for re-sending",
+            )  # fmt: skip
 
         try:
             future = producer.send(topic, value=value, key=key)

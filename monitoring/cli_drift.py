@@ -15,16 +15,17 @@ import signal
 import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
 from monitoring.metrics import WorkerMetrics
-from nirwatch.broker import kafka_bootstrap
 from nirwatch.bundle import read_manifest
 from nirwatch.errors import NirwatchError
+from nirwatch.logs import log_event
+from nirwatch.ports import start_metrics_server
 from nirwatch.registry import ModelRegistry, RegistrySettings
-from nirwatch.settings import KafkaSettings, load_settings
+from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     }
     settings = load_settings(DriftSettings, **overrides)
     kafka = load_settings(KafkaSettings)
+    require_bootstrap(kafka, "drift-monitor")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -74,12 +76,23 @@ def run(args: argparse.Namespace) -> int:
     monitor = DriftMonitor(
         WorkerMetrics(registry), settings, rmsecv=args.rmsecv, rmsecv_for=rmsecv_for
     )
-    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+    server = start_metrics_server(
+        registry, settings.metrics_host, settings.metrics_port,
+        "--metrics-port or NIRWATCH_DRIFT_METRICS_PORT",
+    )  # fmt: skip
     print(f"drift metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    if args.rmsecv is None and rmsecv_for is None:
+        log_event(
+            log, "lab_checks_off", level=logging.WARNING,
+            why="no RMSECV: set NIRWATCH_REGISTRY_DIR (each model's RMSECV) or pass --rmsecv",
+        )  # fmt: skip
+    log_event(
+        log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=args.group_id,
+        metrics=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        registry=reg.dir, rmsecv=args.rmsecv,
+    )  # fmt: skip
     try:
-        with kafka_bootstrap(kafka.bootstrap) as bootstrap:
-            kafka = kafka.model_copy(update={"bootstrap": bootstrap})
-            run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
+        run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
     finally:
         server.shutdown()
     return 0

@@ -18,6 +18,7 @@ judged against the model now serving.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -37,8 +38,11 @@ from monitoring.drift import (
 from monitoring.lab_reference import LabReferenceTracker
 from monitoring.metrics import WorkerMetrics
 from nirwatch.errors import DataError
+from nirwatch.logs import log_event
 from nirwatch.settings import NirwatchSettings
 from nirwatch.wire import Prediction
+
+log = logging.getLogger(__name__)
 
 
 class DriftSettings(NirwatchSettings):
@@ -220,6 +224,8 @@ class DriftMonitor:
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         self._joiner = LabJoiner(self.settings.join_cache_size)
         self._lock = threading.Lock()
+        #: (instrument, product, detector) now in drift: a change is logged once
+        self._flagged: set[tuple[str, str, str]] = set()
         if rmsecv is not None:
             metrics.lab_rmsecv.set(rmsecv)
 
@@ -255,6 +261,8 @@ class DriftMonitor:
             self.metrics.lab_rmsecv.set(rmsecv)
         for key in list(self._groups):
             self._groups[key] = _Group(self.settings, self._rmsecv)
+        self._flagged.clear()
+        log_event(log, "drift_model", version=version, rmsecv=self._rmsecv, detectors="reset")
         if not first:
             # lab values of the previous model's predictions must not judge the new one
             self._joiner = LabJoiner(self.settings.join_cache_size)
@@ -302,9 +310,26 @@ class DriftMonitor:
             for name, det in group.detectors().items():
                 m.drift_detected.labels(instrument, product, name).set(float(det.drift_detected))
                 m.drift_score.labels(instrument, product, name).set(det.score)
+                self._note(instrument, product, name, det)
             if group.lab is not None and group.lab.n:
                 m.lab_rmse.labels(instrument, product).set(group.lab.rmse)
                 m.lab_bias.labels(instrument, product).set(group.lab.bias)
+
+    def _note(self, instrument: str, product: str, name: str, det: _Detector) -> None:
+        """One log line when a detector enters or leaves the drift state."""
+        key = (instrument, product, name)
+        if det.drift_detected == (key in self._flagged):
+            return
+        if det.drift_detected:
+            self._flagged.add(key)
+        else:
+            self._flagged.discard(key)
+        log_event(
+            log, "drift_detected" if det.drift_detected else "drift_cleared",
+            level=logging.WARNING if det.drift_detected else logging.INFO,
+            instrument=instrument, product=product, detector=name, score=det.score,
+            model=self._version,
+        )  # fmt: skip
 
     def status(self) -> dict[tuple[str, str], dict[str, float]]:
         """Scores of every detector per group (for the demo's table)."""

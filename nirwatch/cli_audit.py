@@ -7,11 +7,12 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from nirwatch.audit import AuditRecord, AuditSettings, open_audit_trail
+from nirwatch.audit import AuditRecord, AuditSettings, AuditTrail, open_audit_trail
 from nirwatch.batch_summary import format_summary, summarize_batch
 from nirwatch.errors import ConfigError
 from nirwatch.settings import load_settings
@@ -67,7 +68,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="published at or after: ISO 8601, or a duration ago (1h, 30m, 2d; also --since=-1h)",
     )
     p.add_argument("--until", help="published before: ISO 8601 or a duration ago")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many records (0: all)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="at most this many records, the first in publication order (default 1000; 0: all); "
+        "a cut list says so",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument(
         "--duplicates", action="store_true", help="list message ids published more than once"
@@ -82,29 +89,61 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def print_table(records: list[AuditRecord], out: TextIO) -> None:
-    """A fixed-width table of the fields a reviewer reads first."""
-    head = (
-        f"{'published_at':24} {'instrument':12} {'sample':14} {'value':>9} {'model':5} "
-        f"{'version':10} {'T2':>8} {'Q':>8} {'flags':14} {'message_id':32} spectrum_sha256"
+def _flags(r: AuditRecord) -> str:
+    on = (
+        ("out_of_model", r.out_of_model),
+        ("hold", not r.releasable and not r.out_of_model),
+        (f"fb:{r.fallback_reason}", r.fallback_reason is not None),
     )
-    print(head, file=out)
-    for r in records:
-        flags = ",".join(
-            f
-            for f, on in (
-                ("out_of_model", r.out_of_model),
-                ("hold", not r.releasable and not r.out_of_model),
-                (f"fb:{r.fallback_reason}", r.fallback_reason is not None),
-            )
-            if on
-        )
+    return ",".join(f for f, flag in on if flag) or "-"
+
+
+#: (header, cell, right-aligned): ids and versions are printed whole, never cut.
+_TABLE: tuple[tuple[str, Callable[[AuditRecord], str], bool], ...] = (
+    ("published_at", lambda r: _iso(r.published_at), False),
+    ("instrument", lambda r: r.instrument_id, False),
+    ("sample", lambda r: r.sample_id, False),
+    ("batch", lambda r: r.batch or "-", False),
+    ("value", lambda r: _fmt(r.value), True),
+    ("model", lambda r: r.model, False),
+    ("version", lambda r: r.model_version, False),
+    ("T2", lambda r: _fmt(r.t2), True),
+    ("Q", lambda r: _fmt(r.q), True),
+    ("flags", _flags, False),
+    ("message_id", lambda r: r.message_id, False),
+    ("spectrum_sha256", lambda r: r.spectrum_sha256[:16], False),
+)
+
+
+def print_table(records: list[AuditRecord], out: TextIO) -> None:
+    """A table of the fields a reviewer reads first, each column as wide as its widest cell."""
+    cells = [[cell(r) for _, cell, _ in _TABLE] for r in records]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, (h, _, _) in enumerate(_TABLE)]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            v.rjust(w) if right else v.ljust(w)
+            for v, w, (_, _, right) in zip(values, widths, _TABLE, strict=True)
+        ]
+        return " ".join(parts).rstrip()
+
+    print(line([h for h, _, _ in _TABLE]), file=out)
+    for row in cells:
+        print(line(row), file=out)
+
+
+def _duplicates(trail: AuditTrail, as_json: bool, out: TextIO) -> int:
+    dups = trail.duplicate_message_ids()
+    for mid, n in sorted(dups.items()):
         print(
-            f"{_iso(r.published_at):24} {r.instrument_id[:12]:12} {r.sample_id[:14]:14} "
-            f"{_fmt(r.value):>9} {r.model[:5]:5} {r.model_version[:10]:10} {_fmt(r.t2):>8} "
-            f"{_fmt(r.q):>8} {flags or '-':14} {r.message_id:32} {r.spectrum_sha256[:16]}",
+            json.dumps({"message_id": mid, "publications": n}) if as_json else f"{mid} {n}",
             file=out,
         )
+    if not dups:
+        note = f"no duplicates: each of the {trail.count()} record(s) has its own message id"
+        # JSON lines stay an empty stream; the note goes where a person reads it.
+        print(note, file=sys.stderr if as_json else out)
+    return 0
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -112,19 +151,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     overrides = {"backend": "sqlite", "path": args.db} if args.db else {}
     settings = load_settings(AuditSettings, **overrides)
     if settings.backend == "sqlite" and not Path(settings.path).exists():
-        raise ConfigError(f"no audit trail at {settings.path} (set --db or NIRWATCH_AUDIT_PATH)")
+        raise ConfigError(
+            f"no audit trail at {settings.path} (set --db, NIRWATCH_AUDIT_PATH or "
+            "NIRWATCH_STATE_DIR; the demo writes var/demo/audit.sqlite3)"
+        )
     now = time.time()
     with open_audit_trail(settings) as trail:
         if args.duplicates:
-            dups = trail.duplicate_message_ids()
-            for mid, n in sorted(dups.items()):
-                print(
-                    json.dumps({"message_id": mid, "publications": n})
-                    if args.json
-                    else f"{mid} {n}",
-                    file=out,
-                )
-            return 0
+            return _duplicates(trail, args.json, out)
         if args.summary and (args.batch is None or args.label_claim is None):
             raise ConfigError("--summary needs --batch and --label-claim")
         records = trail.query(
@@ -135,16 +169,25 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             message_id=args.message,
             batch=args.batch,
             product=args.product,
-            limit=None if args.summary else (args.limit or None),
+            # One more than asked, to tell the reader that the list is cut.
+            limit=None if args.summary or not args.limit else args.limit + 1,
         )
+    more = not args.summary and bool(args.limit) and len(records) > args.limit
+    records = records[: args.limit] if more else records
     if args.summary:
         summary = summarize_batch(records, label_claim=args.label_claim, k=args.k)
         print(json.dumps(summary.as_dict()) if args.json else format_summary(summary), file=out)
         return 0
+    cut = (
+        f"showing the first {args.limit} matching records in publication order; more match: "
+        "narrow with --since/--sample/--batch or pass --limit 0 for all"
+    )
     if args.json:
         for r in records:
             print(json.dumps(r._asdict(), separators=(",", ":")), file=out)
+        if more:
+            print(cut, file=sys.stderr)
     else:
         print_table(records, out)
-        print(f"{len(records)} record(s)", file=out)
+        print(f"{len(records)} record(s)" + (f"; {cut}" if more else ""), file=out)
     return 0

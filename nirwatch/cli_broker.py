@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 
 from nirwatch.broker import EmbeddedBroker
+from nirwatch.errors import BrokerUnavailableError
+from nirwatch.ports import check_port_free
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -28,12 +30,21 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.port:
+        check_port_free(
+            args.host,
+            args.port,
+            "choose another with --port, or if it is another `nirwatch broker`, use that one: "
+            f"export NIRWATCH_KAFKA_BOOTSTRAP={args.host}:{args.port}",
+        )
     broker = EmbeddedBroker(host=args.host, port=args.port, cert=args.cert, key=args.key)
     with broker:
         print(f"embedded Kafka-compatible broker (Tansu, in-memory) on {broker.bootstrap}")
         print(f"export NIRWATCH_KAFKA_BOOTSTRAP={broker.bootstrap}   # Ctrl-C stops it")
         while not stop.wait(0.5):
             if not broker.running:
-                print("broker exited")
-                return 1
+                raise BrokerUnavailableError(
+                    f"the broker on {broker.bootstrap} exited unexpectedly; clients must "
+                    "reconnect to a new one (its data was in memory)"
+                )
     return 0

@@ -26,6 +26,7 @@ from nirwatch.demo_view import DemoState, render
 from nirwatch.errors import NirwatchError
 
 if TYPE_CHECKING:
+    from nirwatch.audit import SQLiteAuditTrail
     from nirwatch.settings import KafkaSettings
     from nirwatch.wire import Prediction
 
@@ -81,6 +82,14 @@ def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
     version = registry.register(bundle)
     registry.promote(version)
     return version
+
+
+def open_demo_audit(registry_root: Path) -> SQLiteAuditTrail:
+    """The demo's audit trail: SQLite beside its registry (``var/demo/audit.sqlite3``), so
+    ``nirwatch audit --db var/demo/audit.sqlite3`` works after ``make demo``."""
+    from nirwatch.audit import SQLiteAuditTrail
+
+    return SQLiteAuditTrail(registry_root.parent / "audit.sqlite3", synchronous="NORMAL")
 
 
 def _results_consumer(kafka: KafkaSettings) -> Any:
@@ -205,10 +214,12 @@ def run(args: argparse.Namespace) -> int:
         sim = TabletLineSimulator(probes, drift=drift, seed=ingest.seed)
         probes_stop, worker_stop = threading.Event(), threading.Event()
         producer = SpectrumProducer(ingest, source="simulator", expected_grid=sim.grid)
-        worker = InferenceWorker(worker_settings, source, metrics, worker_stop)
+        audit = open_demo_audit(args.registry)
+        worker = InferenceWorker(worker_settings, source, metrics, worker_stop, audit=audit)
         console.print(
             f"nirwatch demo: {args.probes} probes x {args.rate:g}/s on {bootstrap}\n"
-            f"model {version} from {args.registry}\nmetrics {metrics_url}"
+            f"model {version} from {args.registry}\nmetrics {metrics_url}\n"
+            f"audit trail {audit.path} (nirwatch audit --db {audit.path})"
             + (f"\ndrift {args.drift} switched on at {args.drift_at:g} s" if drift else "")
         )
         header = "nirwatch: API content per probe" + (f" ({args.drift} drift)" if drift else "")
@@ -281,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             worker_stop.set()
             consumer.close()
             producer.close(timeout=5)
+            audit.close()
             server.shutdown()
     c = counts()
     first = "-" if state.first_prediction_s is None else f"{state.first_prediction_s:.1f} s"

@@ -51,3 +51,15 @@ class RegistryError(NirwatchError):
 
 class BrokerUnavailableError(NirwatchError):
     """No Kafka broker could be reached or started."""
+
+
+class BrokerNotConfiguredError(ConfigError):
+    """A service was started without ``NIRWATCH_KAFKA_BOOTSTRAP``: it refuses to run.
+
+    Services never start a private broker (a producer and a consumer on two private brokers
+    would each look healthy while nothing flows); only ``nirwatch demo`` and tests do.
+    """
+
+
+class PortInUseError(ConfigError):
+    """A listening port (metrics, webhook, broker) is already taken by another process."""

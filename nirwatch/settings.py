@@ -7,14 +7,36 @@ Each service owns one frozen settings object (``NIRWATCH_`` env prefix) that it 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nirwatch.errors import ConfigError
+from nirwatch.errors import BrokerNotConfiguredError, ConfigError
 
 S = TypeVar("S", bound=BaseSettings)
+
+#: Where services keep local state unless a setting says otherwise (``NIRWATCH_STATE_DIR``):
+#: the audit trail, retrain reports. Relative paths are relative to the working directory.
+DEFAULT_STATE_DIR = Path("var")
+
+
+def state_dir_field() -> Any:
+    """A ``state_dir`` field read from ``NIRWATCH_STATE_DIR`` whatever the class's prefix."""
+    return Field(
+        default=DEFAULT_STATE_DIR,
+        validation_alias=AliasChoices("state_dir", "NIRWATCH_STATE_DIR"),
+        description="directory for local state (NIRWATCH_STATE_DIR)",
+    )
+
+
+def under_state_dir(data: Any, field: str, name: str) -> Any:
+    """For a ``mode="before"`` validator: ``field`` unset becomes ``<state_dir>/<name>``."""
+    if isinstance(data, dict) and data.get(field) in (None, ""):
+        state = data.get("state_dir") or data.get("NIRWATCH_STATE_DIR") or DEFAULT_STATE_DIR
+        data = {**data, field: Path(state) / name}
+    return data
 
 
 class NirwatchSettings(BaseSettings):
@@ -26,8 +48,8 @@ class NirwatchSettings(BaseSettings):
 class KafkaSettings(NirwatchSettings):
     """How to reach Kafka and which topics to use (``NIRWATCH_KAFKA_*``).
 
-    ``bootstrap`` empty means: start or find a broker for local use (see
-    :mod:`nirwatch.broker`); production sets it to the cluster's bootstrap servers.
+    ``bootstrap`` is required by every service (:func:`require_bootstrap`); only ``nirwatch
+    demo`` and tests start a broker when it is empty (see :mod:`nirwatch.broker`).
     """
 
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_KAFKA_", frozen=True, extra="ignore")
@@ -71,7 +93,7 @@ class KafkaSettings(NirwatchSettings):
         if not self.bootstrap:
             raise ConfigError(
                 "NIRWATCH_KAFKA_BOOTSTRAP is not set: expected host:port of a Kafka broker "
-                "(or use nirwatch.broker.kafka_bootstrap() to start the embedded one)"
+                "(`nirwatch broker` starts one and prints the export line)"
             )
         opts: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap.split(","),
@@ -97,6 +119,32 @@ class KafkaSettings(NirwatchSettings):
                 sasl_plain_password=self.sasl_password.get_secret_value(),
             )
         return opts
+
+
+def require_bootstrap(kafka: KafkaSettings, command: str) -> str:
+    """The configured bootstrap address, or a refusal naming the variable to set.
+
+    Parameters
+    ----------
+    kafka : KafkaSettings
+        The service's Kafka settings.
+    command : str
+        The command that needs the broker (``worker``, ``simulate``...), for the message.
+
+    Raises
+    ------
+    BrokerNotConfiguredError
+        When ``NIRWATCH_KAFKA_BOOTSTRAP`` is not set: services fail closed.
+    """
+    if kafka.bootstrap:
+        return kafka.bootstrap
+    raise BrokerNotConfiguredError(
+        f"NIRWATCH_KAFKA_BOOTSTRAP is not set: nirwatch {command} needs a Kafka broker and "
+        "never starts one of its own. Start one with `nirwatch broker` and run the line it "
+        "prints (export NIRWATCH_KAFKA_BOOTSTRAP=127.0.0.1:9092), or set "
+        "NIRWATCH_KAFKA_BOOTSTRAP=host:port of your cluster; `nirwatch demo` runs everything "
+        "on an embedded broker."
+    )
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

@@ -80,6 +80,9 @@ def _settings_env_names() -> set[str]:
             )
             if not nested:
                 names.add(f"{prefix}{name}".upper())
+            # Settings shared across prefixes (NIRWATCH_STATE_DIR) are read by their alias.
+            choices = getattr(field.validation_alias, "choices", ())
+            names |= {str(c).upper() for c in choices if str(c).upper().startswith("NIRWATCH_")}
     return names
 
 

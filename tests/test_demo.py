@@ -54,6 +54,11 @@ def test_demo_end_to_end_smoke(
     held = re.search(r"held (\d+),", out.replace("\n", " "))
     assert held and held.group(1) == "0", out
     assert (registry / "champion.json").exists()
+    # The demo keeps an audit trail beside its registry, so `nirwatch audit` works after it.
+    trail = tmp_path / "audit.sqlite3"
+    assert main(["audit", "--db", str(trail), "--limit", "0", "--json"]) == 0
+    audited = capsys.readouterr().out.splitlines()
+    assert len(audited) == predicted
 
 
 @pytest.mark.kafka

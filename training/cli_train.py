@@ -45,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.exists():  # refuse now, not after minutes of fitting
+        raise DataError(f"--out {args.out} already exists: a bundle is written to a new directory")
     overrides = {
         k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("device", args.device))
     }

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nirwatch.bundle import data_hash, load_bundle
 from nirwatch.errors import ConfigError, DataError, NirwatchError
 from nirwatch.registry import ModelRegistry
-from nirwatch.settings import NirwatchSettings
+from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ class RetrainSettings(NirwatchSettings):
     target: str = Field(default="y", description="target column (CSV) or array (npz)")
     unit: str = ""
     model: Literal["cnn", "pls", "both"] = "both"
-    reports_dir: Path = Path("retrain-reports")
+    #: ``NIRWATCH_STATE_DIR`` (default ``var``); reports default to ``<state_dir>/retrain``.
+    state_dir: Path = state_dir_field()
+    reports_dir: Path = Path("var/retrain")
     schedule_seconds: float = Field(default=0.0, ge=0, description="0: no periodic retrain")
     cooldown_seconds: float = Field(default=600.0, ge=0, description="between alert retrains")
     recent_max: int = Field(default=5000, ge=1, description="labelled spectra kept")
@@ -68,6 +70,11 @@ class RetrainSettings(NirwatchSettings):
     webhook_token: SecretStr | None = None
     webhook_token_file: Path | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_reports_dir(cls, data: Any) -> Any:
+        return under_state_dir(data, "reports_dir", "retrain")
 
     def token(self) -> str:
         """The webhook's bearer token (from ``webhook_token`` or ``webhook_token_file``)."""

@@ -31,9 +31,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nirwatch.errors import ConfigError, DataError, WireFormatError
+from nirwatch.logs import log_event
+from nirwatch.ports import port_error
 from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.security import check_bearer_token
-from nirwatch.settings import KafkaSettings, load_settings
+from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
 from training.retrain import (
     Dataset,
     Fitter,
@@ -122,7 +124,14 @@ class RetrainService:
             t = threading.Thread(target=target, name=f"retrain-{target.__name__}", daemon=True)
             t.start()
             self._threads.append(t)
-        log.info("retrain webhook on http://%s:%d/alerts", *self.address)
+        host, port = self.address
+        log_event(
+            log, "retrain_service_started", webhook=f"http://{host}:{port}/alerts",
+            policy=self.settings.policy, margin=self.settings.margin, model=self.settings.model,
+            schedule_s=self.settings.schedule_seconds, cooldown_s=self.settings.cooldown_seconds,
+            registry=self.registry.root, reports=self.settings.reports_dir,
+            calibration_spectra=len(self.calibration),
+        )  # fmt: skip
         return self
 
     def stop(self, timeout: float = 600.0) -> None:
@@ -137,6 +146,11 @@ class RetrainService:
 
     def request(self, req: RetrainRequest) -> str:
         """Queue a retrain; returns ``queued``, ``coalesced`` or ``cooldown``."""
+        outcome = self._enqueue(req)
+        log_event(log, "retrain_requested", trigger=req.trigger, outcome=outcome, reason=req.reason)
+        return outcome
+
+    def _enqueue(self, req: RetrainRequest) -> str:
         with self._cond:
             if req.trigger == "webhook":
                 since = time.monotonic() - self._last_alert_retrain
@@ -172,11 +186,17 @@ class RetrainService:
                 req, self._pending, self._busy = self._pending, None, True
             try:
                 recent = self.buffer.dataset()
+                log_event(
+                    log, "retrain_started", trigger=req.trigger, reason=req.reason,
+                    recent_labelled=len(recent), calibration=len(self.calibration),
+                    model=self.settings.model, policy=self.settings.policy,
+                )  # fmt: skip
                 report = retrain(
                     req, self.calibration, recent, self.registry, self.fitter,
                     self.settings, self.workdir,
                 )  # fmt: skip
                 self.reports.append(report)
+                log_decision(report)
                 self.metrics.retrains.labels(report["decision"]).inc()
                 self.metrics.last_retrain.set_to_current_time()
             except Exception:  # the service must outlive a failing retrain
@@ -216,6 +236,16 @@ class RetrainService:
         if outcome == "cooldown":
             return 200, {"triggered": False, "why": "cool-down after the last alert retrain"}
         return 202, {"triggered": True, "outcome": outcome}
+
+
+def log_decision(report: dict[str, Any]) -> None:
+    """One line for a retrain's outcome: candidate, promoted or kept, and why."""
+    log_event(
+        log, "retrain_decision", level=logging.WARNING if report.get("decision") == "failed"
+        else logging.INFO, decision=report.get("decision"), candidate=report.get("candidate"),
+        champion_before=report.get("champion_before"), champion=report.get("champion_after"),
+        why=report.get("why"), seconds=report.get("seconds"), report=report.get("path"),
+    )  # fmt: skip
 
 
 def consume_labelled(
@@ -281,6 +311,10 @@ def run(args: argparse.Namespace) -> int:
     root = args.registry or reg_settings.dir
     if root is None:
         raise ConfigError("no registry: pass --registry DIR or set NIRWATCH_REGISTRY_DIR")
+    kafka = None
+    if not (args.no_kafka or args.bootstrap):
+        kafka = load_settings(KafkaSettings)
+        require_bootstrap(kafka, "retrain-service (or pass --no-kafka)")
     calibration = _calibration(args, settings)
     registry = ModelRegistry(root, hmac_key=reg_settings.key())
     fitter = fit_bundle_fitter(
@@ -290,14 +324,17 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap:
         return _bootstrap(settings, registry, calibration, fitter)
     workdir = settings.reports_dir / "bundles"
-    service = RetrainService(
-        settings, registry, calibration, fitter, settings.token(), workdir
-    ).start()
+    token = settings.token()
+    try:
+        service = RetrainService(settings, registry, calibration, fitter, token, workdir)
+    except OSError as exc:  # the webhook's port
+        hint = "choose another port with NIRWATCH_RETRAIN_WEBHOOK_PORT"
+        raise port_error(exc, settings.webhook_host, settings.webhook_port, hint) from None
+    service.start()
     stop = threading.Event()
-    if not args.no_kafka:
+    if kafka is not None:
         from nirwatch.grid import grid_id_for
 
-        kafka = load_settings(KafkaSettings)
         grid = grid_id_for(calibration.wavelengths)
         threading.Thread(
             target=consume_labelled, args=(kafka, service.buffer, grid, stop), daemon=True
@@ -340,12 +377,19 @@ def _bootstrap(
     """First model of an empty registry (the stack's init step); no-op when one serves."""
     champion = registry.champion_version()
     if champion is not None:
-        print(json.dumps({"decision": "none", "why": f"champion {champion} already serves"}))
+        why = f"champion {champion} already serves"
+        log_event(log, "bootstrap_skipped", champion=champion, why=why)
+        print(json.dumps({"decision": "none", "why": why}))
         return 0
+    log_event(
+        log, "bootstrap_started", registry=registry.root, model=settings.model,
+        calibration_spectra=len(calibration), reports=settings.reports_dir,
+    )  # fmt: skip
     empty = calibration.subset(np.arange(0))
     report = retrain(
         RetrainRequest("bootstrap", "empty registry"), calibration, empty, registry, fitter,
         settings, settings.reports_dir / "bundles",
     )  # fmt: skip
+    log_decision(report)
     print(json.dumps({k: report.get(k) for k in ("decision", "why", "candidate", "path")}))
     return 0 if report["decision"] != "failed" else 1
