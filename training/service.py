@@ -2,8 +2,9 @@
 
 Threads:
 
-* an HTTP server (stdlib, bind address from settings, loopback by default; the handler is
-  :mod:`training.webhook`): ``POST /alerts`` takes Alertmanager's webhook JSON and requires
+* an HTTP server (uvicorn + Starlette, :mod:`training.webhook`, with request-size, header
+  and body time limits and optional TLS; bind address from settings, loopback by default):
+  ``POST /alerts`` takes Alertmanager's webhook JSON and requires
   ``Authorization: Bearer <token>`` (constant-time comparison); anything else is answered 401,
   logged and triggers nothing. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) need no
   token.
@@ -23,7 +24,6 @@ import signal
 import threading
 import time
 from collections import deque
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from training.retrain import (
     retrain,
 )
 from training.settings import TrainingSettings
-from training.webhook import WebhookHandler
+from training.webhook import WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -103,33 +103,29 @@ class RetrainService:
         self._stop = threading.Event()
         self.reports: deque[dict[str, Any]] = deque(maxlen=100)
         self._threads: list[threading.Thread] = []
-        self._http = ThreadingHTTPServer(
-            (settings.webhook_host, settings.webhook_port), WebhookHandler
-        )
-        self._http.daemon_threads = True
-        self._http.service = self  # type: ignore[attr-defined]
+        self._http = WebhookServer(self)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._http.server_address[:2]
-        return str(host), int(port)
+        return self._http.address
 
     def start(self) -> RetrainService:
-        targets = [self._http.serve_forever, self._work]
+        self._http.start()
+        targets = [self._work]
         if self.settings.schedule_seconds > 0:
             targets.append(self._schedule)
         for target in targets:
             t = threading.Thread(target=target, name=f"retrain-{target.__name__}", daemon=True)
             t.start()
             self._threads.append(t)
-        log.info("retrain webhook on http://%s:%d/alerts", *self.address)
+        scheme = "https" if self._http.tls else "http"
+        log.info("retrain webhook on %s://%s:%d/alerts", scheme, *self.address)
         return self
 
     def stop(self, timeout: float = 600.0) -> None:
         """Stop accepting requests; a retrain in progress finishes first."""
         self._stop.set()
-        self._http.shutdown()
-        self._http.server_close()
+        self._http.stop()
         with self._cond:
             self._cond.notify_all()
         for t in self._threads:
@@ -191,7 +187,7 @@ class RetrainService:
         while not self._stop.wait(self.settings.schedule_seconds):
             self.request(RetrainRequest("schedule", "periodic retrain"))
 
-    # ---- HTTP (called by training.webhook.WebhookHandler)
+    # ---- HTTP (called by training.webhook.WebhookServer)
 
     def authorised(self, header: str | None) -> bool:
         return check_bearer_token(header, self._token)
