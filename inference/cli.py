@@ -129,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     install_stop_handlers(stop)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    # Opened first: an unwritable audit path stops the worker at start, naming the variable
+    # (closed below; if the start fails, exiting closes the SQLite file, its WAL stays valid).
+    audit = open_audit_trail(load_settings(AuditSettings)) if settings.audit else None
     source = predictor_source(settings, metrics)
     server = None
     if settings.metrics_port:
@@ -139,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
             kafka = settings.kafka.model_copy(update={"bootstrap": bootstrap})
             settings = settings.model_copy(update={"kafka": kafka})
             print(f"worker consuming {kafka.topic_spectra} on {bootstrap}")
-            audit = open_audit_trail(load_settings(AuditSettings)) if settings.audit else None
             worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
             freeze_startup_objects()
             try:

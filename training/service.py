@@ -34,6 +34,7 @@ from nirwatch.errors import ConfigError, DataError, WireFormatError
 from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.security import check_bearer_token
 from nirwatch.settings import KafkaSettings, load_settings
+from nirwatch.statedirs import writable_dir
 from training.retrain import (
     Dataset,
     Fitter,
@@ -277,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
     root = args.registry or reg_settings.dir
     if root is None:
         raise ConfigError("no registry: pass --registry DIR or set NIRWATCH_REGISTRY_DIR")
+    # Both are written (bundles, reports): refused at start when they cannot be.
+    writable_dir(root, "NIRWATCH_REGISTRY_DIR")
+    writable_dir(settings.reports_dir, "NIRWATCH_RETRAIN_REPORTS_DIR")
     calibration = _calibration(args, settings)
     registry = ModelRegistry(root, hmac_key=reg_settings.key())
     fitter = fit_bundle_fitter(
