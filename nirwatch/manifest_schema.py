@@ -14,6 +14,7 @@ validated when present and tolerated when absent: older bundles lack them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -73,8 +74,6 @@ def _dict(field: str, v: Any, allowed: set[str] | None = None) -> dict[str, Any]
 
 def expected_grid(wl: np.ndarray) -> str:
     """The grid id :func:`nirwatch.bundle.write_bundle` stores for wavelengths ``wl``."""
-    import hashlib
-
     try:
         return grid_id_for(wl)
     except DataError:

@@ -199,7 +199,9 @@ class WebhookServer:
     async def _healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
-    async def _metrics(self, request: Request) -> Response:
+    def _metrics(self, request: Request) -> Response:
+        # Synchronous: Starlette runs it in its thread pool, so building the buffer's dataset
+        # never holds up the event loop that serves the other connections.
         svc = self.service
         svc.metrics.labelled.set(len(svc.buffer.dataset()))
         return Response(generate_latest(svc.metrics.registry), media_type="text/plain")
