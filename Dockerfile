@@ -23,11 +23,18 @@ COPY training ./training
 COPY monitoring ./monitoring
 RUN pip install . && nirwatch --version
 
-# An unprivileged user; /models (registry) and /reports (retrain reports) are volumes.
-RUN useradd --system --uid 10001 --home-dir /app nirwatch \
-    && mkdir -p /models /reports \
-    && chown nirwatch /models /reports
-USER nirwatch
+# An unprivileged user (uid:gid 10001:10001, as docker-compose.yml's `user:`); /app stays
+# root-owned and read-only to it. Every path a service writes is a volume whose mount point is
+# created here, owned by that user: an empty named volume takes the mount point's owner, so
+# these directories are what makes the volumes writable. Keep this list in step with the
+# volumes in docker-compose.yml (tests/test_compose_container.py checks both).
+RUN groupadd --system --gid 10001 nirwatch \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home nirwatch \
+    && mkdir -p /models /reports /inbox /var/lib/nirwatch/audit \
+    && chown nirwatch:nirwatch /models /reports /inbox /var/lib/nirwatch/audit
+# Matplotlib (training reports) caches fonts under $HOME, which is the read-only /app.
+ENV MPLCONFIGDIR=/tmp/matplotlib
+USER 10001:10001
 
 ENTRYPOINT ["nirwatch"]
 CMD ["--help"]

@@ -134,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
     install_stop_handlers(stop)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    # Opened first: an unwritable audit path stops the worker at start, naming the variable
+    # (closed below; if the start fails, exiting closes the SQLite file, its WAL stays valid).
+    audit = open_audit_trail(audit_settings) if audit_settings is not None else None
+    if audit_settings is not None:
+        where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
+        log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
     server = None
     if settings.metrics_port:
         server = start_metrics_server(
@@ -144,10 +150,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         source = predictor_source(settings, metrics)
         print(f"worker consuming {settings.kafka.topic_spectra} on {bootstrap}")
-        audit = open_audit_trail(audit_settings) if audit_settings is not None else None
-        if audit_settings is not None:
-            where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
-            log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
         worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
         freeze_startup_objects()
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from monitoring.metrics import WorkerMetrics
-from nirwatch.errors import ModelError, NirwatchError
+from nirwatch.errors import ChecksumMismatchError, ModelError, NirwatchError
 from nirwatch.logs import log_event
 from nirwatch.predictor import Predictor
 
@@ -28,10 +28,23 @@ class PredictorSource(Protocol):
         ...
 
 
+class ChampionEntry(Protocol):
+    """The champion as the registry records it (:class:`nirwatch.registry.ChampionEntry`)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def checksum(self) -> str: ...
+
+
 class ChampionRegistry(Protocol):
     """The part of :class:`nirwatch.registry.ModelRegistry` the worker needs."""
 
-    def champion(self) -> Path | None: ...
+    def champion_entry(self) -> ChampionEntry | None: ...
 
     def champion_version(self) -> str | None: ...
 
@@ -53,7 +66,9 @@ class RegistrySource:
     to load (bad checksum, missing file...) is counted as ``model_reloads{outcome="failed"}``,
     the previous predictor keeps serving, and that version is not tried again: only a newly
     promoted version is. Successful swaps count ``outcome="success"`` (the first load is not a
-    reload and is not counted).
+    reload and is not counted). A bundle whose checksum (its manifest's SHA-256, computed from
+    the very bytes that were loaded) differs from the one the registry recorded for the
+    champion is refused like any other failure: an edited copy is never served.
 
     Parameters
     ----------
@@ -117,10 +132,16 @@ class RegistrySource:
         if version is None or version == self._version or version == self._failed:
             return
         try:
-            path = self.registry.champion()
-            if path is None:
+            entry = self.registry.champion_entry()
+            if entry is None:
                 return
-            predictor = self.loader(path)
+            version = entry.version
+            predictor = self.loader(entry.path)
+            if predictor.checksum != entry.checksum:
+                raise ChecksumMismatchError(
+                    f"{entry.path}: bundle checksum {predictor.checksum} differs from "
+                    f"{entry.checksum} recorded for champion {version}"
+                )
         except (NirwatchError, OSError, ValueError, RuntimeError) as exc:
             # Keep serving the previous champion: a bad bundle must never stop inference.
             self._failed = version

@@ -88,8 +88,15 @@ class Inbox:
         self.path = path
         self.done = path / "done"
         self.failed = path / "failed"
-        self.done.mkdir(exist_ok=True)
-        self.failed.mkdir(exist_ok=True)
+        try:
+            self.done.mkdir(exist_ok=True)
+            self.failed.mkdir(exist_ok=True)
+        except OSError as exc:
+            # Files are moved into these: an inbox this process cannot write is refused at start.
+            raise DataError(
+                f"inbox {path}: cannot create done/ and failed/ in it "
+                f"({exc.strerror or type(exc).__name__}); the inbox must be writable"
+            ) from exc
         self.settle_s = settle_s
         self._clock = clock
         self._seen: dict[Path, tuple[tuple[int, int], float]] = {}

@@ -35,6 +35,7 @@ from pydantic_settings import SettingsConfigDict
 
 from nirwatch.errors import ConfigError, NirwatchError
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
+from nirwatch.statedirs import writable_dir
 from nirwatch.wire import Prediction
 
 TABLE = "prediction_audit"
@@ -291,7 +292,7 @@ class SQLiteAuditTrail(AuditTrail):
             self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._create()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise AuditError(f"cannot open SQLite audit trail {self.path}: {exc}") from exc
         self._lock = threading.Lock()
         cols = ", ".join(COLUMNS)
@@ -358,4 +359,6 @@ def open_audit_trail(settings: AuditSettings) -> AuditTrail:
         from nirwatch.audit_postgres import PostgresAuditTrail
 
         return PostgresAuditTrail(settings.dsn.get_secret_value())
+    # Fail at start, naming the variable, when the directory cannot be written.
+    writable_dir(settings.path.parent, "NIRWATCH_AUDIT_PATH")
     return SQLiteAuditTrail(settings.path, settings.sqlite_synchronous)

@@ -375,15 +375,20 @@ class _Files:
 
 
 def load_bundle(
-    path: str | Path, hmac_key: bytes | str | None = None, *, device: str = "auto"
+    path: str | Path,
+    hmac_key: bytes | str | None = None,
+    *,
+    device: str = "auto",
+    expected_checksum: str | None = None,
 ) -> LoadedBundle:
     """Verify and load a bundle into a :class:`LoadedBundle` (a ``Predictor``).
 
     A CNN that fails to load does not fail the bundle: PLS serves with reason
-    ``cnn_unavailable`` (logged). Checksum or signature problems always fail.
+    ``cnn_unavailable`` (logged). Checksum, signature or manifest problems always fail;
+    ``expected_checksum`` (the manifest digest recorded by the registry) must match when given.
     """
     root = Path(path)
-    manifest, checksum, contents = read_verified(root, hmac_key)
+    manifest, checksum, contents = read_verified(root, hmac_key, expected_checksum)
     files = _Files(root, contents)
     try:
         pipelines = files.pipelines()

@@ -18,6 +18,7 @@ import numpy as np
 
 from nirwatch.chemometrics.state import STEP_CLASSES
 from nirwatch.errors import BundleError, ChecksumMismatchError
+from nirwatch.manifest_schema import validate_manifest
 from nirwatch.security import sha256_file, verify_bytes
 
 FORMAT = "nirwatch.bundle/1"
@@ -105,14 +106,23 @@ def bundle_checksum(path: str | Path) -> str:
 
 
 def read_verified(
-    root: Path, hmac_key: bytes | str | None
+    root: Path, hmac_key: bytes | str | None, expected_checksum: str | None = None
 ) -> tuple[dict[str, Any], str, dict[str, bytes]]:
     """(manifest, bundle checksum, {file: bytes}), every byte checked against the manifest.
 
     The files are read once and deserialised from these same bytes, so a file swapped
-    between verification and loading cannot slip through.
+    between verification and loading cannot slip through. ``expected_checksum`` is the
+    manifest's digest as recorded elsewhere (the registry's champion.json, a prediction's
+    ``bundle_checksum``): without a key, it is what catches a consistent edit of the manifest.
+    Every manifest field is then validated (:mod:`nirwatch.manifest_schema`).
     """
     manifest_bytes = _manifest_bytes(root)
+    checksum = sha256_bytes(manifest_bytes)
+    if expected_checksum is not None and checksum != expected_checksum:
+        raise ChecksumMismatchError(
+            f"{root}: {MANIFEST} sha256 mismatch: expected {expected_checksum} "
+            f"(as recorded), got {checksum}"
+        )
     if hmac_key:
         sig_path = root / SIGNATURE
         signature = sig_path.read_text().strip() if sig_path.exists() else None
@@ -121,6 +131,7 @@ def read_verified(
         except ChecksumMismatchError as exc:
             raise ChecksumMismatchError(f"{root}: {MANIFEST}: {exc}") from exc
     manifest = _parse_manifest(manifest_bytes, root / MANIFEST)
+    validate_manifest(manifest, where=str(root / MANIFEST))
     listed = manifest.get("files")
     if not isinstance(listed, dict) or not listed:
         raise BundleError(f"{root}/{MANIFEST} lists no files")
@@ -139,11 +150,17 @@ def read_verified(
                 f"{root}: {name} sha256 mismatch: expected {expected}, got {got}"
             )
         files[name] = data
-    return manifest, sha256_bytes(manifest_bytes), files
+    return manifest, checksum, files
 
 
-def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict[str, Any]:
-    """Check the HMAC (when a key is given) and every file's SHA-256; return the manifest.
+def verify_bundle(
+    path: str | Path,
+    hmac_key: bytes | str | None = None,
+    *,
+    expected_checksum: str | None = None,
+) -> dict[str, Any]:
+    """Check the HMAC (when a key is given), the manifest's own digest (when one is
+    expected), every manifest field and every file's SHA-256; return the manifest.
 
     Raises
     ------
@@ -151,5 +168,7 @@ def verify_bundle(path: str | Path, hmac_key: bytes | str | None = None) -> dict
         Not a bundle (no or malformed manifest).
     ChecksumMismatchError
         Naming the file, the expected and the actual digest (or the failed signature).
+    ManifestError
+        A manifest field is missing, unknown or invalid (the message names it).
     """
-    return read_verified(Path(path), hmac_key)[0]
+    return read_verified(Path(path), hmac_key, expected_checksum)[0]

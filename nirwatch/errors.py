@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NirwatchError(Exception):
     """Root of every error nirwatch raises on purpose."""
@@ -43,6 +45,17 @@ class BundleError(ModelError):
 
 class ChecksumMismatchError(BundleError):
     """A bundle file's checksum or signature does not match its manifest."""
+
+
+class ManifestError(BundleError):
+    """A manifest field is missing, of the wrong type or out of range (the message names it)."""
+
+    def __init__(self, field: str, expected: str, got: Any) -> None:
+        shown = repr(got)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"manifest field {field!r}: expected {expected}, got {shown}")
+        self.field = field
 
 
 class RegistryError(NirwatchError):

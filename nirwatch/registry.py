@@ -6,11 +6,13 @@ Layout under the registry root::
       models/<version>/   one verified bundle per version (see nirwatch.bundle), read-only
                           once registered; never modified or deleted by nirwatch
       champion.json       {"version", "checksum", "promoted_at", "history": [...]}: the model
-                          the workers serve; replaced atomically (write, fsync, rename), so a
+                          the workers serve, with its manifest's SHA-256 (the bundle checksum),
+                          which every loader compares before serving; replaced atomically (write, fsync, rename), so a
                           reader sees the old or the new champion, never a partial file.
                           ``history`` holds the previous champions, oldest first, for rollback.
       events.jsonl        append-only log, one JSON object a line: register / promote / rollback
-                          with time, version, checksum and the previous champion
+                          with time, version, checksum and the previous champion; the
+                          register event's checksum is what promotion compares against
       .staging/           copies in progress (hidden; a crash leaves at most garbage here)
       .lock               advisory lock serialising writers (several CLIs, a retraining service)
 
@@ -60,6 +62,15 @@ class RegistrySettings(NirwatchSettings):
 
     def key(self) -> str | None:
         return self.hmac_key.get_secret_value() if self.hmac_key else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChampionEntry:
+    """The champion as champion.json records it: what a worker must serve, and its digest."""
+
+    version: str
+    path: Path
+    checksum: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,33 @@ class ModelRegistry:
         """Path of the champion's bundle, or None before the first promotion."""
         version = self.champion_version()
         return None if version is None else self.models / version
+
+    def champion_entry(self) -> ChampionEntry | None:
+        """The champion's version, path and recorded checksum (one read of champion.json).
+
+        A loader passes ``checksum`` as ``expected_checksum`` to
+        :func:`nirwatch.bundle.load_bundle`: an edited copy of the bundle is then refused even
+        without an HMAC key.
+        """
+        state = self._champion_state()
+        if state is None:
+            return None
+        checksum = state.get("checksum")
+        if not isinstance(checksum, str) or not checksum:
+            raise RegistryError(f"{self.root / CHAMPION} records no checksum for the champion")
+        version = str(state["version"])
+        return ChampionEntry(version, self.path(version), checksum)
+
+    def registered_checksum(self, version: str) -> str:
+        """The bundle checksum recorded when ``version`` was registered (raises if none)."""
+        recorded = [
+            e.get("checksum")
+            for e in self.events()
+            if e.get("event") == "register" and e.get("version") == version
+        ]
+        if not recorded or not isinstance(recorded[-1], str):
+            raise RegistryError(f"{version}: no checksum was recorded when it was registered")
+        return recorded[-1]
 
     def path(self, version: str) -> Path:
         """Path of a registered version's bundle (raises if unknown)."""
@@ -206,8 +244,9 @@ class ModelRegistry:
                     if f.is_file():
                         with f.open("rb") as fh:
                             os.fsync(fh.fileno())
-                # Verify the copy, not only the source: what workers load is what was checked.
-                verify_bundle(staging, self.hmac_key)
+                # Verify the copy, not only the source: what workers load is what was checked
+                # (and its manifest is the one whose digest the register event records).
+                verify_bundle(staging, self.hmac_key, expected_checksum=checksum)
                 _make_read_only(staging)
                 fsync_dir(staging)
                 self.models.mkdir(parents=True, exist_ok=True)
@@ -224,18 +263,19 @@ class ModelRegistry:
         with self._locked():
             p = self.path(version)
             try:
-                verify_bundle(p, self.hmac_key)
-            except BundleError as exc:
+                checksum = self.registered_checksum(version)
+                verify_bundle(p, self.hmac_key, expected_checksum=checksum)
+            except (BundleError, RegistryError) as exc:
                 raise RegistryError(f"refusing to promote {version}: {exc}") from exc
             state = self._champion_state()
             if state is not None and state["version"] == version:
                 raise RegistryError(f"{version} is already the champion")
             history = [] if state is None else [*state["history"], _entry(state)]
-            self._write_champion(version, bundle_checksum(p), history)
+            self._write_champion(version, checksum, history)
             self._event(
                 "promote",
                 version=version,
-                checksum=bundle_checksum(p),
+                checksum=checksum,
                 previous=None if state is None else state["version"],
             )
 
@@ -248,10 +288,10 @@ class ModelRegistry:
             *history, prev = state["history"]
             p = self.path(prev["version"])
             try:
-                verify_bundle(p, self.hmac_key)
+                verify_bundle(p, self.hmac_key, expected_checksum=prev.get("checksum"))
             except BundleError as exc:
                 raise RegistryError(f"refusing to roll back to {prev['version']}: {exc}") from exc
-            self._write_champion(prev["version"], bundle_checksum(p), history)
+            self._write_champion(prev["version"], prev["checksum"], history)
             self._event(
                 "rollback",
                 version=prev["version"],

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -211,8 +212,15 @@ class FakeRegistry:
         self.reads += 1
         return self.version
 
-    def champion(self) -> Path | None:
-        return None if self.version is None else Path("models") / self.version
+    def champion_entry(self) -> SimpleNamespace | None:
+        if self.version is None:
+            return None
+        # The fake predictors' checksum is their version's (see LinearPredictor).
+        return SimpleNamespace(
+            version=self.version,
+            path=Path("models") / self.version,
+            checksum=LinearPredictor(self.version).checksum,
+        )
 
 
 def test_registry_source_reloads_on_promotion_and_keeps_old_on_failure() -> None:

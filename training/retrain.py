@@ -70,6 +70,13 @@ class RetrainSettings(NirwatchSettings):
     webhook_token: SecretStr | None = None
     webhook_token_file: Path | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # The webhook server's limits (training/webhook.py): a request's headers must arrive within
+    # header_timeout_s, its body within body_timeout_s; more connections are answered 503.
+    webhook_header_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_body_timeout_s: float = Field(default=30.0, gt=0)
+    webhook_max_connections: int = Field(default=64, ge=1)
+    webhook_tls_cert: Path | None = Field(default=None, description="PEM; TLS with the key")
+    webhook_tls_key: Path | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -2,8 +2,9 @@
 
 Threads:
 
-* an HTTP server (stdlib, bind address from settings, loopback by default; the handler is
-  :mod:`training.webhook`): ``POST /alerts`` takes Alertmanager's webhook JSON and requires
+* an HTTP server (uvicorn + Starlette, :mod:`training.webhook`, with request-size, header
+  and body time limits and optional TLS; bind address from settings, loopback by default):
+  ``POST /alerts`` takes Alertmanager's webhook JSON and requires
   ``Authorization: Bearer <token>`` (constant-time comparison); anything else is answered 401,
   logged and triggers nothing. ``GET /healthz`` and ``GET /metrics`` (Prometheus text) need no
   token.
@@ -23,7 +24,6 @@ import signal
 import threading
 import time
 from collections import deque
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from nirwatch.ports import port_error
 from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.security import check_bearer_token
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
+from nirwatch.statedirs import writable_dir
 from training.retrain import (
     Dataset,
     Fitter,
@@ -47,7 +48,7 @@ from training.retrain import (
     retrain,
 )
 from training.settings import TrainingSettings
-from training.webhook import WebhookHandler
+from training.webhook import WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +106,15 @@ class RetrainService:
         self._stop = threading.Event()
         self.reports: deque[dict[str, Any]] = deque(maxlen=100)
         self._threads: list[threading.Thread] = []
-        self._http = ThreadingHTTPServer(
-            (settings.webhook_host, settings.webhook_port), WebhookHandler
-        )
-        self._http.daemon_threads = True
-        self._http.service = self  # type: ignore[attr-defined]
+        self._http = WebhookServer(self)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._http.server_address[:2]
-        return str(host), int(port)
+        return self._http.address
 
     def start(self) -> RetrainService:
-        targets = [self._http.serve_forever, self._work]
+        self._http.start()
+        targets = [self._work]
         if self.settings.schedule_seconds > 0:
             targets.append(self._schedule)
         for target in targets:
@@ -125,8 +122,9 @@ class RetrainService:
             t.start()
             self._threads.append(t)
         host, port = self.address
+        scheme = "https" if self._http.tls else "http"
         log_event(
-            log, "retrain_service_started", webhook=f"http://{host}:{port}/alerts",
+            log, "retrain_service_started", webhook=f"{scheme}://{host}:{port}/alerts",
             policy=self.settings.policy, margin=self.settings.margin, model=self.settings.model,
             schedule_s=self.settings.schedule_seconds, cooldown_s=self.settings.cooldown_seconds,
             registry=self.registry.root, reports=self.settings.reports_dir,
@@ -137,8 +135,7 @@ class RetrainService:
     def stop(self, timeout: float = 600.0) -> None:
         """Stop accepting requests; a retrain in progress finishes first."""
         self._stop.set()
-        self._http.shutdown()
-        self._http.server_close()
+        self._http.stop()
         with self._cond:
             self._cond.notify_all()
         for t in self._threads:
@@ -211,7 +208,7 @@ class RetrainService:
         while not self._stop.wait(self.settings.schedule_seconds):
             self.request(RetrainRequest("schedule", "periodic retrain"))
 
-    # ---- HTTP (called by training.webhook.WebhookHandler)
+    # ---- HTTP (called by training.webhook.WebhookServer)
 
     def authorised(self, header: str | None) -> bool:
         return check_bearer_token(header, self._token)
@@ -315,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
     if not (args.no_kafka or args.bootstrap):
         kafka = load_settings(KafkaSettings)
         require_bootstrap(kafka, "retrain-service (or pass --no-kafka)")
+    # Both are written (bundles, reports): refused at start when they cannot be.
+    writable_dir(root, "NIRWATCH_REGISTRY_DIR")
+    writable_dir(settings.reports_dir, "NIRWATCH_RETRAIN_REPORTS_DIR")
     calibration = _calibration(args, settings)
     registry = ModelRegistry(root, hmac_key=reg_settings.key())
     fitter = fit_bundle_fitter(
