@@ -5,21 +5,32 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: The 99 % limits are approximations (an F quantile for T², a moment-matched chi² for Q, both
+#: from a few hundred calibration spectra): spectra of the calibrated process were flagged at
+#: 1-5 % in the tests (a new-lot candidate on old-lot spectra 3.5 %, a mixed holdout 4.1 %;
+#: Q alone 0.4-3.3 % on the shootout, docs/results/shootout.md), so up to this multiple of the
+#: nominal rate still counts as "near" it.
+TOLERANCE = 2.5
 
-def out_of_model_bound(n: int, nominal: float = 0.02, alpha: float = 0.01) -> float:
+
+def out_of_model_bound(
+    n: int, nominal: float = 0.02, alpha: float = 0.01, tolerance: float = TOLERANCE
+) -> float:
     """The largest out-of-model share on ``n`` holdout spectra still near the nominal rate.
 
     A spectrum is out of model when its T² or its Q is above the 99 % limit: for spectra of
-    the calibrated process that happens at a rate of at most ``1 - 0.99² ≈ 2 %`` (``nominal``).
-    The count of such spectra among ``n`` is then binomial, and the bound is ``k / n`` with
-    ``k`` the binomial ``1 - alpha`` quantile: a model that fits the process is refused with
-    probability at most ``alpha`` (for ``n = 6``: k = 1; ``n = 40``: k = 3; ``n = 100``: k = 6).
+    the calibrated process that happens at a rate of at most ``1 - 0.99² ≈ 2 %`` (``nominal``),
+    up to ``tolerance`` times that as the limits are approximations (:data:`TOLERANCE`). The
+    count of such spectra among ``n`` is then at most binomial(n, tolerance x nominal), and the
+    bound is ``k / n`` with ``k`` its ``1 - alpha`` quantile: a model that fits the process is
+    refused with probability at most ``alpha``. With the defaults (5 %, 1 %): 2 of 6, 6 of 40,
+    11 of 100, 30 of 394; a candidate that rejects every spectrum fails at any ``n``.
     """
     if n <= 0:
         return 0.0
     from scipy import stats  # a training dependency; imported here to keep the module light
 
-    return float(stats.binom.ppf(1.0 - alpha, n, nominal)) / n
+    return float(stats.binom.ppf(1.0 - alpha, n, min(1.0, tolerance * nominal))) / n
 
 
 def decide(
@@ -30,6 +41,7 @@ def decide(
     *,
     nominal_out_of_model: float = 0.02,
     alpha: float = 0.01,
+    tolerance: float = TOLERANCE,
 ) -> tuple[bool, str]:
     """Whether to promote the candidate, and why (the report's words).
 
@@ -42,11 +54,11 @@ def decide(
         return False, "policy is approval: the candidate waits for `nirwatch models promote`"
     n = int(candidate.get("n", 0))
     share = candidate.get("out_of_model_share", float("nan"))
-    bound = out_of_model_bound(n, nominal_out_of_model, alpha)
+    bound = out_of_model_bound(n, nominal_out_of_model, alpha, tolerance)
     if not (n > 0 and math.isfinite(share) and share <= bound):
         return False, (
             f"policy auto: out-of-model share {share:.3g} of {n} holdout spectra is above "
-            f"{bound:.3g}, the binomial {1 - alpha:g} bound at the nominal "
+            f"{bound:.3g}, the binomial {1 - alpha:g} bound at {tolerance:g} x the nominal "
             f"{nominal_out_of_model:g}; kept as candidate"
         )
     if champion is None:
@@ -66,22 +78,26 @@ def decide(
 
 
 def out_of_model_check(
-    cand: dict[str, float], nominal: float = 0.02, alpha: float = 0.01
+    cand: dict[str, float],
+    nominal: float = 0.02,
+    alpha: float = 0.01,
+    tolerance: float = TOLERANCE,
 ) -> dict[str, Any]:
     """The report's account of the out-of-model check (shown under every policy)."""
     n = int(cand["n"])
-    bound = out_of_model_bound(n, nominal, alpha)
+    bound = out_of_model_bound(n, nominal, alpha, tolerance)
+    share = cand["out_of_model_share"]
     return {
         "rule": (
             "candidate's out-of-model share on the holdout <= k/n, k the binomial "
-            f"{1 - alpha:g} quantile of n draws at the nominal rate "
-            f"{nominal:g} (T² or Q above its 99 % limit)"
+            f"{1 - alpha:g} quantile of n draws at {tolerance:g} x the nominal rate {nominal:g} "
+            "(T² or Q above its 99 % limit; the limits are approximations)"
         ),
         "n": n,
         "nominal": nominal,
+        "tolerance": tolerance,
         "alpha": alpha,
         "max_share": bound,
-        "candidate_share": cand["out_of_model_share"],
-        "passed": bool(math.isfinite(cand["out_of_model_share"]))
-        and cand["out_of_model_share"] <= bound,
+        "candidate_share": share,
+        "passed": bool(math.isfinite(share) and share <= bound),
     }

@@ -73,6 +73,9 @@ class RetrainSettings(NirwatchSettings):
     out_of_model_alpha: float = Field(
         default=0.01, gt=0, lt=1, description="false-rejection risk of the out-of-model check"
     )
+    out_of_model_tolerance: float = Field(
+        default=2.5, ge=1, description="x nominal still near it: the limits are approximate"
+    )
     calibration_data: Path | None = Field(default=None, description="CSV or npz")
     target: str = Field(default="y", description="target column (CSV) or array (npz)")
     unit: str = ""
@@ -352,7 +355,10 @@ def retrain(
                 report["champion_error"] = str(exc)
         report["metrics"] = {"candidate": cand, "champion": champ}
         report["out_of_model_check"] = out_of_model_check(
-            cand, settings.nominal_out_of_model, settings.out_of_model_alpha
+            cand,
+            settings.nominal_out_of_model,
+            settings.out_of_model_alpha,
+            settings.out_of_model_tolerance,
         )
         if champ is None and champion_path is not None and settings.policy == "auto":
             promote, why = False, "champion could not be scored on the holdout: approval needed"
@@ -361,6 +367,7 @@ def retrain(
                 settings.policy, settings.margin, cand, champ,
                 nominal_out_of_model=settings.nominal_out_of_model,
                 alpha=settings.out_of_model_alpha,
+                tolerance=settings.out_of_model_tolerance,
             )  # fmt: skip
         if promote:
             registry.promote(version)
