@@ -3,12 +3,16 @@
 On embedded defaults: the Tansu broker starts unless ``NIRWATCH_KAFKA_BOOTSTRAP`` is set; a PLS
 model is fitted on simulated calibration data into ``var/demo/registry`` the first time; then
 the tablet-line simulator and the inference worker run in threads of this process while the
-table shows each probe's latest prediction. ``--scenario drift`` switches on a drift part-way
-through so the out-of-model flags and the prediction error can be watched. Ctrl-C (or the end
-of ``--duration``) stops the probes, lets the worker drain and prints a summary.
+table shows each probe's latest prediction. While PLS serves, a CNN ensemble trains in a
+background process (:mod:`nirwatch.demo_cnn`) and is promoted when done: the worker
+hot-reloads it and the table's model column turns to ``cnn``. ``--scenario drift`` switches on
+a drift part-way through so the out-of-model flags and the prediction error can be watched.
+Ctrl-C (or the end of ``--duration``) stops the probes, lets the worker drain and prints a
+summary.
 
 Every service module is imported inside :func:`run`, so ``nirwatch`` stays light to import.
-The drift loop lives in :mod:`nirwatch.demo_drift`, the live table in :mod:`nirwatch.demo_view`.
+The drift loop lives in :mod:`nirwatch.demo_drift`, the live table (plain lines when the
+output is not a terminal) in :mod:`nirwatch.demo_view`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nirwatch.demo_cnn import DEFAULT_EPOCHS, DEFAULT_MEMBERS, BackgroundCNN
 from nirwatch.demo_drift import DriftLoop, start_thread
-from nirwatch.demo_view import DemoState, render
+from nirwatch.demo_view import RECENT, DemoState, LiveView, PlainView, plain_lines, render
 from nirwatch.errors import NirwatchError
 
 if TYPE_CHECKING:
@@ -49,6 +54,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="model registry")
     p.add_argument("--model", choices=("pls", "both"), default="pls", help="model to fit")
     p.add_argument("--metrics-port", type=int, default=9108, help="worker metrics (0: any)")
+    p.add_argument(
+        "--cnn-epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help=f"epochs of the background CNN when the champion has none ({DEFAULT_EPOCHS}; 0: none)",
+    )
+    p.add_argument(
+        "--cnn-members", type=int, default=DEFAULT_MEMBERS, help="CNN ensemble members (5)"
+    )
 
 
 def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
@@ -78,6 +92,9 @@ def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
         y_test=y_test,
         hmac_key=hmac_key,
         progress=True,
+        # A live demo: the PLS search once, without the nested CV (which only reports).
+        nested_cv=False,
+        cv_repeats=1,
     )
     version = registry.register(bundle)
     registry.promote(version)
@@ -90,6 +107,21 @@ def open_demo_audit(registry_root: Path) -> SQLiteAuditTrail:
     from nirwatch.audit import SQLiteAuditTrail
 
     return SQLiteAuditTrail(registry_root.parent / "audit.sqlite3", synchronous="NORMAL")
+
+
+def _background_cnn(args: argparse.Namespace, registry: Any) -> BackgroundCNN | None:
+    """A CNN to train while PLS serves, when the champion has none and it was not turned off."""
+    champion = next((m for m in registry.list() if m.status == "champion"), None)
+    if args.cnn_epochs <= 0 or champion is None or champion.has_cnn:
+        return None
+    return BackgroundCNN(
+        registry, args.registry.parent / "staging", epochs=args.cnn_epochs, members=args.cnn_members
+    )
+
+
+def _serving(state: DemoState) -> list[str]:
+    """Distinct "model version" pairs of the latest prediction of each probe."""
+    return sorted({f"{r.last.model} {r.last.model_version}" for r in state.rows.values()})
 
 
 def _results_consumer(kafka: KafkaSettings) -> Any:
@@ -140,7 +172,7 @@ def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) ->
 def run(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
     from rich.console import Console
-    from rich.live import Live
+    from threadpoolctl import threadpool_limits
 
     from inference.reload import RegistrySource
     from inference.settings import WorkerSettings
@@ -156,10 +188,15 @@ def run(args: argparse.Namespace) -> int:
     from nirwatch.registry import ModelRegistry, RegistrySettings
     from nirwatch.settings import load_settings
 
+    # Worker, probes, broker and training share a few cores: BLAS spinning up a thread per
+    # core for every small matrix made a PLS fit 10x slower on a busy 2-core machine.
+    threadpool_limits(1)
     stop = threading.Event()  # Ctrl-C / SIGTERM: stop the probes, drain, summarise
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     console = Console()
+    if not console.is_terminal:  # a log: lines as long as they are, not wrapped at 80 columns
+        console = Console(soft_wrap=True)
     ingest = load_settings(IngestSettings)
     reg_settings = load_settings(RegistrySettings)
     hmac_key = reg_settings.key()
@@ -224,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
         )
         header = "nirwatch: API content per probe" + (f" ({args.drift} drift)" if drift else "")
         loop = DriftLoop(metrics, model_registry, hmac_key, retrain=drift is not None)
+        cnn = _background_cnn(args, model_registry)
         lab_every = 3 if drift is not None else 10  # the drift story needs lab values soon
         state = DemoState(time.time(), kafka.topic_lab_results, metrics_url)
 
@@ -251,12 +289,17 @@ def run(args: argparse.Namespace) -> int:
             )
             return {"sent": producer.sent, "dead_lettered": producer.dead_lettered + int(worker_dl)}
 
+        def notes() -> list[str]:
+            return [cnn.status + "."] if cnn is not None else []
+
         consumer = _results_consumer(kafka)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         try:
             worker_thread = start_thread("worker", worker.run, errors)
-            live = Live(
-                render(state, header, counts(), loop), console=console, refresh_per_second=4
+            live = (
+                LiveView(console, lambda: render(state, header, counts(), loop, notes()))
+                if console.is_terminal
+                else PlainView(console, lambda: plain_lines(state, counts(), loop, notes()))
             )
             with live:
                 # Probes start once the worker owns partitions, so latencies are steady-state.
@@ -265,12 +308,14 @@ def run(args: argparse.Namespace) -> int:
                     if stop.wait(0.05) or errors:
                         break
                 probes_thread = start_thread("probes", probes_main, errors)
+                if cnn is not None:
+                    cnn.start()
                 while not stop.is_set() and not errors:
                     if deadline is not None and time.monotonic() >= deadline:
                         break
                     _drain(consumer, state, loop, 200)
                     loop.check(errors)
-                    live.update(render(state, header, counts(), loop))
+                    live.update()
                 # Stop the probes, then let the worker catch up before it drains and exits.
                 probes_stop.set()
                 probes_thread.join(timeout=10)
@@ -278,11 +323,11 @@ def run(args: argparse.Namespace) -> int:
                 catch_up = time.monotonic() + 10
                 while state.predictions < producer.sent and time.monotonic() < catch_up:
                     _drain(consumer, state, loop, 200)
-                    live.update(render(state, header, counts(), loop))
+                    live.update()
                 worker_stop.set()
                 worker_thread.join(timeout=30)
                 _drain(consumer, state, loop, 200)
-                live.update(render(state, header, counts(), loop))
+                live.update()
             if args.duration is not None and loop.retraining:
                 # Unattended: let a started retrain finish so the summary can tell its outcome.
                 console.print("waiting for the retrain to finish")
@@ -290,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             probes_stop.set()
             worker_stop.set()
+            if cnn is not None:
+                cnn.stop()
             consumer.close()
             producer.close(timeout=5)
             audit.close()
@@ -306,6 +353,13 @@ def run(args: argparse.Namespace) -> int:
         f"first prediction after {first}"
     )
     console.print(f"drift: {loop.status}")
+    out_now, n_now = state.recent_out_of_model()
+    console.print(
+        f"now: out-of-model {out_now} of the latest {n_now} predictions ({RECENT} per probe), "
+        f"served by {', '.join(_serving(state)) or '-'}"
+    )
+    if cnn is not None:
+        console.print(f"cnn: {cnn.status}")
     if errors:
         raise NirwatchError(f"demo stopped: {errors[0]!r}")
     return 0

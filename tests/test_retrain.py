@@ -167,11 +167,13 @@ def test_failed_fit_is_reported_and_changes_nothing(
 
 def test_decide_policy() -> None:
     champ = {"rmse": 4.0}
-    assert decide("auto", 0.1, {"rmse": 3.5}, champ)[0]
-    assert not decide("auto", 0.1, {"rmse": 3.7}, champ)[0]
-    assert not decide("auto", 0.1, {"rmse": float("nan")}, champ)[0]
-    assert not decide("approval", 0.1, {"rmse": 1.0}, champ)[0]
-    assert decide("auto", 0.1, {"rmse": 9.0}, None)[0]
+    in_model = {"n": 20, "out_of_model_share": 0.0}
+    assert decide("auto", 0.1, {"rmse": 3.5, **in_model}, champ)[0]
+    assert not decide("auto", 0.1, {"rmse": 3.7, **in_model}, champ)[0]
+    assert not decide("auto", 0.1, {"rmse": float("nan"), **in_model}, champ)[0]
+    assert not decide("approval", 0.1, {"rmse": 1.0, **in_model}, champ)[0]
+    assert decide("auto", 0.1, {"rmse": 9.0, **in_model}, None)[0]
+    assert not decide("auto", 0.1, {"rmse": 3.5}, champ)[0]  # out-of-model share unknown
 
 
 def test_labelled_buffer_joins_in_either_order_and_is_bounded() -> None:

@@ -13,6 +13,7 @@ then the driver :func:`fit_cnn`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 from sklearn.base import clone
 from torch import nn
 
@@ -29,6 +29,7 @@ from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN, reso
 from nirwatch.chemometrics.selection import WavelengthRange
 from nirwatch.chemometrics.state import apply_steps
 from nirwatch.errors import DataError, ModelError
+from training.cnn_progress import TrainingProgress
 from training.fitted_cnn import FittedCNN
 from training.train_config import Schedule, TrainConfig, make_scheduler
 
@@ -172,6 +173,7 @@ def fit_cnn(
     train: TrainConfig | None = None,
     fitted_steps: bool = False,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    progress: TrainingProgress | None = None,
 ) -> FittedCNN:
     """Train one network: augment the raw training spectra, preprocess, fit, early-stop.
 
@@ -192,6 +194,8 @@ def fit_cnn(
         ``steps`` are already fitted (e.g. shared by the members of an ensemble).
     on_epoch : callable, optional
         Called with each epoch's history record.
+    progress : TrainingProgress, optional
+        Shared display (an ensemble's); by default one of its own when ``train.progress``.
 
     Returns
     -------
@@ -248,19 +252,28 @@ def fit_cnn(
         steps_per_epoch = -(-xt.shape[0] // train.batch_size)
         scheduler, per_batch = make_scheduler(optimizer, train, steps_per_epoch)
         generator = torch.Generator().manual_seed(train.seed)
-        history, best_state, best_rmse, best_epoch = _loop(
-            model,
-            optimizer,
-            scheduler,
-            per_batch,
-            xt,
-            yt,
-            xv,
-            y_val,
-            train,
-            generator,
-            on_epoch,
-        )
+        shown: contextlib.AbstractContextManager[TrainingProgress]
+        if progress is None:  # one network on its own: a display of its own
+            shown = TrainingProgress(1, train.epochs, enabled=train.progress)
+        else:
+            shown = contextlib.nullcontext(progress)
+        with shown as bar:
+            if progress is None:
+                bar.start_member(0)
+            history, best_state, best_rmse, best_epoch = _loop(
+                model,
+                optimizer,
+                scheduler,
+                per_batch,
+                xt,
+                yt,
+                xv,
+                y_val,
+                train,
+                generator,
+                on_epoch,
+                bar,
+            )
         if train.restore_best:
             model.load_state_dict(best_state)
         else:
@@ -289,47 +302,47 @@ def _loop(
     train: TrainConfig,
     generator: torch.Generator,
     on_epoch: Callable[[dict[str, float]], None] | None,
+    progress: TrainingProgress,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], float, int]:
     """Epochs with early stopping; returns history, best weights, best RMSE and epoch."""
     history: list[dict[str, float]] = []
     best_rmse, best_epoch = np.inf, -1
     best_state = copy.deepcopy(model.state_dict())
-    with Progress(disable=not train.progress, transient=True) as bar:
-        task = bar.add_task("training CNN", total=train.epochs)
-        for epoch in range(train.epochs):
-            t0 = time.perf_counter()
-            lr = float(optimizer.param_groups[0]["lr"])
-            loss = train_one_epoch(
-                model,
-                optimizer,
-                xt,
-                yt,
-                train.batch_size,
-                generator,
-                scheduler if per_batch else None,
-                mixup=train.mixup,
-                mixup_extend=train.mixup_extend,
-                shift_points=train.shift_points,
-            )
-            rmse, _ = evaluate(model, xv, y_val)
-            if not np.isfinite(loss):
-                raise ModelError(f"training diverged at epoch {epoch} (loss {loss})")
-            if scheduler is not None and not per_batch:
-                scheduler.step(rmse)
-            record = {
-                "epoch": float(epoch),
-                "train_loss": loss,
-                "val_rmse": rmse,
-                "lr": lr,
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            bar.update(task, advance=1, description=f"val RMSE {rmse:.3f}")
-            if rmse < best_rmse:
-                best_rmse, best_epoch = rmse, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            elif train.restore_best and epoch - best_epoch >= train.patience:
-                break
+    for epoch in range(train.epochs):
+        t0 = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])
+        loss = train_one_epoch(
+            model,
+            optimizer,
+            xt,
+            yt,
+            train.batch_size,
+            generator,
+            scheduler if per_batch else None,
+            mixup=train.mixup,
+            mixup_extend=train.mixup_extend,
+            shift_points=train.shift_points,
+        )
+        rmse, _ = evaluate(model, xv, y_val)
+        if not np.isfinite(loss):
+            raise ModelError(f"training diverged at epoch {epoch} (loss {loss})")
+        if scheduler is not None and not per_batch:
+            scheduler.step(rmse)
+        record = {
+            "epoch": float(epoch),
+            "train_loss": loss,
+            "val_rmse": rmse,
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        progress.epoch(record)
+        if rmse < best_rmse:
+            best_rmse, best_epoch = rmse, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif train.restore_best and epoch - best_epoch >= train.patience:
+            break
+    progress.end_member(best_epoch, float(best_rmse))
     return history, best_state, float(best_rmse), best_epoch

@@ -20,6 +20,7 @@ from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN
 from nirwatch.errors import DataError
 from training.cnn import FittedCNN, TrainConfig, _check_xy, fit_cnn
+from training.cnn_progress import TrainingProgress
 
 __all__ = ["fit_cnn_ensemble", "stratified_folds"]
 
@@ -85,28 +86,32 @@ def fit_cnn_ensemble(
     history: list[list[dict[str, float]]] = []
     best_epochs: list[int] = []
     oof = np.empty_like(y)
-    for k in range(n_members):
-        tr, va = folds != k, folds == k
-        member_train = replace(train, seed=train.seed * 1000 + k)
-        member_aug = None
-        if augmenter is not None:
-            base = augmenter.random_state or 0
-            member_aug = clone(augmenter).set_params(random_state=base * 1000 + k)
-        fit = fit_cnn(
-            X[tr],
-            y[tr],
-            X[va],
-            y[va],
-            config,
-            steps=fitted,
-            augmenter=member_aug,
-            train=member_train,
-            fitted_steps=True,
-        )
-        oof[va] = fit.predict(X[va])
-        members.extend(fit.predictor.members)
-        history.extend(fit.history)
-        best_epochs.extend(fit.best_epochs)
+    # One display for all members ("member k/5"), not one transient bar per member.
+    with TrainingProgress(n_members, train.epochs, enabled=train.progress) as progress:
+        for k in range(n_members):
+            progress.start_member(k)
+            tr, va = folds != k, folds == k
+            member_train = replace(train, seed=train.seed * 1000 + k)
+            member_aug = None
+            if augmenter is not None:
+                base = augmenter.random_state or 0
+                member_aug = clone(augmenter).set_params(random_state=base * 1000 + k)
+            fit = fit_cnn(
+                X[tr],
+                y[tr],
+                X[va],
+                y[va],
+                config,
+                steps=fitted,
+                augmenter=member_aug,
+                train=member_train,
+                fitted_steps=True,
+                progress=progress,
+            )
+            oof[va] = fit.predict(X[va])
+            members.extend(fit.predictor.members)
+            history.extend(fit.history)
+            best_epochs.extend(fit.best_epochs)
     return FittedCNN(
         steps=fitted,
         predictor=CNNPredictor(members, device=train.device),

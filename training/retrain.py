@@ -6,12 +6,18 @@ Steps of :func:`retrain`:
    as it is now; the calibration set is used when too few recent ones exist).
 2. Fit a bundle on the calibration set plus the rest of the recent spectra, through a
    ``Fitter`` (by default :func:`training.fit.fit_bundle`, which augments and applies EMSC as
-   in Bjerrum, Glahder & Skov 2017) and register it as a **candidate**.
-3. Score candidate and champion on the holdout (RMSE, bias).
-4. Policy ``auto``: promote only when the candidate's RMSE is at least ``margin`` (relative)
-   below the champion's; ``approval``: leave it for ``nirwatch models promote`` (GMP:
-   retraining is automatic, deployment is a decision).
-5. Write a JSON report: trigger, data used, metrics, decision and why.
+   in Bjerrum, Glahder & Skov 2017) and register it as a **candidate**. When the recent
+   spectra would be less than ``recent_min_share`` of the training set, a content-stratified
+   subset of the calibration set is used (see :func:`holdout_split`): a few new-lot spectra
+   among hundreds of calibration spectra are an outlying cluster of the candidate's own PCA,
+   so their Hotelling T² stays above its 99 % limit and the candidate flags every spectrum
+   of the process as it now is out of model.
+3. Score candidate and champion on the holdout (RMSE, bias, out-of-model share).
+4. Policy ``auto``: promote only when the candidate's out-of-model share on the holdout is
+   near its nominal rate (:func:`out_of_model_bound`) and its RMSE is at least ``margin``
+   (relative) below the champion's; ``approval``: leave it for ``nirwatch models promote``
+   (GMP: retraining is automatic, deployment is a decision).
+5. Write a JSON report: trigger, data used, metrics, the out-of-model check, decision and why.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from nirwatch.bundle import data_hash, load_bundle
 from nirwatch.errors import ConfigError, DataError, NirwatchError
 from nirwatch.registry import ModelRegistry
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
+from training.promotion import decide as decide  # re-exported: the promotion policy
+from training.promotion import out_of_model_bound as out_of_model_bound
+from training.promotion import out_of_model_check
 from training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,18 @@ class RetrainSettings(NirwatchSettings):
     holdout_fraction: float = Field(default=0.25, gt=0, lt=0.9)
     min_recent_holdout: int = Field(default=10, ge=2, description="else hold out calibration")
     seed: int = Field(default=0, ge=0)
+    recent_min_share: float = Field(
+        default=0.25, ge=0, lt=1, description="else a stratified subset of the calibration"
+    )
+    nominal_out_of_model: float = Field(
+        default=0.02, gt=0, lt=1, description="T² or Q above its 99 % limit: at most ~2 %"
+    )
+    out_of_model_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="false-rejection risk of the out-of-model check"
+    )
+    out_of_model_tolerance: float = Field(
+        default=2.5, ge=1, description="x nominal still near it: the limits are approximate"
+    )
     calibration_data: Path | None = Field(default=None, description="CSV or npz")
     target: str = Field(default="y", description="target column (CSV) or array (npz)")
     unit: str = ""
@@ -228,16 +249,30 @@ class RetrainRequest:
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: Fewest calibration spectra kept when the calibration set is subset for ``recent_min_share``.
+MIN_CALIBRATION_ROWS = 20
+
+
 def holdout_split(
     calibration: Dataset, recent: Dataset, settings: RetrainSettings
 ) -> tuple[Dataset, Dataset, str]:
-    """(train, holdout, source): holdout from recent spectra when there are enough."""
+    """(train, holdout, source): holdout from recent spectra when there are enough.
+
+    When the recent training spectra would be fewer than ``settings.recent_min_share`` of the
+    training set, only a subset of the calibration set is used, evenly spaced in the order of
+    its reference values (so the calibrated range stays covered), of at least
+    ``MIN_CALIBRATION_ROWS`` rows. A small minority cluster (the process after a step change)
+    sits far out on the PCA component it makes itself: at share ``s`` its T² on that component
+    alone is about ``(1 - s) / s`` (16 at 6 %), above the 99 % limit of a few-component model.
+    """
     rng = np.random.default_rng(settings.seed)
     source = "recent" if len(recent) >= settings.min_recent_holdout else "calibration"
     pool = recent if source == "recent" else calibration
     order = rng.permutation(len(pool))
     n_hold = max(2, int(round(settings.holdout_fraction * len(pool))))
     hold, rest = pool.subset(order[:n_hold]), pool.subset(np.sort(order[n_hold:]))
+    if source == "recent":
+        calibration = _calibration_share(calibration, len(rest), settings.recent_min_share)
     other = calibration if source == "recent" else recent
     train = Dataset(
         np.vstack([other.X, rest.X]),
@@ -248,39 +283,31 @@ def holdout_split(
     return train, hold, source
 
 
+def _calibration_share(calibration: Dataset, n_recent: int, share: float) -> Dataset:
+    """The calibration rows to train with so that ``n_recent`` make up ``share`` of the set."""
+    if share <= 0 or n_recent == 0:
+        return calibration
+    n_keep = max(MIN_CALIBRATION_ROWS, int(math.ceil(n_recent * (1.0 - share) / share)))
+    if n_keep >= len(calibration):
+        return calibration
+    ranked = np.argsort(calibration.y, kind="stable")
+    picks = np.linspace(0, len(ranked) - 1, n_keep).round().astype(int)
+    return calibration.subset(np.sort(ranked[picks]))
+
+
 def evaluate(
     bundle: Path, holdout: Dataset, hmac_key: str | bytes | None = None
 ) -> dict[str, float]:
-    """RMSE, bias and CNN share of a bundle's published predictions on the holdout."""
+    """RMSE, bias, CNN share and out-of-model share of a bundle's predictions on the holdout."""
     pred = load_bundle(bundle, hmac_key, device="cpu").predict(holdout.X.astype(np.float32))
     residual = np.asarray(pred.value, dtype=float) - holdout.y
     return {
+        "n": float(holdout.y.size),
         "rmse": float(np.sqrt(np.mean(residual**2))),
         "bias": float(np.mean(residual)),
         "cnn_share": float(np.mean(np.asarray(pred.model) == "cnn")),
         "out_of_model_share": float(np.mean(pred.out_of_model)),
     }
-
-
-def decide(
-    policy: str, margin: float, candidate: dict[str, float], champion: dict[str, float] | None
-) -> tuple[bool, str]:
-    """Whether to promote the candidate, and why (the report's words)."""
-    if policy != "auto":
-        return False, "policy is approval: the candidate waits for `nirwatch models promote`"
-    if champion is None:
-        return True, "policy auto and no champion could be scored: the candidate is the first"
-    bar = (1.0 - margin) * champion["rmse"]
-    c = candidate["rmse"]
-    if math.isfinite(c) and c <= bar:
-        return True, (
-            f"policy auto: holdout RMSE {c:.4g} <= (1 - {margin}) x champion's "
-            f"{champion['rmse']:.4g} = {bar:.4g}"
-        )
-    return False, (
-        f"policy auto: holdout RMSE {c:.4g} does not beat (1 - {margin}) x champion's "
-        f"{champion['rmse']:.4g} = {bar:.4g}; kept as candidate"
-    )
 
 
 def retrain(
@@ -316,6 +343,10 @@ def retrain(
             "n_calibration": len(calibration),
             "n_recent": len(recent),
             "n_train": len(train),
+            "n_calibration_used": len(train)
+            - len(recent)
+            + (len(holdout) if source == "recent" else 0),
+            "recent_min_share": settings.recent_min_share,
             "n_holdout": len(holdout),
             "holdout_source": source,
             "train_data_hash": data_hash(train.X, train.y),
@@ -337,10 +368,21 @@ def retrain(
             except NirwatchError as exc:  # e.g. another grid: cannot be compared
                 report["champion_error"] = str(exc)
         report["metrics"] = {"candidate": cand, "champion": champ}
+        report["out_of_model_check"] = out_of_model_check(
+            cand,
+            settings.nominal_out_of_model,
+            settings.out_of_model_alpha,
+            settings.out_of_model_tolerance,
+        )
         if champ is None and champion_path is not None and settings.policy == "auto":
             promote, why = False, "champion could not be scored on the holdout: approval needed"
         else:
-            promote, why = decide(settings.policy, settings.margin, cand, champ)
+            promote, why = decide(
+                settings.policy, settings.margin, cand, champ,
+                nominal_out_of_model=settings.nominal_out_of_model,
+                alpha=settings.out_of_model_alpha,
+                tolerance=settings.out_of_model_tolerance,
+            )  # fmt: skip
         if promote:
             registry.promote(version)
         report["decision"] = "promoted" if promote else "candidate"
