@@ -19,9 +19,43 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from nirwatch.errors import DataError
+
+#: Default in-control average run length of the sequential tests, in samples: one false alarm
+#: per 10⁷ samples per detector and (instrument, product), about 58 days at 2 spectra/s.
+DEFAULT_ARL0 = 1e7
+
+
+def siegmund_arl(k: float, h: float, shift: float = 0.0) -> float:
+    """Average run length of a two-sided CUSUM (Siegmund's approximation).
+
+    One side: ``ARL = (exp(-2Δb) + 2Δb - 1) / (2Δ²)`` with ``Δ = shift - k`` (upper side;
+    ``-shift - k`` for the lower one), ``b = h + 1.166``, and ``b²`` for ``Δ = 0``; the two
+    sides combine as ``1/ARL = 1/ARL⁺ + 1/ARL⁻`` (Montgomery, *Introduction to Statistical
+    Quality Control*, 8th ed., §9.1; Siegmund 1985). ``k``, ``h`` and ``shift`` in sigma.
+    """
+    b = h + 1.166
+
+    def one(delta: float) -> float:
+        if abs(delta) < 1e-9:
+            return b * b
+        x = -2.0 * delta * b
+        # exp overflows long after any ARL of interest: cap it (the ARL is then "infinite")
+        return (math.exp(min(x, 700.0)) + 2.0 * delta * b - 1.0) / (2.0 * delta * delta)
+
+    return 1.0 / (1.0 / one(shift - k) + 1.0 / one(-shift - k))
+
+
+def threshold_for_arl0(k: float, arl0: float) -> float:
+    """Decision interval ``h`` (in sigma) of a two-sided CUSUM with allowance ``k`` whose
+    in-control ARL is ``arl0`` samples (inverting :func:`siegmund_arl`)."""
+    if not arl0 > 1:
+        raise DataError(f"arl0 must be > 1 sample, got {arl0}")
+    if k < 0:
+        raise DataError(f"k must be >= 0, got {k}")
+    return float(optimize.brentq(lambda h: siegmund_arl(k, h) - arl0, 0.0, 1e6))
 
 
 class ExceedanceRateDetector:
@@ -244,27 +278,36 @@ class PageHinkley(_Standardised):
     more than ``threshold`` above its minimum (or the mirrored statistic for decreases).
     ``delta`` and ``threshold`` are in units of ``sigma`` so one setting suits any signal.
 
+    The threshold is set from a false-alarm rate: ``m_t - min m`` is a CUSUM with allowance
+    ``delta`` around the running mean, so λ is the decision interval whose in-control average
+    run length is ``arl0`` samples (:func:`threshold_for_arl0`, Siegmund's approximation).
+    With ``delta = 0.25`` and ARL0 = 10⁷, λ ≈ 28 σ.
+
     Parameters
     ----------
     delta : float
         Tolerated change of the mean (magnitude, in sigma).
-    threshold : float
-        Detection threshold λ (in sigma).
+    threshold : float, optional
+        Detection threshold λ (in sigma); default: from ``arl0``.
     warmup : int
         Samples used to estimate sigma (and the mean) when not given.
     sigma : float, optional
         Standard deviation of the signal without drift.
+    arl0 : float
+        In-control average run length (samples per false alarm) that sets λ.
     """
 
     def __init__(
         self,
         delta: float = 0.25,
-        threshold: float = 40.0,
+        threshold: float | None = None,
         warmup: int = 500,
         sigma: float | None = None,
+        arl0: float = DEFAULT_ARL0,
     ) -> None:
         self.delta = delta
-        self.threshold = threshold
+        self.arl0 = arl0
+        self.threshold = threshold_for_arl0(delta, arl0) if threshold is None else threshold
         super().__init__(warmup, None, sigma)
         self.reset()
 
@@ -299,33 +342,39 @@ class CUSUM(_Standardised):
     """Two-sided tabular CUSUM (Page 1954) for a shift of the mean from a target.
 
     ``C⁺_t = max(0, C⁺_{t-1} + z_t - k)``, ``C⁻_t = max(0, C⁻_{t-1} - z_t - k)``; drift when
-    either exceeds ``h`` (both in sigma). With k = 0.5, h = 16 the in-control average run
-    length is above 10⁷ samples per side (Siegmund's approximation), so the error of a
-    500-sample warm-up estimate does not cause false alarms, and a 2σ shift is found after
-    about h / (2 - k) ≈ 11 samples.
+    either exceeds ``h`` (both in sigma). ``h`` is set from a false-alarm rate: the decision
+    interval whose two-sided in-control average run length is ``arl0`` samples
+    (:func:`threshold_for_arl0`; Page 1954, Montgomery §9.1). With k = 0.5 and ARL0 = 10⁷,
+    h ≈ 15.0 σ, and a 2σ shift is found after about h / (2 - k) ≈ 10 samples. The ARL0
+    assumes the warm-up's mean and sigma are exact; a 500-sample warm-up is off by about
+    0.045 σ in the mean, which shortens the ARL0 of one side (see the drift-loop benchmark).
 
     Parameters
     ----------
     k : float
         Reference value (half the shift to detect, in sigma).
-    h : float
-        Decision interval (in sigma).
+    h : float, optional
+        Decision interval (in sigma); default: from ``arl0``.
     warmup : int
         Samples used to estimate target and sigma when not given.
     target, sigma : float, optional
         In-control mean and standard deviation.
+    arl0 : float
+        In-control average run length (samples per false alarm) that sets ``h``.
     """
 
     def __init__(
         self,
         k: float = 0.5,
-        h: float = 16.0,
+        h: float | None = None,
         warmup: int = 500,
         target: float | None = None,
         sigma: float | None = None,
+        arl0: float = DEFAULT_ARL0,
     ) -> None:
         self.k = k
-        self.h = h
+        self.arl0 = arl0
+        self.h = threshold_for_arl0(k, arl0) if h is None else h
         super().__init__(warmup, target, sigma)
         self.reset()
 
