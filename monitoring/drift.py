@@ -26,6 +26,9 @@ from nirwatch.errors import DataError
 #: Default in-control average run length of the sequential tests, in samples: one false alarm
 #: per 10⁷ samples per detector and (instrument, product), about 58 days at 2 spectra/s.
 DEFAULT_ARL0 = 1e7
+#: A warm-up's sigma (and CUSUM's target) are estimates; the thresholds are set so that the
+#: ARL0 holds for parameters within this confidence bound of the estimates (see _Standardised).
+WARMUP_CONFIDENCE = 0.95
 
 
 def siegmund_arl(k: float, h: float, shift: float = 0.0) -> float:
@@ -48,14 +51,15 @@ def siegmund_arl(k: float, h: float, shift: float = 0.0) -> float:
     return 1.0 / (1.0 / one(shift - k) + 1.0 / one(-shift - k))
 
 
-def threshold_for_arl0(k: float, arl0: float) -> float:
+def threshold_for_arl0(k: float, arl0: float, shift: float = 0.0) -> float:
     """Decision interval ``h`` (in sigma) of a two-sided CUSUM with allowance ``k`` whose
-    in-control ARL is ``arl0`` samples (inverting :func:`siegmund_arl`)."""
+    ARL is ``arl0`` samples when the mean is ``shift`` sigma off target (0: in control),
+    inverting :func:`siegmund_arl`."""
     if not arl0 > 1:
         raise DataError(f"arl0 must be > 1 sample, got {arl0}")
     if k < 0:
         raise DataError(f"k must be >= 0, got {k}")
-    return float(optimize.brentq(lambda h: siegmund_arl(k, h) - arl0, 0.0, 1e6))
+    return float(optimize.brentq(lambda h: siegmund_arl(k, h, shift) - arl0, 0.0, 1e6))
 
 
 class ExceedanceRateDetector:
@@ -235,7 +239,15 @@ class MeanShiftDetector:
 
 
 class _Standardised:
-    """Warm-up estimate of mean and standard deviation unless both are given; a latched alarm."""
+    """Warm-up estimate of mean and standard deviation unless both are given; a latched alarm.
+
+    A sigma estimated from ``n`` warm-up samples is taken at its upper
+    :data:`WARMUP_CONFIDENCE` bound, ``s · sqrt((n - 1) / χ²_{0.05}(n - 1))`` (5.5 % above ``s``
+    for n = 500): an underestimated sigma inflates every z and shortens the in-control run
+    length far below the ARL0 the threshold was set for (4 % too small a sigma cuts an ARL0 of
+    10⁷ to about 3·10⁶ for Page–Hinkley's λ). Montgomery discusses this effect of estimated
+    parameters on CUSUM run lengths (§9.1).
+    """
 
     def __init__(self, warmup: int, mean: float | None, sigma: float | None) -> None:
         if sigma is not None and sigma <= 0:
@@ -259,11 +271,17 @@ class _Standardised:
             if self.mean is None:
                 self.mean = float(arr.mean())
             if self.sigma is None:
+                n = arr.size
+                upper = math.sqrt((n - 1) / stats.chi2.ppf(1 - WARMUP_CONFIDENCE, n - 1))
                 # a constant warm-up must not give sigma 0 (every later change = infinite z)
-                self.sigma = max(float(arr.std(ddof=1)), 1e-12 * max(1.0, abs(self.mean)))
+                self.sigma = max(float(arr.std(ddof=1)) * upper, 1e-12 * max(1.0, abs(self.mean)))
             self._warm = []
+            self._warmed_up(arr.size)
             return None
         return (float(x) - self.mean) / self.sigma
+
+    def _warmed_up(self, n: int) -> None:
+        """Called once the warm-up's ``n`` samples gave the estimates (for subclasses)."""
 
     @property
     def drift_detected(self) -> bool:
@@ -345,9 +363,9 @@ class CUSUM(_Standardised):
     either exceeds ``h`` (both in sigma). ``h`` is set from a false-alarm rate: the decision
     interval whose two-sided in-control average run length is ``arl0`` samples
     (:func:`threshold_for_arl0`; Page 1954, Montgomery §9.1). With k = 0.5 and ARL0 = 10⁷,
-    h ≈ 15.0 σ, and a 2σ shift is found after about h / (2 - k) ≈ 10 samples. The ARL0
-    assumes the warm-up's mean and sigma are exact; a 500-sample warm-up is off by about
-    0.045 σ in the mean, which shortens the ARL0 of one side (see the drift-loop benchmark).
+    h ≈ 15.0 σ, and a 2σ shift is found after about h / (2 - k) ≈ 10 samples. A target
+    learnt from a 500-sample warm-up may be off by 0.09 σ (95 %): h is then raised to the
+    value whose ARL is ``arl0`` at that offset (≈ 17.1 σ); sigma as in :class:`_Standardised`.
 
     Parameters
     ----------
@@ -374,6 +392,7 @@ class CUSUM(_Standardised):
     ) -> None:
         self.k = k
         self.arl0 = arl0
+        self._h_given = h
         self.h = threshold_for_arl0(k, arl0) if h is None else h
         super().__init__(warmup, target, sigma)
         self.reset()
@@ -382,6 +401,17 @@ class CUSUM(_Standardised):
         self._reset_standardisation()
         self.upper = 0.0
         self.lower = 0.0
+        if self._h_given is None:
+            self.h = threshold_for_arl0(self.k, self.arl0)
+
+    def _warmed_up(self, n: int) -> None:
+        # The target is the warm-up mean, off by up to z·sigma/sqrt(n) (95 %): h is the one
+        # whose ARL is arl0 even at that offset (unlike Page-Hinkley's running mean, this
+        # target error never shrinks). Capped at k/2: beyond it (a warm-up of a few dozen
+        # samples) no h of practical size reaches the ARL0; use a longer warm-up instead.
+        if self._h_given is None and self._given[0] is None:
+            offset = float(stats.norm.isf((1 - WARMUP_CONFIDENCE) / 2)) / math.sqrt(n)
+            self.h = threshold_for_arl0(self.k, self.arl0, shift=min(offset, self.k / 2))
 
     def update(self, x: float) -> None:
         z = self._z(x)

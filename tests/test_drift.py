@@ -251,26 +251,44 @@ def test_siegmund_arl_matches_montgomerys_table() -> None:
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "upper"),
     [
-        lambda arl0: CUSUM(target=0.0, sigma=1.0, arl0=arl0),
-        lambda arl0: PageHinkley(warmup=500, arl0=arl0),
+        (lambda arl0: CUSUM(target=0.0, sigma=1.0, arl0=arl0), 1.3),
+        # sigma from a warm-up is taken at its 95 % upper bound: longer runs, by design
+        (lambda arl0: PageHinkley(warmup=500, arl0=arl0), 2.5),
     ],
     ids=["cusum", "page_hinkley_with_warmup"],
 )
-def test_sequential_detectors_run_length_is_their_arl0(make) -> None:  # type: ignore[no-untyped-def]
-    """The threshold from ``arl0`` gives that many samples between false alarms."""
+def test_sequential_detectors_run_length_is_their_arl0(make, upper) -> None:  # type: ignore[no-untyped-def]
+    """The threshold from ``arl0`` gives (at least) that many samples between false alarms."""
     rng = np.random.default_rng(0)
     arl0, runs = 300, 200
     lengths = []
     for _ in range(runs):
         det = make(arl0)
-        warm = getattr(det, "warmup", 0) if det.mean is None else 0
+        warm = det.warmup if det.mean is None else 0
         x = rng.standard_normal(warm + 20 * arl0)
         n = next((i for i, v in enumerate(x) if (det.update(v), det.drift_detected)[1]), x.size)
         lengths.append(n + 1 - warm)
     # run lengths are about exponential: the mean of 200 has a standard error of ~7 %
-    assert 0.75 * arl0 <= np.mean(lengths) <= 1.3 * arl0, np.mean(lengths)
+    assert 0.75 * arl0 <= np.mean(lengths) <= upper * arl0, np.mean(lengths)
+
+
+def test_warm_up_sigma_is_its_upper_confidence_bound() -> None:
+    """An underestimated sigma would shorten the in-control run length (issue 13)."""
+    x = np.random.default_rng(8).normal(0.0, 2.0, size=501)
+    det = PageHinkley(warmup=500)
+    for v in x:
+        det.update(v)
+    factor = np.sqrt(499 / stats.chi2.ppf(0.05, 499))
+    assert det.sigma == pytest.approx(np.std(x[:500], ddof=1) * factor)
+    cusum = CUSUM(warmup=500)
+    for v in x:
+        cusum.update(v)
+    # the learnt target may be off: h is raised so the ARL0 holds 1.96 / sqrt(500) sigma off
+    offset = stats.norm.isf(0.025) / np.sqrt(500)
+    assert cusum.h == pytest.approx(threshold_for_arl0(0.5, 1e7, shift=offset))
+    assert cusum.h > CUSUM(target=0.0, sigma=1.0).h
 
 
 def test_bad_parameters_are_refused() -> None:
