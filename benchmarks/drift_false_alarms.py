@@ -133,6 +133,22 @@ class OldLabLimits:
             (self._on.add if on else self._on.discard)(key)
 
 
+def _worker_batch(parts: list[Any], product: str) -> tuple[Any, np.ndarray]:
+    """What the worker's observer reads of a micro-batch (records' keys, headers)."""
+    now = time.time()
+    headers = [
+        SimpleNamespace(instrument_id=b.instrument_id, product=product, timestamp=now)
+        for b in parts
+        for _ in b.sample_ids
+    ]
+    batch = SimpleNamespace(
+        records=[SimpleNamespace(key=h.instrument_id.encode()) for h in headers],
+        sample_ids=[s for b in parts for s in b.sample_ids],
+        headers=headers,
+    )
+    return batch, np.vstack([b.spectra for b in parts])
+
+
 def simulate(args: argparse.Namespace, registry: ModelRegistry) -> dict[str, Any]:
     line = TabletLine()
     bundle = load_bundle(registry.path(registry.champion_version()), device="cpu")
@@ -161,22 +177,9 @@ def simulate(args: argparse.Namespace, registry: ModelRegistry) -> dict[str, Any
             _scrape(series, "nirwatch-worker", worker, t // SCRAPE_S)
             _scrape(series, "nirwatch-drift", drift, t // SCRAPE_S)
         parts = [sim.next_batch(p.instrument_id, per_second) for p in probes]
-        spectra = np.vstack([b.spectra for b in parts])
-        sample_ids = [s for b in parts for s in b.sample_ids]
-        headers = [
-            SimpleNamespace(
-                instrument_id=b.instrument_id, product=line.product, timestamp=time.time()
-            )
-            for b in parts
-            for _ in b.sample_ids
-        ]
-        batch = SimpleNamespace(
-            records=[SimpleNamespace(key=h.instrument_id.encode()) for h in headers],
-            sample_ids=sample_ids,
-            headers=headers,
-        )
+        batch, spectra = _worker_batch(parts, line.product)
         bp = bundle.predict(spectra)
-        observer.batch(batch, SimpleNamespace(headers=headers), bp)  # type: ignore[arg-type]
+        observer.batch(batch, batch, bp)  # duck-typed MicroBatch and DecodedBatch
         monitor.observe(_predictions(bundle, batch, bp, float(t)))
         for b in parts:
             for sid, idx, ref in zip(b.sample_ids, b.indices, b.reference_mg, strict=True):
