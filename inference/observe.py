@@ -47,6 +47,7 @@ class WorkerObserver:
                 "target": predictor.target,
                 "unit": predictor.unit,
                 "grid": predictor.grid,
+                "cnn": cnn_state(predictor),
             }
         )
 
@@ -130,6 +131,17 @@ class WorkerObserver:
         for labels in self._lag_series - seen:  # partitions this worker no longer owns
             self.metrics.consumer_lag.remove(*labels)
         self._lag_series = seen
+
+
+def cnn_state(predictor: Predictor) -> str:
+    """``loaded``, ``failed`` (the bundle has a CNN that did not load) or ``none`` (PLS-only).
+
+    Exported as the ``cnn`` label of ``nirwatch_model_info``: the fallback alert fires only for
+    bundles that have a CNN, since a PLS-only champion serves every prediction by PLS.
+    """
+    if predictor.has_cnn:
+        return "loaded"
+    return "failed" if predictor.cnn_load_error is not None else "none"
 
 
 def _count_flagged(counter: Counter, instruments: list[str], flags: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from monitoring.metrics import WorkerMetrics
+from monitoring.metrics import DriftMetrics
 from nirwatch.bundle import read_manifest
 from nirwatch.errors import NirwatchError
 from nirwatch.logs import log_event
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rmsecv is None and reg.dir is not None:
         rmsecv_for = registry_rmsecv(ModelRegistry(reg.dir, hmac_key=reg.key()))
     monitor = DriftMonitor(
-        WorkerMetrics(registry), settings, rmsecv=args.rmsecv, rmsecv_for=rmsecv_for
+        DriftMetrics(registry), settings, rmsecv=args.rmsecv, rmsecv_for=rmsecv_for
     )
     server = start_metrics_server(
         registry, settings.metrics_host, settings.metrics_port,

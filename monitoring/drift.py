@@ -21,7 +21,22 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from monitoring.run_length import DEFAULT_ARL0, siegmund_arl, threshold_for_arl0
 from nirwatch.errors import DataError
+
+__all__ = [
+    "CUSUM",
+    "DEFAULT_ARL0",
+    "ExceedanceRateDetector",
+    "MeanShiftDetector",
+    "PageHinkley",
+    "siegmund_arl",
+    "threshold_for_arl0",
+]
+
+#: A warm-up's sigma (and CUSUM's target) are estimates; the thresholds are set so that the
+#: ARL0 holds for parameters within this confidence bound of the estimates (see _Standardised).
+WARMUP_CONFIDENCE = 0.95
 
 
 class ExceedanceRateDetector:
@@ -201,7 +216,15 @@ class MeanShiftDetector:
 
 
 class _Standardised:
-    """Warm-up estimate of mean and standard deviation unless both are given; a latched alarm."""
+    """Warm-up estimate of mean and standard deviation unless both are given; a latched alarm.
+
+    A sigma estimated from ``n`` warm-up samples is taken at its upper
+    :data:`WARMUP_CONFIDENCE` bound, ``s · sqrt((n - 1) / χ²_{0.05}(n - 1))`` (5.5 % above ``s``
+    for n = 500): an underestimated sigma inflates every z and shortens the in-control run
+    length far below the ARL0 the threshold was set for (4 % too small a sigma cuts an ARL0 of
+    10⁷ to about 3·10⁶ for Page–Hinkley's λ). Montgomery discusses this effect of estimated
+    parameters on CUSUM run lengths (§9.1).
+    """
 
     def __init__(self, warmup: int, mean: float | None, sigma: float | None) -> None:
         if sigma is not None and sigma <= 0:
@@ -225,11 +248,17 @@ class _Standardised:
             if self.mean is None:
                 self.mean = float(arr.mean())
             if self.sigma is None:
+                n = arr.size
+                upper = math.sqrt((n - 1) / stats.chi2.ppf(1 - WARMUP_CONFIDENCE, n - 1))
                 # a constant warm-up must not give sigma 0 (every later change = infinite z)
-                self.sigma = max(float(arr.std(ddof=1)), 1e-12 * max(1.0, abs(self.mean)))
+                self.sigma = max(float(arr.std(ddof=1)) * upper, 1e-12 * max(1.0, abs(self.mean)))
             self._warm = []
+            self._warmed_up(arr.size)
             return None
         return (float(x) - self.mean) / self.sigma
+
+    def _warmed_up(self, n: int) -> None:
+        """Called once the warm-up's ``n`` samples gave the estimates (for subclasses)."""
 
     @property
     def drift_detected(self) -> bool:
@@ -244,27 +273,36 @@ class PageHinkley(_Standardised):
     more than ``threshold`` above its minimum (or the mirrored statistic for decreases).
     ``delta`` and ``threshold`` are in units of ``sigma`` so one setting suits any signal.
 
+    The threshold is set from a false-alarm rate: ``m_t - min m`` is a CUSUM with allowance
+    ``delta`` around the running mean, so λ is the decision interval whose in-control average
+    run length is ``arl0`` samples (:func:`threshold_for_arl0`, Siegmund's approximation).
+    With ``delta = 0.25`` and ARL0 = 10⁷, λ ≈ 28 σ.
+
     Parameters
     ----------
     delta : float
         Tolerated change of the mean (magnitude, in sigma).
-    threshold : float
-        Detection threshold λ (in sigma).
+    threshold : float, optional
+        Detection threshold λ (in sigma); default: from ``arl0``.
     warmup : int
         Samples used to estimate sigma (and the mean) when not given.
     sigma : float, optional
         Standard deviation of the signal without drift.
+    arl0 : float
+        In-control average run length (samples per false alarm) that sets λ.
     """
 
     def __init__(
         self,
         delta: float = 0.25,
-        threshold: float = 40.0,
+        threshold: float | None = None,
         warmup: int = 500,
         sigma: float | None = None,
+        arl0: float = DEFAULT_ARL0,
     ) -> None:
         self.delta = delta
-        self.threshold = threshold
+        self.arl0 = arl0
+        self.threshold = threshold_for_arl0(delta, arl0) if threshold is None else threshold
         super().__init__(warmup, None, sigma)
         self.reset()
 
@@ -299,33 +337,40 @@ class CUSUM(_Standardised):
     """Two-sided tabular CUSUM (Page 1954) for a shift of the mean from a target.
 
     ``C⁺_t = max(0, C⁺_{t-1} + z_t - k)``, ``C⁻_t = max(0, C⁻_{t-1} - z_t - k)``; drift when
-    either exceeds ``h`` (both in sigma). With k = 0.5, h = 16 the in-control average run
-    length is above 10⁷ samples per side (Siegmund's approximation), so the error of a
-    500-sample warm-up estimate does not cause false alarms, and a 2σ shift is found after
-    about h / (2 - k) ≈ 11 samples.
+    either exceeds ``h`` (both in sigma). ``h`` is set from a false-alarm rate: the decision
+    interval whose two-sided in-control average run length is ``arl0`` samples
+    (:func:`threshold_for_arl0`; Page 1954, Montgomery §9.1). With k = 0.5 and ARL0 = 10⁷,
+    h ≈ 15.0 σ, and a 2σ shift is found after about h / (2 - k) ≈ 10 samples. A target
+    learnt from a 500-sample warm-up may be off by 0.09 σ (95 %): h is then raised to the
+    value whose ARL is ``arl0`` at that offset (≈ 17.1 σ); sigma as in :class:`_Standardised`.
 
     Parameters
     ----------
     k : float
         Reference value (half the shift to detect, in sigma).
-    h : float
-        Decision interval (in sigma).
+    h : float, optional
+        Decision interval (in sigma); default: from ``arl0``.
     warmup : int
         Samples used to estimate target and sigma when not given.
     target, sigma : float, optional
         In-control mean and standard deviation.
+    arl0 : float
+        In-control average run length (samples per false alarm) that sets ``h``.
     """
 
     def __init__(
         self,
         k: float = 0.5,
-        h: float = 16.0,
+        h: float | None = None,
         warmup: int = 500,
         target: float | None = None,
         sigma: float | None = None,
+        arl0: float = DEFAULT_ARL0,
     ) -> None:
         self.k = k
-        self.h = h
+        self.arl0 = arl0
+        self._h_given = h
+        self.h = threshold_for_arl0(k, arl0) if h is None else h
         super().__init__(warmup, target, sigma)
         self.reset()
 
@@ -333,6 +378,17 @@ class CUSUM(_Standardised):
         self._reset_standardisation()
         self.upper = 0.0
         self.lower = 0.0
+        if self._h_given is None:
+            self.h = threshold_for_arl0(self.k, self.arl0)
+
+    def _warmed_up(self, n: int) -> None:
+        # The target is the warm-up mean, off by up to z·sigma/sqrt(n) (95 %): h is the one
+        # whose ARL is arl0 even at that offset (unlike Page-Hinkley's running mean, this
+        # target error never shrinks). Capped at k/2: beyond it (a warm-up of a few dozen
+        # samples) no h of practical size reaches the ARL0; use a longer warm-up instead.
+        if self._h_given is None and self._given[0] is None:
+            offset = float(stats.norm.isf((1 - WARMUP_CONFIDENCE) / 2)) / math.sqrt(n)
+            self.h = threshold_for_arl0(self.k, self.arl0, shift=min(offset, self.k / 2))
 
     def update(self, x: float) -> None:
         z = self._z(x)

@@ -2,7 +2,7 @@
 
 Consumes the predictions topic and the lab-results topic in its own consumer group, so drift
 detection can run beside the inference workers (one process for the whole line, no cost on
-the workers' hot path) instead of inside them. The monitor writes the WorkerMetrics gauges
+the workers' hot path) instead of inside them. The monitor writes the DriftMetrics gauges
 that Prometheus scrapes from the process running this loop.
 """
 

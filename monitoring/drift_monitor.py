@@ -31,12 +31,13 @@ from pydantic_settings import SettingsConfigDict
 
 from monitoring.drift import (
     CUSUM,
+    DEFAULT_ARL0,
     ExceedanceRateDetector,
     MeanShiftDetector,
     PageHinkley,
 )
 from monitoring.lab_reference import LabReferenceTracker
-from monitoring.metrics import WorkerMetrics
+from monitoring.metrics import DriftMetrics
 from nirwatch.errors import DataError
 from nirwatch.logs import log_event
 from nirwatch.settings import NirwatchSettings
@@ -46,7 +47,12 @@ log = logging.getLogger(__name__)
 
 
 class DriftSettings(NirwatchSettings):
-    """Drift detection settings (``NIRWATCH_DRIFT_*``)."""
+    """Drift detection settings (``NIRWATCH_DRIFT_*``).
+
+    Every detector's limit comes from a stated false-alarm rate: ``*_alpha`` per test of a
+    window (exceedance rate, mean shift, lab reference) or ``*_arl0``, the in-control average
+    run length in samples (Page–Hinkley, CUSUM).
+    """
 
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_DRIFT_", frozen=True, extra="ignore")
 
@@ -57,13 +63,23 @@ class DriftSettings(NirwatchSettings):
     mean_shift_alpha: float = Field(default=1e-5, gt=0, lt=1)
     warmup: int = Field(default=500, ge=10, description="samples to learn the in-control level")
     page_hinkley_delta: float = Field(default=0.25, ge=0)
-    page_hinkley_threshold: float = Field(default=40.0, gt=0)
+    page_hinkley_arl0: float = Field(
+        default=DEFAULT_ARL0, gt=1, description="samples per false alarm (sets the threshold)"
+    )
     cusum_k: float = Field(default=0.5, ge=0)
-    cusum_h: float = Field(default=16.0, gt=0)
+    cusum_arl0: float = Field(
+        default=DEFAULT_ARL0, gt=1, description="samples per false alarm (sets h)"
+    )
     lab_window: int = Field(default=30, ge=2)
     lab_min_samples: int = Field(default=5, ge=1)
-    lab_rmse_factor: float = Field(default=1.5, gt=0, description="drift above k x RMSECV")
-    lab_bias_limit: float | None = Field(default=None, description="default: RMSECV")
+    lab_alpha: float = Field(
+        default=1e-4, gt=0, lt=1, description="false-alarm probability per lab test"
+    )
+    lab_sd: float = Field(
+        default=0.0,
+        ge=0,
+        description="lab method SD not contained in the RMSECV (target unit); 0 if it is",
+    )
     max_groups: int = Field(default=64, ge=1)
     metrics_host: str = Field(default="127.0.0.1", description="nirwatch drift-monitor endpoint")
     metrics_port: int = Field(default=9109, ge=1, le=65535)
@@ -124,12 +140,12 @@ class _Group:
             s.exceedance_window, s.exceedance_expected_rate, s.exceedance_alpha
         )
         self.mean_shift = MeanShiftDetector(s.mean_shift_window, s.mean_shift_alpha, s.warmup)
-        self.content = PageHinkley(s.page_hinkley_delta, s.page_hinkley_threshold, s.warmup)
-        self.disagreement = CUSUM(s.cusum_k, s.cusum_h, s.warmup)
+        self.content = PageHinkley(s.page_hinkley_delta, warmup=s.warmup, arl0=s.page_hinkley_arl0)
+        self.disagreement = CUSUM(s.cusum_k, warmup=s.warmup, arl0=s.cusum_arl0)
         self.lab: LabReferenceTracker | None = None
         if rmsecv is not None and rmsecv > 0:
             self.lab = LabReferenceTracker(
-                rmsecv, s.lab_rmse_factor, s.lab_bias_limit, s.lab_window, s.lab_min_samples
+                rmsecv, s.lab_sd, s.lab_alpha, s.lab_window, s.lab_min_samples
             )
 
     def detectors(self) -> dict[str, _Detector]:
@@ -194,12 +210,13 @@ class LabJoiner:
 
 
 class DriftMonitor:
-    """Holds drift detectors per (instrument, product) and writes them to WorkerMetrics.
+    """Holds drift detectors per (instrument, product) and writes them to DriftMetrics.
 
     Parameters
     ----------
-    metrics : WorkerMetrics
-        Gauges ``drift_detected``, ``drift_score``, ``lab_rmse``, ``lab_bias`` are written.
+    metrics : DriftMetrics
+        Every gauge of it is written (detector states and scores, lab RMSE and bias with
+        their limits, the RMSECV).
     settings : DriftSettings
     rmsecv : float, optional
         RMSECV of the served model (enables the lab-reference detector).
@@ -210,7 +227,7 @@ class DriftMonitor:
 
     def __init__(
         self,
-        metrics: WorkerMetrics,
+        metrics: DriftMetrics,
         settings: DriftSettings | None = None,
         rmsecv: float | None = None,
         rmsecv_for: Callable[[str], float | None] | None = None,
@@ -314,6 +331,8 @@ class DriftMonitor:
             if group.lab is not None and group.lab.n:
                 m.lab_rmse.labels(instrument, product).set(group.lab.rmse)
                 m.lab_bias.labels(instrument, product).set(group.lab.bias)
+                m.lab_rmse_limit.labels(instrument, product).set(group.lab.rmse_limit)
+                m.lab_bias_limit.labels(instrument, product).set(group.lab.bias_limit)
 
     def _note(self, instrument: str, product: str, name: str, det: _Detector) -> None:
         """One log line when a detector enters or leaves the drift state."""

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the inference worker (and of the file-drop adapter).
+"""Prometheus metrics of each nirwatch process: worker, drift monitor, file-drop adapter.
+
+Each process exports only its own set (:class:`WorkerMetrics`, :class:`DriftMetrics`,
+:class:`FileDropMetrics`; the retrain service's are in :mod:`training.service`), so an alert
+on a worker metric cannot fire against another process's endpoint.
 
 Every metric takes a ``registry`` (tests pass a fresh ``CollectorRegistry``). Label sets are
 bounded: instrument and product values beyond ``max_label_values`` distinct ones are folded
@@ -132,6 +136,9 @@ class WorkerMetrics:
             "Micro-batches whose prediction raised (batch retried, nothing committed)",
             registry=r,
         )
+        # Labels: version, checksum, target, unit, grid and ``cnn``: "loaded" (the bundle's CNN
+        # serves), "failed" (the bundle has one that did not load) or "none" (PLS-only bundle,
+        # where PLS serving everything is not a fallback).
         self.model_info = Info("nirwatch_model", "Model bundle being served", registry=r)
         self.model_reloads = Counter(
             "nirwatch_model_reloads", "Hot reloads of the champion model", ["outcome"], registry=r
@@ -144,28 +151,50 @@ class WorkerMetrics:
         self.kafka_errors = Counter(
             "nirwatch_kafka_errors", "Kafka client errors by operation", ["operation"], registry=r
         )
+
+
+class DriftMetrics:
+    """Metrics of the drift monitor (``nirwatch drift-monitor``, job ``nirwatch-drift``).
+
+    Only what the drift monitor knows: detector states and scores, the lab checks and their
+    limits, and the yardstick RMSECV. The worker's metrics (:class:`WorkerMetrics`) live in
+    the worker's process; a drift monitor exporting them would export them at zero (a broker
+    "down", no model) and fire worker alerts.
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_label_values: int = 64) -> None:
+        self.registry = registry
+        self.label = BoundedLabels(max_label_values)
+        r = registry
+        group = ["instrument", "product"]
         self.drift_detected = Gauge(
             "nirwatch_drift_detected",
             "1 while a drift detector is in the drift state",
-            ["instrument", "product", "detector"],
+            [*group, "detector"],
             registry=r,
         )
         self.drift_score = Gauge(
             "nirwatch_drift_score",
             "Drift detector statistic divided by its threshold (>=1 means drift)",
-            ["instrument", "product", "detector"],
+            [*group, "detector"],
             registry=r,
         )
         self.lab_rmse = Gauge(
-            "nirwatch_lab_rmse",
-            "Rolling RMSE of predictions vs lab results",
-            ["instrument", "product"],
-            registry=r,
+            "nirwatch_lab_rmse", "Rolling RMSE of predictions vs lab results", group, registry=r
         )
         self.lab_bias = Gauge(
-            "nirwatch_lab_bias",
-            "Rolling bias (prediction - lab)",
-            ["instrument", "product"],
+            "nirwatch_lab_bias", "Rolling bias (prediction - lab)", group, registry=r
+        )
+        self.lab_rmse_limit = Gauge(
+            "nirwatch_lab_rmse_limit",
+            "RMSE above which the lab-reference detector signals drift (for the current window)",
+            group,
+            registry=r,
+        )
+        self.lab_bias_limit = Gauge(
+            "nirwatch_lab_bias_limit",
+            "|bias| above which the lab-reference detector signals drift (current window)",
+            group,
             registry=r,
         )
         self.lab_rmsecv = Gauge(

@@ -27,6 +27,7 @@ class DriftLoop:
 
     def __init__(self, metrics: Any, registry: Any, hmac_key: str | None, retrain: bool) -> None:
         from monitoring.drift_monitor import DriftMonitor, DriftSettings
+        from monitoring.metrics import DriftMetrics
         from training.retrain import LabelledBuffer
 
         champion = next((m for m in registry.list() if m.status == "champion"), None)
@@ -38,7 +39,8 @@ class DriftLoop:
             lab_window=20,  # RMSE over 20 lab values: few false alarms from lab noise
             lab_min_samples=5,
         )
-        self.monitor = DriftMonitor(metrics, demo, rmsecv=rmsecv)
+        # The demo serves worker and drift metrics from one endpoint (one registry).
+        self.monitor = DriftMonitor(DriftMetrics(metrics.registry), demo, rmsecv=rmsecv)
         self.registry, self.hmac_key, self.retrain_enabled = registry, hmac_key, retrain
         self.buffer = LabelledBuffer(np.arange(600.0, 1900.0, 2.0))
         self.status = "no drift detected"

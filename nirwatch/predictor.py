@@ -77,6 +77,16 @@ class Predictor(Protocol):
         """Wavelength grid id the models were calibrated on (see :mod:`nirwatch.grid`)."""
         ...
 
+    @property
+    def has_cnn(self) -> bool:
+        """True when the bundle's CNN is loaded and serves (PLS is its fallback)."""
+        ...
+
+    @property
+    def cnn_load_error(self) -> str | None:
+        """Why the bundle's CNN did not load (None when it did, or the bundle has none)."""
+        ...
+
     def predict(self, spectra: np.ndarray) -> BatchPrediction:
         """Predict a batch, spectra of shape (n, n_points) float32 on :attr:`grid`."""
         ...

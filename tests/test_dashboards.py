@@ -1,8 +1,10 @@
 """Grafana dashboards: structure, and every panel's PromQL answered by a real Prometheus.
 
-A ``prometheus_client`` endpoint serves a WorkerMetrics registry that a thread keeps filling
-with realistic values; the real Prometheus scrapes it every second; then every target of
-every panel (template variables substituted as Grafana would) must return finite data.
+One ``prometheus_client`` endpoint per process (worker, drift monitor, retrain service,
+file-drop adapter), each with only its own metric set, is scraped by the real Prometheus
+under the job name of ``monitoring/prometheus/prometheus.yml``; a thread keeps filling them
+with realistic values. Every target of every panel (template variables substituted as Grafana
+would) must return finite data, so a panel selecting the wrong job shows up empty.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import numpy as np
 import promstack
 import pytest
 import yaml
+from metric_sets import JOBS, exported, misselected
 from prometheus_client import CollectorRegistry, start_http_server
 
-from monitoring.metrics import FileDropMetrics, WorkerMetrics
+from monitoring.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
 from nirwatch.broker import free_port
 from training.service import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "monitoring" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+JOB_NAMES = tuple(JOBS)
 #: Values Grafana would put in for the template variables and built-ins.
 SUBSTITUTIONS = {
     "$__rate_interval": "1m",
@@ -65,8 +69,8 @@ def _targets() -> list[tuple[str, str, str]]:
     ]
 
 
-def _fill(metrics: WorkerMetrics, rng: np.random.Generator) -> None:
-    """One worker micro-batch's worth of realistic metric updates."""
+def _fill(metrics: WorkerMetrics, drift: DriftMetrics, rng: np.random.Generator) -> None:
+    """One worker micro-batch's (and the drift monitor's) worth of realistic metric updates."""
     for instrument, product in (("probe-1", "tablet-a"), ("probe-2", "tablet-b")):
         n = int(rng.integers(20, 60))
         metrics.consumed.labels(instrument).inc(n)
@@ -79,10 +83,12 @@ def _fill(metrics: WorkerMetrics, rng: np.random.Generator) -> None:
         metrics.q.labels(instrument).set(rng.gamma(2.0, 0.002))
         metrics.batch_size.observe(n)
         for detector in ("exceedance_rate", "content_page_hinkley", "cnn_pls_cusum"):
-            metrics.drift_score.labels(instrument, product, detector).set(rng.uniform(0, 0.8))
-            metrics.drift_detected.labels(instrument, product, detector).set(0)
-        metrics.lab_rmse.labels(instrument, product).set(abs(rng.normal(4.0, 0.3)))
-        metrics.lab_bias.labels(instrument, product).set(rng.normal(0.0, 0.5))
+            drift.drift_score.labels(instrument, product, detector).set(rng.uniform(0, 0.8))
+            drift.drift_detected.labels(instrument, product, detector).set(0)
+        drift.lab_rmse.labels(instrument, product).set(abs(rng.normal(4.0, 0.3)))
+        drift.lab_bias.labels(instrument, product).set(rng.normal(0.0, 0.5))
+        drift.lab_rmse_limit.labels(instrument, product).set(6.5)
+        drift.lab_bias_limit.labels(instrument, product).set(3.2)
         for latency in rng.gamma(2.0, 0.004, size=n):
             metrics.latency_seconds.observe(latency)
     metrics.fallbacks.labels("cnn_pls_disagree").inc(4)
@@ -100,44 +106,48 @@ def _fill(metrics: WorkerMetrics, rng: np.random.Generator) -> None:
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.Server]:
     if not promstack.HAVE_BINARIES:
         pytest.skip("Debian's prometheus / prometheus-alertmanager not installed")
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    registries = {job: CollectorRegistry() for job in JOB_NAMES}
+    metrics = WorkerMetrics(registries["nirwatch-worker"])
     metrics.t2_limit.set(15.09)
     metrics.q_limit.set(0.012)
-    metrics.lab_rmsecv.set(4.3)
     metrics.broker_up.set(1)
-    metrics.model_info.info({"version": "v0003", "checksum": "9f2c41", "target": "assay_mg"})
+    metrics.model_info.info(
+        {"version": "v0003", "checksum": "9f2c41", "target": "assay_mg", "cnn": "loaded"}
+    )
     metrics.model_reloads.labels("ok").inc()
-    retrain = ServiceMetrics(registry)  # the retrain service's metrics, same scrape for brevity
+    drift = DriftMetrics(registries["nirwatch-drift"])
+    drift.lab_rmsecv.set(4.3)
+    retrain = ServiceMetrics(registries["nirwatch-retrain"])
     retrain.retrains.labels("promoted").inc()
     retrain.retrains.labels("candidate").inc(2)
     retrain.webhook.labels("triggered").inc()
     retrain.webhook.labels("unauthorised").inc()
     retrain.labelled.set(312)
-    file_drop = FileDropMetrics(registry)  # the file-drop adapter's, same scrape for brevity
+    file_drop = FileDropMetrics(registries["nirwatch-file-drop"])
     file_drop.inbox_files.set(3)
     file_drop.oldest_file_age_seconds.set(42.0)
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    servers, targets = [], {}
+    for job, registry in registries.items():
+        port = free_port()
+        servers.append(start_http_server(port, addr="127.0.0.1", registry=registry))
+        targets[job] = [f"127.0.0.1:{port}"]
     stop = threading.Event()
     rng = np.random.default_rng(0)
 
     def feed() -> None:
         while not stop.wait(0.2):
-            _fill(metrics, rng)
+            _fill(metrics, drift, rng)
             file_drop.files.labels("done").inc()
             file_drop.spectra.labels("sent").inc(int(rng.integers(1, 20)))
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        with promstack.prometheus(
-            tmp_path_factory.mktemp("prometheus"), {"nirwatch-worker": [f"127.0.0.1:{port}"]}
-        ) as prom:
-            # a few scrapes, so rate() has at least two points in its window
+        with promstack.prometheus(tmp_path_factory.mktemp("prometheus"), targets) as prom:
+            # a few scrapes of every job, so rate() has at least two points in its window
             promstack.wait_for(
-                lambda: promstack.query(
-                    prom, 'count_over_time(up{job="nirwatch-worker"}[1m]) >= 4'
+                lambda: (
+                    len(promstack.query(prom, "count_over_time(up[1m]) >= 4")) == len(JOB_NAMES)
                 ),
                 timeout=60,
             )
@@ -145,8 +155,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     finally:
         stop.set()
         feeder.join()
-        server.shutdown()
-        thread.join()
+        for server, thread in servers:
+            server.shutdown()
+            thread.join()
 
 
 @pytest.mark.prometheus
@@ -189,24 +200,24 @@ def test_dashboards_are_well_formed() -> None:
     assert len(uids) == len(DASHBOARDS)
 
 
+def _variable_queries() -> list[str]:
+    return [v["query"]["query"] for p in DASHBOARDS for v in _load(p)["templating"]["list"]]
+
+
+def test_every_query_selects_the_job_whose_process_exports_the_metric() -> None:
+    problems = {
+        f"{dashboard} / {title}": misselected(expr)
+        for dashboard, title, expr in _targets()
+        + [("variables", q, q) for q in _variable_queries()]
+    }
+    assert not {k: v for k, v in problems.items() if v}
+
+
 def test_dashboards_cover_the_required_views_with_existing_metrics() -> None:
-    registry = CollectorRegistry()
-    WorkerMetrics(registry)
-    FileDropMetrics(registry)
-    ServiceMetrics(registry)
-    suffixes = {
-        "counter": ["_total"],
-        "histogram": ["_bucket", "_sum", "_count"],
-        "info": ["_info"],
-    }
-    exported = {
-        family.name + suffix
-        for family in registry.collect()
-        for suffix in suffixes.get(family.type, [""])
-    }
+    every = set().union(*(exported(make) for make in JOBS.values()))
     exprs = " ".join(expr for _, _, expr in _targets())
     used = set(re.findall(r"\bnirwatch_[a-z0-9_]+", exprs))
-    assert used <= exported, used - exported
+    assert used <= every, used - every
     required = {
         "nirwatch_predictions_total",  # predictions per instrument
         "nirwatch_out_of_model_total",
@@ -217,6 +228,8 @@ def test_dashboards_cover_the_required_views_with_existing_metrics() -> None:
         "nirwatch_drift_score",
         "nirwatch_lab_bias",
         "nirwatch_lab_rmse",
+        "nirwatch_lab_rmse_limit",
+        "nirwatch_lab_bias_limit",
         "nirwatch_end_to_end_latency_seconds_bucket",
         "nirwatch_consumer_lag_messages",
         "nirwatch_fallbacks_total",

@@ -11,6 +11,8 @@ from monitoring.drift import (
     ExceedanceRateDetector,
     MeanShiftDetector,
     PageHinkley,
+    siegmund_arl,
+    threshold_for_arl0,
 )
 from monitoring.lab_reference import LabReferenceTracker
 from nirwatch.errors import DataError
@@ -186,7 +188,7 @@ def test_lab_tracker_rmse_bias_and_limits() -> None:
     rng = np.random.default_rng(2)
     lab = rng.normal(200, 10, size=30)
     pred = lab + rng.normal(0, 4.0, size=30)
-    det = LabReferenceTracker(rmsecv=4.0, k=1.5, window=30, min_samples=5)
+    det = LabReferenceTracker(rmsecv=4.0, window=30, min_samples=5)
     for p, y in zip(pred, lab, strict=True):
         det.update(p, y)
     assert det.rmse == pytest.approx(np.sqrt(np.mean((pred - lab) ** 2)))
@@ -201,6 +203,94 @@ def test_lab_tracker_rmse_bias_and_limits() -> None:
     assert det.n == 0 and not det.drift_detected
 
 
+def test_lab_tracker_limits_are_chi_square_and_normal_quantiles() -> None:
+    det = LabReferenceTracker(rmsecv=1.33, lab_sd=1.5, alpha=1e-3, window=30)
+    sigma = np.hypot(1.33, 1.5)
+    for n in (1, 5, 30):
+        det.reset()
+        for _ in range(n):
+            det.update(0.0, 0.0)
+        assert det.rmse_limit == pytest.approx(sigma * np.sqrt(stats.chi2.isf(5e-4, n) / n))
+        assert det.bias_limit == pytest.approx(stats.norm.isf(2.5e-4) * sigma / np.sqrt(n))
+    # fewer pairs, wider limit: five pairs may scatter far more than thirty
+    assert det.rmse_limit < LabReferenceTracker(1.33, 1.5, 1e-3)._rmse_limits[4]
+
+
+@pytest.mark.parametrize("n", [5, 30])
+def test_lab_tracker_false_alarm_rate_is_at_most_alpha(n: int) -> None:
+    """Issue 13: RMSECV 1.33 mg, lab SD 1.5 mg. The drift-free RMSE is about 2 mg, which the
+    old 1.5 x RMSECV limit (2 mg) flagged in about half of the windows."""
+    rng = np.random.default_rng(n)
+    trials, alpha = 4000, 0.01
+    residuals = rng.normal(0.0, np.hypot(1.33, 1.5), size=(trials, n))
+    alarms = 0
+    for window in residuals:
+        det = LabReferenceTracker(rmsecv=1.33, lab_sd=1.5, alpha=alpha, window=n, min_samples=n)
+        for r in window:
+            det.update(r, 0.0)
+        alarms += det.drift_detected
+    # Bonferroni: at most alpha (each test alpha / 2); Binomial(4000, 0.01) sd is 0.16 %
+    assert alarms / trials <= alpha + 0.005, alarms / trials
+    assert alarms / trials >= alpha / 4, alarms / trials  # the limit is not needlessly loose
+
+
+def test_lab_tracker_finds_a_model_error_of_twice_its_rmsecv() -> None:
+    rng = np.random.default_rng(3)
+    det = LabReferenceTracker(rmsecv=1.33, lab_sd=1.5, window=30)
+    for r in rng.normal(0.0, np.hypot(2 * 1.33 * 1.5, 1.5), size=30):
+        det.update(r, 0.0)
+    assert det.drift_detected
+
+
+def test_siegmund_arl_matches_montgomerys_table() -> None:
+    # Montgomery, Introduction to SQC, table 9.3 (k = 1/2): h = 4 -> 168, h = 5 -> 465
+    assert siegmund_arl(0.5, 4.0) == pytest.approx(168, rel=0.03)
+    assert siegmund_arl(0.5, 5.0) == pytest.approx(465, rel=0.03)
+    assert siegmund_arl(0.5, 5.0, shift=1.0) == pytest.approx(10.4, rel=0.05)
+    assert siegmund_arl(0.5, threshold_for_arl0(0.5, 1e7)) == pytest.approx(1e7)
+
+
+@pytest.mark.parametrize(
+    ("make", "upper"),
+    [
+        (lambda arl0: CUSUM(target=0.0, sigma=1.0, arl0=arl0), 1.3),
+        # sigma from a warm-up is taken at its 95 % upper bound: longer runs, by design
+        (lambda arl0: PageHinkley(warmup=500, arl0=arl0), 2.5),
+    ],
+    ids=["cusum", "page_hinkley_with_warmup"],
+)
+def test_sequential_detectors_run_length_is_their_arl0(make, upper) -> None:  # type: ignore[no-untyped-def]
+    """The threshold from ``arl0`` gives (at least) that many samples between false alarms."""
+    rng = np.random.default_rng(0)
+    arl0, runs = 300, 200
+    lengths = []
+    for _ in range(runs):
+        det = make(arl0)
+        warm = det.warmup if det.mean is None else 0
+        x = rng.standard_normal(warm + 20 * arl0)
+        n = next((i for i, v in enumerate(x) if (det.update(v), det.drift_detected)[1]), x.size)
+        lengths.append(n + 1 - warm)
+    # run lengths are about exponential: the mean of 200 has a standard error of ~7 %
+    assert 0.75 * arl0 <= np.mean(lengths) <= upper * arl0, np.mean(lengths)
+
+
+def test_warm_up_sigma_is_its_upper_confidence_bound() -> None:
+    """An underestimated sigma would shorten the in-control run length (issue 13)."""
+    x = np.random.default_rng(8).normal(0.0, 2.0, size=501)
+    det = PageHinkley(warmup=500)
+    for v in x:
+        det.update(v)
+    factor = np.sqrt(499 / stats.chi2.ppf(0.05, 499))
+    assert det.sigma == pytest.approx(np.std(x[:500], ddof=1) * factor)
+    cusum = CUSUM(warmup=500)
+    for v in x:
+        cusum.update(v)
+    # the learnt target may be off: h is raised so the ARL0 holds 1.96 / sqrt(500) sigma off
+    offset = stats.norm.isf(0.025) / np.sqrt(500)
+    assert cusum.h == pytest.approx(threshold_for_arl0(0.5, 1e7, shift=offset))
+    assert cusum.h > CUSUM(target=0.0, sigma=1.0).h
+
+
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(DataError, match="expected_rate"):
         ExceedanceRateDetector(expected_rate=0.0)
@@ -210,3 +300,7 @@ def test_bad_parameters_are_refused() -> None:
         MeanShiftDetector(mean=np.zeros(2))
     with pytest.raises(DataError, match="sigma"):
         CUSUM(sigma=-1.0)
+    with pytest.raises(DataError, match="lab_sd"):
+        LabReferenceTracker(rmsecv=1.0, lab_sd=-1.0)
+    with pytest.raises(DataError, match="arl0"):
+        CUSUM(arl0=0.5)

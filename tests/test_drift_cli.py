@@ -73,6 +73,9 @@ def test_drift_monitor_process_exports_drift(kafka_settings: KafkaSettings) -> N
             time.sleep(0.2)
         assert line in _metrics(port)
         assert "nirwatch_model_rmsecv 2.0" in _metrics(port)
+        # only its own metric set: a worker metric at zero would fire worker alerts on this job
+        exposition = _metrics(port)
+        assert "nirwatch_broker_up" not in exposition and "nirwatch_model_info" not in exposition
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from ingest.lab_results import LabResult
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from monitoring.metrics import WorkerMetrics
+from monitoring.metrics import DriftMetrics
 from nirwatch.kafka import ensure_topics
 from nirwatch.settings import KafkaSettings
 from nirwatch.wire import Prediction
@@ -45,7 +45,7 @@ def test_drift_consumer_detects_shift_and_joins_lab_results(kafka_settings: Kafk
         kafka_settings, [kafka_settings.topic_predictions, kafka_settings.topic_lab_results]
     )
     registry = CollectorRegistry()
-    monitor = DriftMonitor(WorkerMetrics(registry), DriftSettings(warmup=100), rmsecv=2.0)
+    monitor = DriftMonitor(DriftMetrics(registry), DriftSettings(warmup=100), rmsecv=2.0)
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(200, 3, 400), rng.normal(215, 3, 200)])
     producer = KafkaProducer(**kafka_settings.client_options())

@@ -32,7 +32,7 @@ from ingest.lab_results import LabResult
 from ingest.simulator import GRID, Drift, ProbeSpec, TabletLineSimulator, calibration_set
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from monitoring.metrics import WorkerMetrics
+from monitoring.metrics import DriftMetrics, WorkerMetrics
 from nirwatch.broker import free_port
 from nirwatch.bundle import load_bundle
 from nirwatch.registry import ModelRegistry
@@ -144,11 +144,13 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
         t.start()
         threads.append(t)
 
-    # --- worker (metrics endpoint) and drift monitor sharing its WorkerMetrics
-    prom_registry = CollectorRegistry()
+    # --- worker and drift monitor, each with its own metric set on its own endpoint (as
+    # deployed: the rules select the scrape job of the process whose metric they read)
+    prom_registry, drift_registry = CollectorRegistry(), CollectorRegistry()
     metrics = WorkerMetrics(prom_registry)
-    port = free_port()
+    port, drift_port = free_port(), free_port()
     server, server_thread = start_http_server(port, "127.0.0.1", prom_registry)
+    drift_server, drift_thread = start_http_server(drift_port, "127.0.0.1", drift_registry)
     source = RegistrySource(registry, lambda p: load_bundle(p, device="cpu"), metrics, 0.5)
     worker_settings = WorkerSettings(
         kafka=kafka_settings, metrics_port=0, session_timeout_ms=2000, heartbeat_interval_ms=500
@@ -156,7 +158,8 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
     worker = InferenceWorker(worker_settings, source, metrics, stop)
     spawn(worker.run)
     monitor = DriftMonitor(
-        metrics, DriftSettings(warmup=200, exceedance_window=200, mean_shift_window=40)
+        DriftMetrics(drift_registry),
+        DriftSettings(warmup=200, exceedance_window=200, mean_shift_window=40),
     )
     first_seen: dict[str, float] = {}
     detected: list[float] = []
@@ -193,7 +196,10 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
             ) as am,
             promstack.prometheus(
                 tmp_path / "prom",
-                {"nirwatch-worker": [f"127.0.0.1:{port}"]},
+                {
+                    "nirwatch-worker": [f"127.0.0.1:{port}"],
+                    "nirwatch-drift": [f"127.0.0.1:{drift_port}"],
+                },
                 rule_files=[_rules(tmp_path)],
                 alertmanager_url=am.url,
             ) as prom,
@@ -229,8 +235,9 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
         service.stop()
         for t in threads:
             t.join(30)
-        server.shutdown()
-        server_thread.join()
+        for srv, thread in ((server, server_thread), (drift_server, drift_thread)):
+            srv.shutdown()
+            thread.join()
 
     timings = {
         "detector_s": round(detected[0] - onset, 1) if detected else None,

@@ -1,4 +1,4 @@
-"""DriftMonitor: detectors per (instrument, product) into WorkerMetrics gauges; lab join."""
+"""DriftMonitor: detectors per (instrument, product) into DriftMetrics gauges; lab join."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from monitoring.drift_monitor import (
     LabResult,
     parse_lab_result,
 )
-from monitoring.metrics import WorkerMetrics
+from monitoring.metrics import DriftMetrics
 from nirwatch.errors import DataError
 from nirwatch.wire import Prediction
 
@@ -64,7 +64,7 @@ def _predictions(
 
 def _monitor(**settings: Any) -> tuple[DriftMonitor, CollectorRegistry]:
     registry = CollectorRegistry()
-    return DriftMonitor(WorkerMetrics(registry), DriftSettings(**settings), rmsecv=4.0), registry
+    return DriftMonitor(DriftMetrics(registry), DriftSettings(**settings), rmsecv=4.0), registry
 
 
 def _gauge(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -215,7 +215,7 @@ def test_rmsecv_of_each_new_model_comes_from_the_lookup() -> None:
         asked.append(version)
         return {"v0001": 4.0, "v0002": 2.5}.get(version)
 
-    monitor = DriftMonitor(WorkerMetrics(registry), DriftSettings(), rmsecv_for=lookup)
+    monitor = DriftMonitor(DriftMetrics(registry), DriftSettings(), rmsecv_for=lookup)
     rng = np.random.default_rng(7)
     monitor.observe(list(_predictions(rng, 5)))
     assert registry.get_sample_value("nirwatch_model_rmsecv") == 4.0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from metric_sets import JOBS, misselected
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "monitoring" / "rules"
@@ -99,3 +100,26 @@ def test_retrain_webhook_sends_a_bearer_token_from_a_file() -> None:
 def test_prometheus_config_is_valid() -> None:
     out = _run("promtool", "check", "config", "--syntax-only", PROMETHEUS)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _rules() -> list[dict[str, str]]:
+    return [
+        rule
+        for path in sorted(RULES.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def test_every_rule_selects_the_job_whose_process_exports_the_metric() -> None:
+    """A worker alert must not fire on the drift monitor's (or any other) endpoint."""
+    problems = {
+        rule.get("alert") or rule.get("record"): misselected(rule["expr"]) for rule in _rules()
+    }
+    assert not {k: v for k, v in problems.items() if v}
+
+
+def test_prometheus_scrapes_each_process_under_the_job_the_rules_select() -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert set(JOBS) <= jobs

@@ -95,6 +95,7 @@ def test_n_in_exactly_n_out_in_order_with_metrics(kafka_settings: KafkaSettings)
                 "target": "api",
                 "unit": "fraction",
                 "grid": "lin:600:1898:2",
+                "cnn": "none",  # a PLS-only predictor: its PLS serving is no fallback
             },
         )
         == 1
@@ -247,6 +248,7 @@ def test_hot_swap_mid_stream_changes_version_and_loses_nothing(
         "target": "api",
         "unit": "fraction",
         "grid": "lin:600:1898:2",
+        "cnn": "none",
     }
     assert w.value("nirwatch_model_info", info) == 1
 

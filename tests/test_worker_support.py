@@ -86,6 +86,8 @@ class LinearPredictor:
     target = property(lambda self: "api")
     unit = property(lambda self: "fraction")
     grid = property(lambda self: GRID)
+    has_cnn = property(lambda self: False)  # PLS-only, like a bundle without a CNN
+    cnn_load_error = property(lambda self: None)
 
     def predict(self, spectra: np.ndarray) -> BatchPrediction:
         self.calls += 1
@@ -121,6 +123,8 @@ class ScriptedPredictor:
     target = property(lambda self: self.base.target)
     unit = property(lambda self: self.base.unit)
     grid = property(lambda self: self.base.grid)
+    has_cnn = property(lambda self: True)
+    cnn_load_error = property(lambda self: None)
 
     def predict(self, spectra: np.ndarray) -> BatchPrediction:
         self.calls += 1
