@@ -124,7 +124,7 @@ def _columns(bp: BatchPrediction, n: int) -> _Columns:
         if extra is not None:
             held = held | np.asarray(extra, dtype=bool)
     hold: list[bool] = held.tolist()
-    none = [None] * n
+    none: list[float | None] = [None] * n
     return _Columns(
         ids=prediction_ids(n),
         value=value,

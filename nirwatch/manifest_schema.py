@@ -189,9 +189,7 @@ def _serving(v: Any) -> None:
 
 
 def _interval(v: Any) -> None:
-    i = _dict(
-        "interval", v, {"method", "level", "quantile", "quantiles", "scale", "scale_floor"}
-    )
+    i = _dict("interval", v, {"method", "level", "quantile", "quantiles", "scale", "scale_floor"})
     _choice("interval.method", i.get("method"), ("conformal",))
     level = _finite("interval.level", i.get("level"), lo=0.0, lo_open=True)
     if level >= 1.0:
