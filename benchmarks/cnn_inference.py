@@ -28,7 +28,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def log(msg: str) -> None:
 
 
 def best_rates(
-    runs: dict[str, Callable[[], None]], n: int, repeats: int, sync: Callable[[], None]
+    runs: Mapping[str, Callable[[], object]], n: int, repeats: int, sync: Callable[[], None]
 ) -> dict[str, float]:
     """Spectra per second of the fastest of ``repeats`` passes over ``n`` spectra, per run.
 
