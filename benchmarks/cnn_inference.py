@@ -235,10 +235,37 @@ def main(argv: list[str] | None = None) -> int:
     bundle_row: dict[str, Any] | None = None
     if loaded is not None:
         batch = probe_spectra(min(n, 16_384), loaded.n_points)
-        runs = {"bundle": lambda: loaded.predict(batch)}
-        rate = best_rates(runs, batch.shape[0], args.repeats, sync)["bundle"]
-        bundle_row = {"spectra": batch.shape[0], "sps": rate, "loadavg": loadavg()}
-        log(f"whole bundle predict ({batch.shape[0]} spectra per call): {rate:,.0f}/s")
+        cnn: Any = loaded.cnn
+        fused = getattr(cnn, "fused", None)
+
+        def whole(use_fused: bool) -> Callable[[], object]:
+            def run() -> object:
+                cnn.fused = fused if use_fused else None
+                return loaded.predict(batch)
+
+            return run
+
+        runs = {"bundle": whole(True)}
+        if fused is not None:
+            runs["bundle_members"] = whole(False)
+        rates = best_rates(runs, batch.shape[0], args.repeats, sync)
+        cnn.fused = fused
+        bundle_row = {"spectra": batch.shape[0], "loadavg": loadavg()}
+        bundle_row |= {"sps": rates["bundle"], "cpu_sps": rates["bundle_cpu"]}
+        if fused is not None:
+            bundle_row["members_sps"] = rates["bundle_members"]
+            bundle_row["members_cpu_sps"] = rates["bundle_members_cpu"]
+        log(
+            f"whole bundle predict ({batch.shape[0]} spectra per call): {rates['bundle']:,.0f}/s "
+            f"({rates['bundle_cpu']:,.0f} per core-second)"
+            + (
+                f"; with the members one by one {rates['bundle_members']:,.0f}/s "
+                f"({rates['bundle_members_cpu']:,.0f} per core-second)"
+                if fused is not None
+                else ""
+            )
+            + f" [load {bundle_row['loadavg']}]"
+        )
 
     best = max(results, key=lambda r: r["resident_sps"])
     summary = {
