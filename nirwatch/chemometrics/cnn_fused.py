@@ -37,6 +37,11 @@ from torch import nn
 if TYPE_CHECKING:
     from nirwatch.chemometrics.cnn import SpectralCNN
 
+#: Conv output computed at a time (bytes): a few pooling blocks of a chunk, which the ReLU and the
+#: pooling sum then find in cache. At chunk 256 that is 2 of the 38 blocks of the default network:
+#: 1.15-1.34x faster than the whole chunk's product at once (issue 16, 2-core machine).
+GROUP_BYTES = 3 << 19  # 1.5 MiB
+
 #: Negative-side slope of the activations whose pooled sum is split into a ReLU and a linear part.
 _PIECEWISE_LINEAR = {"relu": 0.0, "leaky_relu": 0.1}
 
@@ -136,19 +141,27 @@ class FusedEnsemble(nn.Module):
         return cast(torch.Tensor, getattr(self, name))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled conv features of every member, (members, n, blocks · filters)."""
+        """Pooled conv features of every member, (members, n, blocks · filters).
+
+        The product is taken a few pooling blocks at a time (about :data:`GROUP_BYTES` of conv
+        output), so the ReLU and the pooling sum read it from cache rather than from memory.
+        """
         n, m, f, P, w = x.shape[0], self.n_members, self.filters, self.blocks, self.window
         windows = torch.empty(P, n, w + 1, dtype=x.dtype, device=x.device)
         windows[:, :, :w] = x[:, : (P - 1) * self.pool + w].unfold(1, w, self.pool).transpose(0, 1)
         windows[:, :, w] = 1.0
-        h = torch.bmm(windows, self.conv)
         cols = self.pool * m * f
-        if self.slope is None:
-            pooled = self.act(h).view(P, n, self.pool, m * f).sum(2)
-        else:
-            pooled = h[:, :, :cols].relu_().view(P, n, self.pool, m * f).sum(2)
+        pooled = torch.empty(P, n, m * f, dtype=x.dtype, device=x.device)
+        step = max(1, GROUP_BYTES // (n * self.conv.shape[2] * x.element_size()))
+        for lo in range(0, P, step):
+            h = torch.bmm(windows[lo : lo + step], self.conv[lo : lo + step])
+            out, k = pooled[lo : lo + step], h.shape[0]
+            if self.slope is None:
+                torch.sum(self.act(h).view(k, n, self.pool, m * f), 2, out=out)
+                continue
+            torch.sum(h[:, :, :cols].relu_().view(k, n, self.pool, m * f), 2, out=out)
             if self.slope:
-                pooled.add_(h[:, :, cols:], alpha=self.slope / (1.0 - self.slope))
+                out.add_(h[:, :, cols:], alpha=self.slope / (1.0 - self.slope))
         return pooled.view(P, n, m, f).permute(2, 1, 0, 3).reshape(m, n, P * f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
