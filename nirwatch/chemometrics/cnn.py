@@ -247,9 +247,9 @@ def resolve_device(device: str) -> torch.device:
 #: Spectra per forward pass by device type when no chunk size is given. On CPU the conv
 #: activations of a 256-spectrum chunk (256 x 8 x 619 float32, 5 MB) stay in cache: 2.6x faster
 #: than chunks of 8192 on the 2-core development machine (145 -> 56 ms per 2,000 spectra, one
-#: thread; see docs/results/throughput.md). The fused 5-network ensemble (cnn_fused.py) also runs
-#: fastest at 256 of 128/256/512 (9.9k spectra per core-second against 8.8k and 5.0k, same run,
-#: issue 16). A GPU wants large chunks to fill it.
+#: thread; see docs/results/throughput.md). The fused 5-network ensemble (cnn_fused.py): 10.5k,
+#: 13.8k and 14.3k spectra per core-second at 128, 256 and 512 (same run, issue 16); 256 keeps
+#: the smaller unit of work for 4 % less. A GPU wants large chunks to fill it.
 DEFAULT_CHUNK_SIZE = {"cpu": 256, "cuda": 16384}
 
 
