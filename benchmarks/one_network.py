@@ -25,10 +25,13 @@ from nirwatch.kafka import ensure_topics
 from nirwatch.settings import KafkaSettings
 
 
-def one_network_bundle(src: Path, dst: Path) -> Path:
-    """A copy of bundle ``src`` at ``dst`` whose CNN is its member 0 alone (checksums redone)."""
+def one_network_bundle(src: Path, dst: Path) -> Path | None:
+    """A copy of bundle ``src`` at ``dst`` whose CNN is its member 0 alone (checksums redone).
+
+    None for a signed bundle: its copy could not be signed again without the key.
+    """
     if (src / "manifest.sig").exists():
-        raise SystemExit(f"{src} is signed: the one-network copy needs an unsigned bundle")
+        return None
     shutil.copytree(src, dst)
     arrays = load_file(str(src / "cnn.safetensors"))
     kept = {k: np.ascontiguousarray(v) for k, v in arrays.items() if k.startswith("member.0.")}

@@ -378,14 +378,17 @@ def main(argv: list[str] | None = None) -> int:
         one: dict[str, Any] = {}
         if args.one_network and (models["cnn_members"] or 1) > 1:
             single = one_network_bundle(bundle, Path(tmp) / "one-network")
-            one = drain_phase(
-                kafka, single, args, Path(tmp), drain_n,
-                lambda k, topic, n: prefill(k, topic, n, factory),
-            )  # fmt: skip
-            log(
-                f"(e) one network (member 0 of the same bundle): drained {drain_n}: "
-                f"{one['throughput_sps']:.0f} spectra/s; stages {one['stages']}"
-            )
+            if single is None:
+                log(f"(e) skipped: {bundle} is signed, its one-network copy could not be")
+            else:
+                one = drain_phase(
+                    kafka, single, args, Path(tmp), drain_n,
+                    lambda k, topic, n: prefill(k, topic, n, factory),
+                )  # fmt: skip
+                log(
+                    f"(e) one network (member 0 of the same bundle): drained {drain_n}: "
+                    f"{one['throughput_sps']:.0f} spectra/s; stages {one['stages']}"
+                )
 
     half = len(rss) // 2
     report: dict[str, Any] = {
