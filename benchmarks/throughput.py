@@ -13,9 +13,13 @@ simulated calibration spectra, runs ``nirwatch worker`` as a child process and m
     load and times them: the Kafka path's own latency under the same load, beside the worker;
 (c) the worker's peak RSS (``VmHWM``) and its RSS sampled over the run;
 (d) a naive baseline in a child process: kafka-python loop, JSON spectrum per message, model
-    called on one spectrum at a time, each prediction published synchronously.
+    called on one spectrum at a time, each prediction published synchronously;
+(e) when the bundle's CNN is an ensemble (the default: 5 networks), the drain (a) again with a
+    copy of the bundle whose CNN is member 0 alone, labelled "one network" (``--no-one-network``
+    skips it).
 
-The last output line is one JSON object with ``throughput_sps``, ``baseline_sps``, ``ratio``,
+The last output line is one JSON object with ``served`` (the CNN ensemble size),
+``throughput_sps``, ``one_network_throughput_sps``, ``baseline_sps``, ``ratio``,
 ``p99_ms_at_1000`` and ``peak_rss_mb``. ``--quick`` finishes within about a minute.
 
     .venv/bin/python benchmarks/throughput.py [--quick] [--bundle DIR] [--drain N]
@@ -39,6 +43,7 @@ from bench_worker import WorkerProcess, drain_rate, stage_summary
 from kafka import TopicPartition
 from kafka_clients import SideConsumer
 from naive_baseline import run_baseline
+from one_network import drain_phase, one_network_bundle
 
 from ingest.simulator import ProbeSpec, TabletLineSimulator, calibration_set
 from ingest.streaming import MessageIds
@@ -263,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-audit", dest="audit", action="store_false", help="worker without the audit trail"
     )
     p.add_argument(
+        "--no-one-network",
+        dest="one_network",
+        action="store_false",
+        help="skip (e): the drain again with member 0 of the bundle's CNN alone",
+    )
+    p.add_argument(
         "--side-consumer",
         action="store_true",
         help="also time a plain consumer of the spectra during each load (the Kafka path alone)",
@@ -296,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             build_bundle(bundle, args.quick, members)
             log(f"bundle fitted in {time.monotonic() - t0:.1f} s: {bundle}")
         manifest = json.loads((bundle / "manifest.json").read_text())
-        models = {"cnn": bool(manifest.get("models", {}).get("cnn")), "bundle": str(bundle)}
+        models: dict[str, Any] = {
+            "cnn": bool(manifest.get("models", {}).get("cnn")),
+            "bundle": str(bundle),
+        }
         models["cnn_members"] = _cnn_members(bundle)
         pool = spectra_pool(4096)
         factory = MessageFactory(pool)
@@ -361,6 +375,20 @@ def main(argv: list[str] | None = None) -> int:
         log(f"(c) worker peak RSS {peak:.0f} MiB")
         baseline = run_baseline(kafka, bundle, pool, base_s, args.torch_threads, PROBES)
         log(f"(d) naive baseline: {baseline:.1f} spectra/s")
+        one: dict[str, Any] = {}
+        if args.one_network and (models["cnn_members"] or 1) > 1:
+            single = one_network_bundle(bundle, Path(tmp) / "one-network")
+            if single is None:
+                log(f"(e) skipped: {bundle} is signed, its one-network copy could not be")
+            else:
+                one = drain_phase(
+                    kafka, single, args, Path(tmp), drain_n,
+                    lambda k, topic, n: prefill(k, topic, n, factory),
+                )  # fmt: skip
+                log(
+                    f"(e) one network (member 0 of the same bundle): drained {drain_n}: "
+                    f"{one['throughput_sps']:.0f} spectra/s; stages {one['stages']}"
+                )
 
     half = len(rss) // 2
     report: dict[str, Any] = {
@@ -375,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "prefill_sps": round(prefill_sps),
         "latency": latency,
         "soak": soak,
+        "one_network": one,
         # Per micro-batch stage of the worker loop (nirwatch_batch_stage_seconds) per phase.
         "stages": stages,
         "rss_mb_first_half_max": max((r for _, r in rss[:half]), default=float("nan")),
@@ -387,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps(
             {
+                "served": f"CNN x{models['cnn_members']} + PLS",
                 "throughput_sps": round(throughput, 1),
+                "one_network_throughput_sps": round(one.get("throughput_sps", float("nan")), 1),
                 "baseline_sps": round(baseline, 1),
                 "ratio": round(throughput / baseline, 2),
                 "p99_ms_at_1000": round(latency.get(1000, {}).get("p99_ms", float("nan")), 2),

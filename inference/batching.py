@@ -114,6 +114,45 @@ class RevocationTracker(ConsumerRebalanceListener):  # type: ignore[misc]
         return out
 
 
+class IdleFetchWait:
+    """The consumer's fetch wait: short while records flow, long after a silence.
+
+    Tansu holds a fetch for the whole ``fetch_max_wait_ms`` when it has no data, so an idle
+    worker with the 5 ms wait that keeps latency low under load sent a fetch every 5 ms: a
+    quarter of a core doing nothing (docs/results/throughput.md). Once no record has come for
+    ``idle_after_s`` the wait becomes ``idle_ms``; the first record sets it back. Only the first
+    spectrum after such a silence can wait up to ``idle_ms`` more: a slow but steady line (a
+    probe at 1 Hz) never makes the worker idle.
+
+    kafka-python 3 builds every fetch request from its fetcher's ``config`` dict; a client
+    without one (another client, a test double) is left alone.
+    """
+
+    def __init__(
+        self, consumer: Any, busy_ms: int, idle_ms: int, idle_after_s: float = 5.0
+    ) -> None:
+        config = getattr(getattr(consumer, "_fetcher", None), "config", None)
+        self._config: dict[str, Any] | None = config if isinstance(config, dict) else None
+        self.busy_ms, self.idle_ms = int(busy_ms), int(max(busy_ms, idle_ms))
+        self.idle_after_s = float(idle_after_s)
+        self._last_record = time.monotonic()
+        self.idle = False
+
+    @property
+    def current_ms(self) -> int | None:
+        """The wait the next fetch request will carry (None: not adjustable)."""
+        return None if self._config is None else int(self._config["fetch_max_wait_ms"])
+
+    def update(self, got_records: bool, now: float | None = None) -> None:
+        """After each micro-batch poll: busy when it held records, idle after the silence."""
+        now = time.monotonic() if now is None else now
+        if got_records:
+            self._last_record = now
+        self.idle = now - self._last_record >= self.idle_after_s
+        if self._config is not None:
+            self._config["fetch_max_wait_ms"] = self.idle_ms if self.idle else self.busy_ms
+
+
 def _follow_rebalance(
     consumer: KafkaConsumer, batch: MicroBatch, tracker: RevocationTracker
 ) -> None:

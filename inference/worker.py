@@ -27,7 +27,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from inference.batching import MicroBatch, RevocationTracker, poll_micro_batch
+from inference.batching import IdleFetchWait, MicroBatch, RevocationTracker, poll_micro_batch
 from inference.observe import WorkerObserver
 from inference.partitioner import CachedKeyPartitioner
 from inference.records import encode_batch
@@ -84,6 +84,8 @@ class InferenceWorker:
         self.tracker = RevocationTracker()
         self._producer: tuple[KafkaProducer, DeadLetterPublisher] | None = None
         self._joining_since: float | None = None
+        #: Lengthens the fetch wait while idle; bound to each new consumer.
+        self.fetch_wait = IdleFetchWait(None, settings.fetch_max_wait_ms, 0)
         #: Records of the micro-batch being accumulated (0 once it is committed).
         self.holding = 0
 
@@ -144,6 +146,9 @@ class InferenceWorker:
             max_partition_fetch_bytes=min(16 << 20, s.max_in_flight_bytes),
         )
         consumer.subscribe([k.topic_spectra], listener=self.tracker)
+        self.fetch_wait = IdleFetchWait(
+            consumer, s.fetch_max_wait_ms, s.idle_fetch_max_wait_ms, s.idle_after_s
+        )
         return consumer
 
     def run(self) -> None:
@@ -166,6 +171,7 @@ class InferenceWorker:
                 except KafkaError as exc:
                     self._kafka_error("poll", exc)
                     continue
+                self.fetch_wait.update(bool(batch.records))
                 # Asked after the poll: a batch is served by the model current when it is
                 # processed, and a reload (checked inside) happens between batches only.
                 predictor = self.source.current()

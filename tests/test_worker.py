@@ -142,6 +142,26 @@ def _malformed(good_value: bytes) -> dict[str, bytes | None]:
     }
 
 
+def test_idle_worker_fetches_with_the_long_wait_and_still_serves_at_once_busy(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """kafka-python's own fetcher carries the idle wait (what makes an idle worker cheap); the
+    first records after the idle spell are served and the short wait comes back."""
+    settings = worker_settings(
+        kafka_settings, fetch_max_wait_ms=5, idle_fetch_max_wait_ms=150, idle_after_s=0.5
+    )
+    w = start_worker(settings)
+    wait_until(lambda: len(w.worker.assigned_partitions) > 0, what="assignment")
+    wait_until(lambda: w.worker.fetch_wait.idle, what="idle")
+    assert w.worker.fetch_wait.current_ms == 150
+    sent = spectra_messages(40, INSTRUMENTS, seed=5)
+    produce(kafka_settings, [(k, v) for k, v, _ in sent])
+    assert len(read_predictions(kafka_settings, expected=40)) == 40
+    wait_until(lambda: w.worker.published == 40, what="published")
+    w.halt()
+    assert w.worker.fetch_wait.busy_ms == 5 and w.worker.batches >= 1
+
+
 def test_each_malformed_message_is_dead_lettered_while_good_ones_flow(
     kafka_settings: KafkaSettings,
 ) -> None:

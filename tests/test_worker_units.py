@@ -14,7 +14,7 @@ from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 from test_worker_support import LinearPredictor, make_header, mixtures
 
-from inference.batching import MicroBatch, RevocationTracker
+from inference.batching import IdleFetchWait, MicroBatch, RevocationTracker
 from inference.partitioner import CachedKeyPartitioner
 from inference.records import (
     check_batch_prediction,
@@ -53,6 +53,31 @@ def test_settings_refuse_inconsistent_values() -> None:
         load_settings(WorkerSettings, session_timeout_ms=2000, heartbeat_interval_ms=2000)
     with pytest.raises(ConfigError, match="not both"):
         load_settings(WorkerSettings, registry_dir=Path("r"), bundle_path=Path("b"))
+
+
+def test_idle_fetch_wait_lengthens_after_a_silence_and_shortens_at_the_first_record() -> None:
+    fetcher = type("Fetcher", (), {})()
+    fetcher.config = {"fetch_max_wait_ms": 5, "fetch_min_bytes": 1}
+    consumer = type("Consumer", (), {"_fetcher": fetcher})()
+    wait = IdleFetchWait(consumer, busy_ms=5, idle_ms=500, idle_after_s=2.0)
+    assert wait.current_ms == 5 and not wait.idle
+    wait.update(got_records=True, now=100.0)
+    wait.update(got_records=False, now=101.0)  # a slow line: one second of silence
+    assert fetcher.config["fetch_max_wait_ms"] == 5 and not wait.idle
+    wait.update(got_records=True, now=101.5)
+    wait.update(got_records=False, now=103.4)
+    assert not wait.idle
+    wait.update(got_records=False, now=103.5)
+    assert fetcher.config["fetch_max_wait_ms"] == 500 and wait.idle
+    wait.update(got_records=False, now=200.0)
+    assert wait.current_ms == 500
+    wait.update(got_records=True, now=200.1)
+    assert fetcher.config == {"fetch_max_wait_ms": 5, "fetch_min_bytes": 1} and not wait.idle
+    # Never shorter while idle than while busy; a client without a fetcher config is left alone.
+    assert IdleFetchWait(consumer, busy_ms=50, idle_ms=10).idle_ms == 50
+    other = IdleFetchWait(object(), busy_ms=5, idle_ms=100, idle_after_s=0.0)
+    other.update(got_records=False)
+    assert other.current_ms is None and other.idle
 
 
 # -- prediction records --------------------------------------------------------------------

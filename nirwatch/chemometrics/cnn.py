@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nirwatch.chemometrics.cnn_fused import FusedEnsemble, fusable
 from nirwatch.errors import DataError, ModelError
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -246,7 +247,9 @@ def resolve_device(device: str) -> torch.device:
 #: Spectra per forward pass by device type when no chunk size is given. On CPU the conv
 #: activations of a 256-spectrum chunk (256 x 8 x 619 float32, 5 MB) stay in cache: 2.6x faster
 #: than chunks of 8192 on the 2-core development machine (145 -> 56 ms per 2,000 spectra, one
-#: thread; see docs/results/throughput.md). A GPU wants large chunks to fill it.
+#: thread; see docs/results/throughput.md). The fused 5-network ensemble (cnn_fused.py): 10.5k,
+#: 13.8k and 14.3k spectra per core-second at 128, 256 and 512 (same run, issue 16); 256 keeps
+#: the smaller unit of work for 4 % less. A GPU wants large chunks to fill it.
 DEFAULT_CHUNK_SIZE = {"cpu": 256, "cuda": 16384}
 
 
@@ -261,6 +264,11 @@ class CNNPredictor:
     chunk_size : int, optional
         Spectra per forward pass; bounds memory for large batches. Default: the fastest size
         measured for the device type (:data:`DEFAULT_CHUNK_SIZE`).
+    fuse : bool, default True
+        On CPU, predict with the members folded into one :class:`FusedEnsemble` (built here,
+        from the members' weights) when the architecture allows; the members themselves stay
+        the reference (:meth:`predict_members`). CUDA keeps the members: the fused form has not
+        been measured there.
     """
 
     def __init__(
@@ -268,6 +276,7 @@ class CNNPredictor:
         members: Sequence[SpectralCNN],
         device: str = "auto",
         chunk_size: int | None = None,
+        fuse: bool = True,
     ) -> None:
         if not members:
             raise ModelError("CNNPredictor needs at least one network")
@@ -282,6 +291,9 @@ class CNNPredictor:
             chunk_size = DEFAULT_CHUNK_SIZE.get(self.device.type, DEFAULT_CHUNK_SIZE["cuda"])
         self.chunk_size = int(chunk_size)
         self.members = [m.to(self.device).eval() for m in members]
+        self.fused: FusedEnsemble | None = None
+        if fuse and self.device.type == "cpu" and fusable(self.members):
+            self.fused = FusedEnsemble(self.members).to(self.device)
 
     @property
     def input_length(self) -> int:
@@ -290,6 +302,22 @@ class CNNPredictor:
 
     def predict(self, X: Any) -> np.ndarray:
         """Ensemble-mean prediction for preprocessed spectra X (n, L); float64 (n,)."""
+        if self.fused is None:
+            return self.predict_members(X)
+        return self._chunked(X, self.fused)
+
+    def predict_members(self, X: Any) -> np.ndarray:
+        """:meth:`predict` computed member by member: the reference the fused form must match."""
+
+        def mean(chunk: torch.Tensor) -> torch.Tensor:
+            total = self.members[0].predict_units(chunk)
+            for member in self.members[1:]:
+                total = total + member.predict_units(chunk)
+            return total / len(self.members)
+
+        return self._chunked(X, mean)
+
+    def _chunked(self, X: Any, forward: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
         arr = np.asarray(X)
         if arr.ndim != 2 or arr.shape[1] != self.input_length:
             raise DataError(
@@ -302,10 +330,7 @@ class CNNPredictor:
                     np.ascontiguousarray(arr[start : start + self.chunk_size], dtype=np.float32),
                     device=self.device,
                 )
-                total = self.members[0].predict_units(chunk)
-                for member in self.members[1:]:
-                    total = total + member.predict_units(chunk)
-                out[start : start + chunk.shape[0]] = (total / len(self.members)).double().cpu()
+                out[start : start + chunk.shape[0]] = forward(chunk).double().cpu()
         return out
 
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
