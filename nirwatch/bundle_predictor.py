@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nirwatch.chemometrics.diagnostics import leverage_scale
+from nirwatch.chemometrics.state import apply_steps
 from nirwatch.errors import DataError
 from nirwatch.predictor import BatchPrediction
 
@@ -138,7 +139,7 @@ class LoadedBundle:
         else:
             pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
             Xs = _apply(self._stats_steps, X)
-        t2, q = (np.asarray(a, dtype=np.float64).reshape(n) for a in self._stats.score(Xs))
+        t2, q = self._score(Xs, n)
         cnn, reasons = self._cnn_values(X, pls, n)
         use_cnn = np.array([r is None for r in reasons], dtype=bool)
         w = self.cnn_weight
@@ -169,6 +170,16 @@ class LoadedBundle:
             interval_high=high,
             too_wide=too_wide,
         )
+
+    def _score(self, Xs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """T² and Q; NaN for spectra the preprocessing could not correct (see
+        :func:`nirwatch.chemometrics.state.apply_steps`), which makes them out of model."""
+        ok = np.isfinite(Xs).all(axis=1)
+        t2, q = np.full(n, np.nan), np.full(n, np.nan)
+        if ok.any():
+            scores = self._stats.score(Xs if ok.all() else Xs[ok])
+            t2[ok], q[ok] = (np.asarray(a, dtype=np.float64).reshape(-1) for a in scores)
+        return t2, q
 
     def _cnn_values(self, X: np.ndarray, pls: np.ndarray, n: int) -> tuple[np.ndarray, list]:
         """The CNN's predictions and, per spectrum, why it cannot serve (None: it can)."""
@@ -237,6 +248,4 @@ class LoadedBundle:
 
 
 def _apply(steps: Sequence[Any], X: np.ndarray) -> np.ndarray:
-    for step in steps:
-        X = step.transform(X)
-    return np.asarray(X)
+    return np.asarray(apply_steps(steps, X))

@@ -275,3 +275,27 @@ def test_too_wide_interval_is_not_releasable() -> None:
     record = json.loads(values[0])
     assert record["interval_low"] == pytest.approx(q.interval_low[0])
     assert record["interval_high"] == pytest.approx(q.interval_high[0])
+
+
+def test_a_spectrum_the_preprocessing_cannot_correct_does_not_fail_the_batch() -> None:
+    # An all-zero spectrum (a dark or failed reading) has nothing of the MSC reference in it:
+    # its multiplier is 0, the correction divides by it.
+    X, y = linear_set(60, seed=6)
+    steps = Recipe(None, None, "msc", 1, 5).steps(WL)
+    pls = PLSCalibration(steps=steps, n_components=2).fit(X, y)
+    stats = CalibrationStatistics(n_components=2).fit(pls.preprocess(X))
+    manifest = {
+        "version": "v1", "wavelengths": WL.tolist(), "grid": "custom",
+        "target": {"name": "api", "unit": "mg"}, "fallback_limit": 1.0,
+    }  # fmt: skip
+    bundle = LoadedBundle(
+        path=Path("."), manifest=manifest, checksum="x", pls=pls, statistics=stats,
+        statistics_steps=[], statistics_on_pls=True, cnn=None, cnn_steps=[],
+    )  # fmt: skip
+    batch = X[:4].copy()
+    batch[2] = 0.0
+    p = bundle.predict(batch)
+    assert np.isnan(p.value[2]) and bool(p.out_of_model[2])
+    keep = [0, 1, 3]
+    assert np.isfinite(p.value[keep]).all() and np.isfinite(p.t2[keep]).all()
+    np.testing.assert_allclose(p.value[keep], bundle.predict(X[keep]).value)

@@ -109,9 +109,9 @@ def _train_config(s: TrainingSettings, n_train: int, progress: bool) -> Any:
 
     batch = s.batch_size or TrainConfig.batch_size
     epochs = s.epochs or cnn_epochs(n_train, s.augment_copies, batch)
-    given = {"batch_size": s.batch_size, "learning_rate": s.learning_rate}
     return TrainConfig(
-        **{k: v for k, v in given.items() if v is not None},
+        batch_size=batch,
+        learning_rate=s.learning_rate or TrainConfig.learning_rate,
         epochs=epochs,
         patience=s.patience or epochs,
         restore_best=False,

@@ -214,7 +214,7 @@ def fit_bundle(
         "model": model,
         "served_by": served,
         "selection": contents.selection,
-        "interval": contents.interval | {"test_coverage": test.get("coverage")},
+        "interval": dict(contents.interval or {}) | {"test_coverage": test.get("coverage")},
         "fallback_limit": contents.fallback_limit,
         "calibration_statistics": {
             "n_components": int(stats.n_components_),

@@ -463,9 +463,12 @@ class PLSCalibrationCV(BaseEstimator):
             per_recipe[c] = best
         score = filled[np.arange(len(recipes)), per_recipe]
         top = float(score.min())
-        cands = [(recipes[c].complexity, score[c], c) for c in np.flatnonzero(score <= top * 1.001)]
-        c = min(cands)[2]
-        return int(c), int(per_recipe[c])
+        cands = [
+            (recipes[i].complexity, float(score[i]), i)
+            for i in np.flatnonzero(score <= top * 1.001).tolist()
+        ]
+        best = min(cands)[2]
+        return best, int(per_recipe[best])
 
     @staticmethod
     def _oof(pred: np.ndarray, idx: _FoldIndex, n: int) -> np.ndarray:

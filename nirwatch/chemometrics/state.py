@@ -113,7 +113,22 @@ def load_steps(arrays: StateArrays, meta: StateMeta) -> list[Any]:
 
 
 def apply_steps(steps: Sequence[Any], X: np.ndarray) -> np.ndarray:
-    """Apply fitted steps in order: ``steps[-1].transform(... steps[0].transform(X))``."""
+    """Apply fitted steps in order: ``steps[-1].transform(... steps[0].transform(X))``.
+
+    A spectrum that a step turns non-finite (MSC/EMSC of a spectrum with nothing of the
+    reference in it, SNV of a flat one) comes out as a row of NaN instead of failing the whole
+    batch: the later steps see zeros in its place. Its predictions are then NaN and its
+    diagnostics out of model, so it is published as not releasable and the rest of the batch is
+    served.
+    """
+    bad: np.ndarray | None = None
     for step in steps:
         X = step.transform(X)
+        rows = ~np.isfinite(X).all(axis=1)
+        if rows.any():
+            bad = rows if bad is None else bad | rows
+            X = np.array(X, copy=True)
+            X[rows] = 0.0
+    if bad is not None:
+        X[bad] = np.nan
     return X
