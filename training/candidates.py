@@ -122,6 +122,18 @@ def _train_config(s: TrainingSettings, n_train: int, progress: bool) -> Any:
     )
 
 
+def cnn_fits(n_points: int) -> bool:
+    """Whether the default network's kernels and pooling fit ``n_points`` inputs."""
+    from nirwatch.chemometrics.cnn import CNNConfig
+    from nirwatch.errors import ModelError
+
+    try:
+        CNNConfig().with_input_length(n_points)
+    except ModelError:
+        return False
+    return True
+
+
 def cnn_steps(wl: np.ndarray, s: TrainingSettings, pls: PLSCandidate) -> list[Any]:
     """The CNN's preprocessing: the PLS search's wavelength range (unless set), then EMSC."""
     from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
@@ -130,6 +142,10 @@ def cnn_steps(wl: np.ndarray, s: TrainingSettings, pls: PLSCandidate) -> list[An
     start, stop = s.cnn_start_nm, s.cnn_stop_nm
     if start is None and stop is None:
         start, stop = pls.search.recipe_.start, pls.search.recipe_.stop
+        inside = np.sum((wl >= (start if start is not None else -np.inf))
+                        & (wl <= (stop if stop is not None else np.inf)))  # fmt: skip
+        if not cnn_fits(int(inside)):
+            start = stop = None  # the PLS window is too short for the network: the whole axis
     steps: list[Any] = []
     if start is not None or stop is not None:
         # Selected before augmentation and EMSC (training.cnn.split_augmentation_steps).

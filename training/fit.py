@@ -45,6 +45,7 @@ from training.calibration import (
 from training.candidates import (
     CNNCandidate,
     PLSCandidate,
+    cnn_fits,
     evaluation,
     fit_cnn_candidate,
     fit_pls_candidate,
@@ -268,6 +269,9 @@ def _maybe_cnn(
 ) -> CNNCandidate | None:
     if model == "pls":
         return None
+    if not cnn_fits(X.shape[1]):
+        say(f"CNN: skipped, {X.shape[1]} points per spectrum are too few for its kernels")
+        return None
     if model == "both" and X.shape[0] < s.cnn_min_samples:
         say(
             f"CNN: skipped, {X.shape[0]} calibration spectra < cnn_min_samples "
@@ -335,7 +339,11 @@ def _selection(
     if model == "pls":
         why = "--model pls: PLS only"
     elif cnn is None:
-        why = f"no CNN: {len(y)} calibration spectra < cnn_min_samples {s.cnn_min_samples}"
+        why = "no CNN: " + (
+            f"{len(y)} calibration spectra < cnn_min_samples {s.cnn_min_samples}"
+            if len(y) < s.cnn_min_samples
+            else "too few points per spectrum for its kernels"
+        )
     elif model == "cnn":
         why = "--model cnn: the CNN serves as asked"
     elif blend is None:
