@@ -196,7 +196,7 @@ def fit_bundle(
         max_interval_width=s.max_interval_width,
         extrapolation={
             "model": ends["model"] if served != "pls" else "pls",
-            "margin": s.extrapolation_margin * rmse(oof[served], y),
+            "margin": s.extrapolation_margin * _served_rmsecv(oof, served, y),
         },
         selection=selection | {"range_ends": ends},
     )
@@ -405,6 +405,12 @@ def _cnn_figure(cnn: CNNCandidate, X: np.ndarray, wl: np.ndarray) -> dict[str, A
     # The paper's figure: first conv layer's response to the mean calibration spectrum.
     activations, reference, wl_in = cnn.fitted.first_layer_response(X, wl)
     return {"activations": activations, "reference_spectrum": reference, "wavelengths": wl_in}
+
+
+def _served_rmsecv(oof: dict[str, np.ndarray], served: str, y: np.ndarray) -> float:
+    """The served model's held-out RMSE; PLS's when it has none (one CNN network, no folds)."""
+    value = rmse(oof[served], y)
+    return value if np.isfinite(value) else rmse(oof["pls"], y)
 
 
 def _with(contents: BundleContents, **changes: Any) -> BundleContents:
