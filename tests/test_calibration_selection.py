@@ -308,3 +308,14 @@ def test_a_spectrum_the_preprocessing_cannot_correct_does_not_fail_the_batch() -
     keep = [0, 1, 3]
     assert np.isfinite(p.value[keep]).all() and np.isfinite(p.t2[keep]).all()
     np.testing.assert_allclose(p.value[keep], bundle.predict(X[keep]).value)
+
+
+def test_large_sets_are_searched_on_a_spread_subset_and_refitted_on_all() -> None:
+    X, y = linear_set(300, seed=8)
+    search = PLSCalibrationCV(
+        WL, recipes=default_recipes(WL)[:6], max_components=6, max_search_samples=120
+    ).fit(X, y)
+    assert search.cv_results_["n_searched"] == 120
+    assert search.oof_pred_.shape == (300,) and np.isfinite(search.oof_pred_).all()
+    assert np.sqrt(np.mean((search.oof_pred_ - y) ** 2)) < 0.2  # a linear set: PLS fits it
+    assert search.best_estimator_.n_features_in_ == P

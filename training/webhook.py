@@ -268,7 +268,8 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"NIRWATCH_RETRAIN_WEBHOOK_HOST/PORT: cannot listen on {host}:{port}: {exc}"
+            f"NIRWATCH_RETRAIN_WEBHOOK_HOST / NIRWATCH_RETRAIN_WEBHOOK_PORT: cannot listen on "
+            f"{host}:{port}: {exc}"
         ) from exc
     sock.listen(128)
     sock.set_inheritable(True)

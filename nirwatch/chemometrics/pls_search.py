@@ -173,6 +173,14 @@ def cv_splits(n: int, folds: int, repeats: int, seed: int) -> list[tuple[np.ndar
     return out
 
 
+def _spread_subset(y: np.ndarray, m: int) -> np.ndarray:
+    """Indices of all spectra, or of ``m`` spread evenly over the sorted reference values."""
+    if y.size <= m:
+        return np.arange(y.size)
+    order = np.argsort(y, kind="stable")
+    return np.sort(order[np.round(np.linspace(0, y.size - 1, m)).astype(np.int64)])
+
+
 def default_repeats(n: int) -> int:
     """Repeats of K-fold CV: more for small sets, where one split's luck matters most."""
     return int(np.clip(round(400 / max(n, 1)), 1, 5))
@@ -337,6 +345,9 @@ class PLSCalibrationCV(BaseEstimator):
         recipe's minimum RMSECV; ``"min"`` the minimum. Then the recipe with the lowest RMSECV
         at its number of components wins (within 0.1 %, the one with fewer steps).
     random_state : int
+    max_search_samples : int, default 500
+        Above this many spectra the search runs on this many, spread evenly over the
+        reference values (its cost grows with n^2); the chosen model is refitted on all.
 
     Attributes
     ----------
@@ -361,7 +372,9 @@ class PLSCalibrationCV(BaseEstimator):
         repeats: int | None = None,
         rule: str = "1se",
         random_state: int = 0,
+        max_search_samples: int = 500,
     ) -> None:
+        self.max_search_samples = max_search_samples
         self.wavelengths = wavelengths
         self.recipes = recipes
         self.max_components = max_components
@@ -387,16 +400,19 @@ class PLSCalibrationCV(BaseEstimator):
         if not recipes:
             raise DataError("PLSCalibrationCV: no candidate recipe")
         folds = min(int(self.cv), n)
-        repeats = self.repeats or default_repeats(n)
-        splits = cv_splits(n, folds, repeats, self.random_state)
-        idx = _FoldIndex(splits)
+        # The search costs n^2 per recipe: above max_search_samples it runs on that many
+        # spectra spread evenly over the reference values; the winner is refitted on all.
+        sub = _spread_subset(y, self.max_search_samples)
+        Xs, ys = X[sub], y[sub]
+        repeats = self.repeats or default_repeats(sub.size)
+        idx = _FoldIndex(cv_splits(sub.size, folds, repeats, self.random_state))
         A = max(1, min(int(self.max_components), int(idx.n_train.min()) - 2, p))
         rmse = np.full((len(recipes), A), np.nan)
         se = np.full((len(recipes), A), np.nan)
         oof: dict[int, np.ndarray] = {}
         # Many small products: one BLAS thread is several times faster than a contended pool.
         with threadpool_limits(limits=1, user_api="blas"):
-            self._search(X, y, wl, recipes, idx, A, rmse, se, oof, folds)
+            self._search(Xs, ys, wl, recipes, idx, A, rmse, se, oof, folds)
         if np.isnan(rmse).all():
             raise ModelError("PLSCalibrationCV: no recipe gave finite preprocessed spectra")
         c, a = self._choose(rmse, se, recipes)
@@ -409,8 +425,16 @@ class PLSCalibrationCV(BaseEstimator):
             "se": se,
             "folds": folds,
             "repeats": repeats,
+            "n_searched": int(sub.size),
         }
-        self.oof_pred_ = self._oof(oof[c][:, :, a], idx, n)
+        if sub.size == n:
+            self.oof_pred_ = self._oof(oof[c][:, :, a], idx, n)
+        else:  # held-out predictions of the chosen model for every spectrum, one K-fold pass
+            with threadpool_limits(limits=1, user_api="blas"):
+                Z = _recipe_transforms(X, wl, [self.recipe_])[self.recipe_]
+                full = _FoldIndex(cv_splits(n, folds, 1, self.random_state))
+                pred = self._cv_predict(Z, y, full, a + 1)
+            self.oof_pred_ = self._oof(pred[:, :, min(a, pred.shape[2] - 1)], full, n)
         self.best_estimator_ = PLSCalibration(
             steps=self.recipe_.steps(wl), n_components=self.n_components_
         ).fit(X, y)
