@@ -78,6 +78,7 @@ __all__ = [
     "bundle_checksum",
     "data_hash",
     "fsync_dir",
+    "json_ready",
     "load_bundle",
     "new_version",
     "package_versions",
@@ -151,18 +152,18 @@ def _optional_sections(contents: BundleContents) -> dict[str, Any]:
     for name in ("serving", "interval", "extrapolation", "selection"):
         value = getattr(contents, name)
         if value is not None:
-            out[name] = _plain(value)
+            out[name] = json_ready(value)
     if contents.max_interval_width is not None:
         out["max_interval_width"] = float(contents.max_interval_width)
     return out
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-ready copy: numpy scalars to Python, non-finite floats to None."""
+def json_ready(obj: Any) -> Any:
+    """Plain JSON copy: numpy scalars to Python, NaN/inf to None (strict JSON has no NaN)."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):

@@ -31,7 +31,7 @@ def _prediction(i: int, value: float) -> Prediction:
     )  # fmt: skip
 
 
-def _wait(predicate, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -9,6 +9,7 @@ lists verifies too.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -23,6 +24,11 @@ from nirwatch.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+
+
+#: The recipe search once, without the nested CV: this test is about atomic writes, not the
+#: model choice (tests/test_calibration_selection.py), and runs training ten times.
+QUICK = {"NIRWATCH_TRAIN_NESTED_CV": "false", "NIRWATCH_TRAIN_CV_REPEATS": "1"}
 
 
 def train_cmd(data: Path, out: Path, registry: Path) -> list[str]:
@@ -52,7 +58,7 @@ def test_training_killed_at_any_moment_leaves_no_partial_bundle(
     t0 = time.monotonic()
     subprocess.run(
         train_cmd(shootout_csv, tmp_path / "complete", registry), cwd=ROOT, check=True,
-        capture_output=True, timeout=300,
+        capture_output=True, timeout=300, env=os.environ | QUICK,
     )  # fmt: skip
     full = time.monotonic() - t0
     assert assert_nothing_partial(tmp_path / "complete", registry) == "complete"
@@ -63,6 +69,7 @@ def test_training_killed_at_any_moment_leaves_no_partial_bundle(
         proc = subprocess.Popen(
             train_cmd(shootout_csv, out, registry),
             cwd=ROOT,
+            env=os.environ | QUICK,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -89,6 +96,7 @@ def test_training_out_of_disk_fails_cleanly(tmp_path: Path, shootout_csv: Path, 
     done = subprocess.run(
         train_cmd(shootout_csv, out, registry),
         cwd=ROOT,
+        env=os.environ | QUICK,
         capture_output=True,
         timeout=300,
         preexec_fn=lambda: _limit_file_size(limit),  # noqa: PLW1509 - test-only child setup

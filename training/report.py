@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from nirwatch.bundle import json_ready
+
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """RMSE, bias (mean of predicted − reference), R² and n of a set of predictions."""
@@ -168,7 +170,7 @@ def build_report(
         "models": {e.name: e.metrics() for e in evaluations},
     }
     files = {
-        "report.json": json.dumps(_jsonable(report), indent=2, sort_keys=True).encode(),
+        "report.json": json.dumps(json_ready(report), indent=2, sort_keys=True).encode(),
         "predicted_vs_reference.png": plot_predicted_vs_reference(evaluations, target, unit),
         "residuals.png": plot_residuals(evaluations, target, unit),
     }
@@ -179,16 +181,3 @@ def build_report(
             activations, reference_spectrum, wavelengths
         )
     return files
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: NaN/inf become null (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
