@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         X, y, wl, target="api_content", unit="mg", model="cnn", out_dir=args.out_dir,
         X_test=X_test, y_test=y_test, hmac_key=hmac_key, progress=True,
         epochs=args.epochs, cnn_members=args.members, augment_copies=args.augment_copies,
-        device="cpu", nested_cv=False, cv_repeats=1,  # a live demo: no nested CV
+        device="cpu", nested_cv=False, cv_repeats=1,  # a live demo: no nested CV,
+        search_max_samples=100,  # and a PLS search on 100 spectra, so the CNN comes soon
     )  # fmt: skip
     print(f"{_BUNDLE_LINE}{path}", flush=True)
     return 0

@@ -75,6 +75,7 @@ def make_search(wl: np.ndarray, s: TrainingSettings) -> Callable[[], PLSCalibrat
             repeats=s.cv_repeats,
             rule=s.pls_rule,
             random_state=s.seed,
+            max_search_samples=s.search_max_samples,
         )
 
     return make

@@ -77,6 +77,12 @@ class TrainingSettings(NirwatchSettings):
         "(selection included); False reports the search's own, optimistic, out-of-fold "
         "predictions: quicker, for demos and tests",
     )
+    search_max_samples: int = Field(
+        default=500,
+        ge=20,
+        description="the PLS search runs on at most this many spectra, spread over the "
+        "reference values (its cost grows with n^2); the winner is refitted on all",
+    )
     pls_rule: Literal["1se", "min"] = Field(
         default="1se", description="latent variables: one-standard-error rule or minimum"
     )
