@@ -43,6 +43,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nirwatch.bundle import data_hash, load_bundle
+from nirwatch.chemometrics.pls_search import spread_subset
 from nirwatch.errors import ConfigError, DataError, NirwatchError
 from nirwatch.registry import ModelRegistry
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
@@ -290,9 +291,7 @@ def _calibration_share(calibration: Dataset, n_recent: int, share: float) -> Dat
     n_keep = max(MIN_CALIBRATION_ROWS, int(math.ceil(n_recent * (1.0 - share) / share)))
     if n_keep >= len(calibration):
         return calibration
-    ranked = np.argsort(calibration.y, kind="stable")
-    picks = np.linspace(0, len(ranked) - 1, n_keep).round().astype(int)
-    return calibration.subset(np.sort(ranked[picks]))
+    return calibration.subset(spread_subset(calibration.y, n_keep))
 
 
 def evaluate(

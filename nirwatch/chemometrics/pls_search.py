@@ -48,6 +48,7 @@ __all__ = [
     "cv_splits",
     "default_recipes",
     "krylov_pls_predictions",
+    "spread_subset",
 ]
 
 SCATTERS = ("none", "snv", "msc", "emsc1", "emsc2")
@@ -173,7 +174,7 @@ def cv_splits(n: int, folds: int, repeats: int, seed: int) -> list[tuple[np.ndar
     return out
 
 
-def _spread_subset(y: np.ndarray, m: int) -> np.ndarray:
+def spread_subset(y: np.ndarray, m: int) -> np.ndarray:
     """Indices of all spectra, or of ``m`` spread evenly over the sorted reference values."""
     if y.size <= m:
         return np.arange(y.size)
@@ -402,7 +403,7 @@ class PLSCalibrationCV(BaseEstimator):
         folds = min(int(self.cv), n)
         # The search costs n^2 per recipe: above max_search_samples it runs on that many
         # spectra spread evenly over the reference values; the winner is refitted on all.
-        sub = _spread_subset(y, self.max_search_samples)
+        sub = spread_subset(y, self.max_search_samples)
         Xs, ys = X[sub], y[sub]
         repeats = self.repeats or default_repeats(sub.size)
         idx = _FoldIndex(cv_splits(sub.size, folds, repeats, self.random_state))
