@@ -46,14 +46,9 @@ def test_drift_monitor_process_exports_drift(kafka_settings: KafkaSettings) -> N
         "NIRWATCH_KAFKA_TOPIC_LAB_RESULTS": kafka_settings.topic_lab_results,
         "NIRWATCH_DRIFT_WARMUP": "100",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-c", LAUNCH, "--metrics-port", str(port), "--rmsecv", "2.0",
-            # its own group: another test's killed drift monitor holds "nirwatch-drift" ~75 s
-            "--group-id", f"drift-cli-{port}",
-        ],
-        env=env,
-    )
+    # its own group: another test's killed drift monitor holds "nirwatch-drift" ~75 s
+    args = ["--metrics-port", str(port), "--rmsecv", "2.0", "--group-id", f"drift-cli-{port}"]
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], env=env)
     try:
         rng = np.random.default_rng(1)
         values = np.concatenate([rng.normal(200, 3, 300), rng.normal(212, 3, 150)])
