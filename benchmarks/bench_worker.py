@@ -13,8 +13,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from nirwatch.broker import free_port
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.broker import free_port
 
 STAGES = ("poll", "decode", "predict", "audit", "publish", "commit")
 
@@ -102,7 +102,7 @@ class WorkerProcess:
         self.procs: list[subprocess.Popen[bytes]] = []
         for _ in range(max(1, getattr(args, "workers", 1))):
             port = free_port()
-            cmd = [sys.executable, "-m", "nirwatch.cli", "worker", "--bundle", str(bundle)]
+            cmd = [sys.executable, "-m", "nirwatch.apps.cli", "worker", "--bundle", str(bundle)]
             cmd += ["--metrics-port", str(port), "--device", args.device]
             cmd += ["--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]
             cmd += ["--group-id", group]

@@ -153,7 +153,7 @@ def describe(row: dict[str, Any]) -> str:
 
 def probe_spectra(n: int, n_points: int) -> np.ndarray:
     """``n`` simulated probe spectra (float32) for the bundle row; their grid must fit."""
-    from ingest.simulator import ProbeSpec, TabletLineSimulator
+    from nirwatch.simulation.simulator import ProbeSpec, TabletLineSimulator
 
     sim = TabletLineSimulator([ProbeSpec("probe-00")], seed=1)
     spectra = sim.next_batch("probe-00", n).spectra.astype(np.float32)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     length = args.length
     loaded = None  # the bundle, loaded once: its networks and the whole-predict row
     if args.bundle is not None:
-        from nirwatch.bundle import load_bundle
+        from nirwatch.models.bundle import load_bundle
 
         loaded = load_bundle(args.bundle, device=str(device))
     log(f"device {name}, torch {torch.__version__}, {n} spectra per pass")

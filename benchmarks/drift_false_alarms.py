@@ -43,13 +43,18 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from inference.observe import WorkerObserver
-from ingest.simulator import ProbeSpec, TabletLine, TabletLineSimulator, calibration_set
 from monitoring.cli_drift import registry_rmsecv
 from monitoring.drift_monitor import DriftMonitor, DriftSettings, LabResult
-from monitoring.metrics import DriftMetrics, WorkerMetrics
-from nirwatch.bundle import load_bundle
-from nirwatch.registry import ModelRegistry
-from nirwatch.wire import Prediction
+from nirwatch.messages.wire import Prediction
+from nirwatch.metrics import DriftMetrics, WorkerMetrics
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.registry import ModelRegistry
+from nirwatch.simulation.simulator import (
+    ProbeSpec,
+    TabletLine,
+    TabletLineSimulator,
+    calibration_set,
+)
 from training.retrain import Dataset, fit_bundle_fitter
 
 ROOT = Path(__file__).resolve().parents[1]

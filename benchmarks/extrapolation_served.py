@@ -27,8 +27,8 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nirwatch.bundle import load_bundle  # noqa: E402
-from nirwatch.datasets import load_spectra  # noqa: E402
+from nirwatch.io.datasets import load_spectra  # noqa: E402
+from nirwatch.models.bundle import load_bundle  # noqa: E402
 from training.fit import fit_bundle  # noqa: E402
 
 SIDE_KEYS = (

@@ -30,9 +30,9 @@ from matplotlib.figure import Figure
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.model_selection import GridSearchCV, KFold
 
-from nirwatch.bundle import load_bundle
-from nirwatch.cli import main as nirwatch_main
-from nirwatch.datasets import load_fermentation, load_spectra
+from nirwatch.apps.cli import main as nirwatch_main
+from nirwatch.io.datasets import load_fermentation, load_spectra
+from nirwatch.models.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -40,7 +40,7 @@ step "nirwatch train --device cuda on the shootout"
 if [ -f "$data" ]; then
     rm -rf "$out/train-bundle"
     t0=$(date +%s%N)
-    NIRWATCH_TRAIN_CNN_START_NM=1100 $py -m nirwatch.cli train --data "$data" --target assay \
+    NIRWATCH_TRAIN_CNN_START_NM=1100 $py -m nirwatch.apps.cli train --data "$data" --target assay \
         --unit mg --split-column SampleType --train-values Train,Validate --model both \
         --device cuda --out "$out/train-bundle" 2>&1 | tail -n 25
     t1=$(date +%s%N)

@@ -21,9 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
-from nirwatch.broker import EmbeddedBroker, free_port
-from nirwatch.kafka import ensure_topics
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.broker import EmbeddedBroker, free_port
+from nirwatch.transport.kafka import ensure_topics
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
                 "NIRWATCH_AUDIT_PATH": f"{tmp}/audit.sqlite3",
                 "NIRWATCH_WORKER_IDLE_FETCH_MAX_WAIT_MS": wait,
             }
-            cmd = [sys.executable, "-m", "nirwatch.cli", "worker", "--bundle", str(args.bundle)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "nirwatch.apps.cli",
+                "worker",
+                "--bundle",
+                str(args.bundle),
+            ]
             cmd += ["--metrics-port", str(free_port()), "--device", "cpu"]
             cmd += ["--group-id", f"idle-{uuid.uuid4().hex[:6]}"]
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)

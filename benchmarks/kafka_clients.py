@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nirwatch.broker import kafka_bootstrap
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.broker import kafka_bootstrap
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 if TYPE_CHECKING:
     from throughput import MessageFactory

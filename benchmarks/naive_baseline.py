@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 
 def baseline_child(args: argparse.Namespace) -> None:
     """The naive loop; prints one JSON line with its rate."""
     import torch
 
-    from nirwatch.bundle import load_bundle
+    from nirwatch.models.bundle import load_bundle
 
     # Same CPU threading as the worker's default, so the comparison is about the loop alone.
     torch.set_num_threads(args.torch_threads or 1)

@@ -21,8 +21,8 @@ import numpy as np
 from bench_worker import WorkerProcess, drain_rate, stage_summary
 from safetensors.numpy import load_file, save
 
-from nirwatch.kafka import ensure_topics
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.kafka import ensure_topics
 
 
 def one_network_bundle(src: Path, dst: Path) -> Path | None:

@@ -43,7 +43,7 @@ from nirwatch.chemometrics.scatter import (  # noqa: E402
     MultiplicativeScatterCorrection,
 )
 from nirwatch.chemometrics.selection import WavelengthRange  # noqa: E402
-from nirwatch.datasets import load_spectra  # noqa: E402
+from nirwatch.io.datasets import load_spectra  # noqa: E402
 from training.cnn import FittedCNN, TrainConfig  # noqa: E402
 from training.cnn_ensemble import fit_cnn_ensemble  # noqa: E402
 from training.report import plot_kernel_activations, plot_learning_curves  # noqa: E402

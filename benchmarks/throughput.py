@@ -45,12 +45,12 @@ from kafka_clients import SideConsumer
 from naive_baseline import run_baseline
 from one_network import drain_phase, one_network_bundle
 
-from ingest.simulator import ProbeSpec, TabletLineSimulator, calibration_set
 from ingest.streaming import MessageIds
-from nirwatch.broker import kafka_bootstrap
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
+from nirwatch.messages.wire import MAGIC, VERSION, SpectrumHeader, encode_spectrum
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import MAGIC, VERSION, SpectrumHeader, encode_spectrum
+from nirwatch.simulation.simulator import ProbeSpec, TabletLineSimulator, calibration_set
+from nirwatch.transport.broker import kafka_bootstrap
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 PROBES = [f"probe-{i:02d}" for i in range(12)]
 GRID = "lin:600:1898:2"
@@ -116,7 +116,7 @@ class MessageFactory:
         first = self.make(0, "check")[1]
         header = json.loads(first[8 : 8 + struct.unpack_from("<H", first, 6)[0]])
         want = encode_spectrum(SpectrumHeader(**header), pool[0])
-        assert first == want, "message template drifted from nirwatch.wire"
+        assert first == want, "message template drifted from nirwatch.messages.wire"
 
     def make(self, i: int, tag: str) -> tuple[bytes, bytes]:
         probe = PROBES[i % len(PROBES)]

@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry
 from inference.reload import PredictorSource, RegistrySource, StaticSource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
-from monitoring.metrics import WorkerMetrics
-from nirwatch.audit import AuditSettings, open_audit_trail
 from nirwatch.errors import ConfigError
 from nirwatch.logs import log_event
+from nirwatch.metrics import WorkerMetrics
 from nirwatch.ports import start_metrics_server
+from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import load_settings, require_bootstrap
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ def predictor_source(settings: WorkerSettings, metrics: WorkerMetrics) -> Predic
     NirwatchError
         When the model cannot be loaded (bad checksum, no champion...).
     """
-    from nirwatch.bundle import load_bundle
-    from nirwatch.registry import ModelRegistry, RegistrySettings
+    from nirwatch.models.bundle import load_bundle
+    from nirwatch.models.registry import ModelRegistry, RegistrySettings
 
     reg = load_settings(RegistrySettings)
     loader = functools.partial(load_bundle, hmac_key=reg.key(), device=settings.device)

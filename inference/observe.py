@@ -16,10 +16,10 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter
 
 from inference.batching import MicroBatch
-from monitoring.metrics import WorkerMetrics
 from nirwatch.logs import log_event
-from nirwatch.predictor import BatchPrediction, Predictor
-from nirwatch.wire import DecodedBatch
+from nirwatch.messages.wire import DecodedBatch
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.models.predictor import BatchPrediction, Predictor
 
 log = logging.getLogger(__name__)
 

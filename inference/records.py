@@ -1,9 +1,9 @@
-"""Turning a :class:`~nirwatch.predictor.BatchPrediction` into prediction records on the wire.
+"""Turning a :class:`~nirwatch.models.predictor.BatchPrediction` into prediction records on the wire.
 
 The arrays are converted to Python lists once per batch (vectorised) and the fields shared by
 the batch (model version, checksum, limits...) are JSON-encoded once, so the per-spectrum work
 is filling one string template. The bytes are identical to what
-:meth:`nirwatch.wire.Prediction.encode` writes (a test checks it on every kind of value).
+:meth:`nirwatch.messages.wire.Prediction.encode` writes (a test checks it on every kind of value).
 
 The audit records of a batch are built from the very lists the JSON is filled from, so the
 audit trail holds what is published without parsing the JSON back (a test checks that they
@@ -20,10 +20,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nirwatch.audit import AuditRecord
 from nirwatch.errors import ModelError
-from nirwatch.predictor import BatchPrediction, Predictor
-from nirwatch.wire import PREDICTION_SCHEMA, SpectrumHeader, uuid7_hex
+from nirwatch.messages.wire import PREDICTION_SCHEMA, SpectrumHeader, uuid7_hex
+from nirwatch.models.predictor import BatchPrediction, Predictor
+from nirwatch.records.audit import AuditRecord
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: JSON string literal of a str, as json.dumps writes it (C-accelerated where available).
@@ -37,7 +37,7 @@ def _num(x: float | None) -> str:
 
 
 def _template(const: dict[str, str]) -> str:
-    """%-template of one record, keys in the order of ``nirwatch.wire.Prediction``'s fields.
+    """%-template of one record, keys in the order of ``nirwatch.messages.wire.Prediction``'s fields.
 
     Per-record slots are ``%s``; batch constants are already JSON (``%`` escaped).
     """
@@ -94,7 +94,7 @@ def _limit(x: float) -> float | None:
 
 def prediction_ids(n: int, now: float | None = None) -> list[str]:
     """``n`` prediction ids: UUIDv7, time-ordered for the audit trail's index (see
-    :func:`nirwatch.wire.uuid7_hex`)."""
+    :func:`nirwatch.messages.wire.uuid7_hex`)."""
     return uuid7_hex(n, now)
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from monitoring.metrics import WorkerMetrics
 from nirwatch.errors import ChecksumMismatchError, ModelError, NirwatchError
 from nirwatch.logs import log_event
-from nirwatch.predictor import Predictor
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.models.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class PredictorSource(Protocol):
 
 
 class ChampionEntry(Protocol):
-    """The champion as the registry records it (:class:`nirwatch.registry.ChampionEntry`)."""
+    """The champion as the registry records it (:class:`nirwatch.models.registry.ChampionEntry`)."""
 
     @property
     def version(self) -> str: ...
@@ -42,7 +42,7 @@ class ChampionEntry(Protocol):
 
 
 class ChampionRegistry(Protocol):
-    """The part of :class:`nirwatch.registry.ModelRegistry` the worker needs."""
+    """The part of :class:`nirwatch.models.registry.ModelRegistry` the worker needs."""
 
     def champion_entry(self) -> ChampionEntry | None: ...
 
@@ -74,7 +74,7 @@ class RegistrySource:
     ----------
     registry : ChampionRegistry
     loader : callable
-        ``loader(bundle_dir) -> Predictor``, e.g. ``nirwatch.bundle.load_bundle`` bound to a device.
+        ``loader(bundle_dir) -> Predictor``, e.g. ``nirwatch.models.bundle.load_bundle`` bound to a device.
     metrics : WorkerMetrics
     interval_s : float
     clock : callable

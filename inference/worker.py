@@ -33,13 +33,13 @@ from inference.partitioner import CachedKeyPartitioner
 from inference.records import encode_batch
 from inference.reload import PredictorSource
 from inference.settings import WorkerSettings
-from monitoring.metrics import WorkerMetrics
-from nirwatch.audit import AuditRecord, AuditTrail
-from nirwatch.deadletter import DeadLetterPublisher, source_of
 from nirwatch.errors import NirwatchError
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
-from nirwatch.predictor import BatchPrediction, Predictor
-from nirwatch.wire import DecodedBatch, decode_batch
+from nirwatch.messages.deadletter import DeadLetterPublisher, source_of
+from nirwatch.messages.wire import DecodedBatch, decode_batch
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.models.predictor import BatchPrediction, Predictor
+from nirwatch.records.audit import AuditRecord, AuditTrail
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class InferenceWorker:
         # Audit first: a prediction is never out without its audit record, even if the worker
         # is killed during the flush. A publish that then fails leaves audit records of
         # predictions never published; the batch comes again under new prediction ids and the
-        # message id ties them together (nirwatch.audit keeps duplicates traceable).
+        # message id ties them together (nirwatch.records.audit keeps duplicates traceable).
         if self.audit is not None and audit:
             if not self._audit(audit):
                 return  # stopping while the audit trail refuses: nothing sent, comes again

@@ -8,8 +8,8 @@ import threading
 from typing import Any
 
 from ingest.settings import IngestSettings
-from nirwatch.kafka import ensure_topics
 from nirwatch.settings import load_settings, require_bootstrap
+from nirwatch.transport.kafka import ensure_topics
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from ingest.cli_common import add_batch_option, ingest_settings, install_stop_handlers
 from ingest.file_drop import Inbox, watch_inbox
 from ingest.producer import SpectrumProducer
-from monitoring.metrics import FileDropMetrics
+from nirwatch.metrics import FileDropMetrics
 from nirwatch.ports import start_metrics_server
 
 

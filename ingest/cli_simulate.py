@@ -7,8 +7,8 @@ import threading
 
 from ingest.cli_common import add_batch_option, ingest_settings, install_stop_handlers
 from ingest.producer import SpectrumProducer
-from ingest.simulator import DRIFT_KINDS, Drift, ProbeSpec, TabletLineSimulator
 from ingest.streaming import stream_simulator
+from nirwatch.simulation.simulator import DRIFT_KINDS, Drift, ProbeSpec, TabletLineSimulator
 
 
 def configure(p: argparse.ArgumentParser) -> None:

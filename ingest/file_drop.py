@@ -2,9 +2,9 @@
 
 Many NIR instruments export each measurement (or a run of them) as a file into a folder. This
 adapter watches that folder (the *inbox*) for ``.csv`` files (one spectrum per row, numeric
-wavelength headers, as :mod:`nirwatch.datasets` reads them), ``.npz`` files (keys ``X``,
+wavelength headers, as :mod:`nirwatch.io.datasets` reads them), ``.npz`` files (keys ``X``,
 ``wavelengths``, optional per-row metadata) and JCAMP-DX exports (``.jdx``, ``.dx``,
-``.jcamp``: :mod:`nirwatch.jcamp`), publishes every row through the validating
+``.jcamp``: :mod:`nirwatch.io.jcamp`), publishes every row through the validating
 :class:`~ingest.producer.SpectrumProducer`, and then moves the file:
 
 * ``done/``   every row was published or dead-lettered, and the broker acknowledged them;
@@ -43,11 +43,11 @@ from kafka.errors import KafkaError
 
 from ingest.producer import SpectrumProducer
 from ingest.replay import on_even_grid
-from monitoring.metrics import FileDropMetrics
-from nirwatch.datasets_files import read_csv, read_npz
 from nirwatch.errors import DataError
-from nirwatch.jcamp import JCAMP_SUFFIXES, read_jcamp
-from nirwatch.wire import SpectrumHeader
+from nirwatch.io.datasets_files import read_csv, read_npz
+from nirwatch.io.jcamp import JCAMP_SUFFIXES, read_jcamp
+from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.metrics import FileDropMetrics
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from nirwatch.errors import WireFormatError
-from nirwatch.wire import decode_json_record
+from nirwatch.messages.wire import decode_json_record
 
 LAB_RESULT_SCHEMA = "nirwatch.lab-result/1"
 

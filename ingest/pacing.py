@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from nirwatch.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ingest.simulator import ProbeSpec
+    from nirwatch.simulation.simulator import ProbeSpec
 
 
 class Pacer:

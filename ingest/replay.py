@@ -10,7 +10,7 @@ Sources:
   Its axis (428-1833 cm⁻¹) is not evenly spaced (steps 1.2-1.5 cm⁻¹), so it is resampled by
   linear interpolation onto ``lin:428:1833:1``; no wire grid id could name it otherwise.
 
-Files are read and validated by :mod:`nirwatch.datasets` (a file with missing or non-numeric
+Files are read and validated by :mod:`nirwatch.io.datasets` (a file with missing or non-numeric
 absorbances is refused with the lines named); the producer still validates every spectrum.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nirwatch.datasets import FERMENTATION_SPECTRUM_INTERVAL_H, SpectraDataset, load_spectra
-from nirwatch.datasets import load_fermentation as nd_load_fermentation
 from nirwatch.errors import DataError
 from nirwatch.grid import grid_id_for, points_in_grid
 from nirwatch.grid import wavelengths as grid_wavelengths
+from nirwatch.io.datasets import FERMENTATION_SPECTRUM_INTERVAL_H, SpectraDataset, load_spectra
+from nirwatch.io.datasets import load_fermentation as nd_load_fermentation
 
 FERMENTATION = "fermentation"
 
@@ -96,7 +96,7 @@ def _rows_of(metadata: dict[str, np.ndarray], n: int) -> list[dict[str, object]]
 
 
 def from_dataset(data: SpectraDataset, name: str, axis_unit: str = "nm") -> ReplayDataset:
-    """A :class:`nirwatch.datasets.SpectraDataset` on a wire grid, ready to replay."""
+    """A :class:`nirwatch.io.datasets.SpectraDataset` on a wire grid, ready to replay."""
     spectra, axis, grid = on_even_grid(data.X, data.wavelengths)
     ids = [f"{name}-{i:05d}" for i in range(data.n_samples)]
     meta = _rows_of(data.metadata, data.n_samples)
@@ -104,7 +104,7 @@ def from_dataset(data: SpectraDataset, name: str, axis_unit: str = "nm") -> Repl
 
 
 def load_file(path: Path | str, name: str | None = None) -> ReplayDataset:
-    """A CSV (numeric wavelength headers) or npz file, validated by :mod:`nirwatch.datasets`."""
+    """A CSV (numeric wavelength headers) or npz file, validated by :mod:`nirwatch.io.datasets`."""
     path = Path(path)
     return from_dataset(load_spectra(path), name or path.stem)
 

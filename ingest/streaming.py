@@ -19,8 +19,8 @@ import numpy as np
 from ingest.lab_results import LabResult
 from ingest.pacing import Pacer, ProbeSchedule, RatePacer
 from ingest.producer import SpectrumProducer
-from ingest.simulator import SimulatedBatch, TabletLineSimulator
-from nirwatch.wire import SpectrumHeader
+from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.simulation.simulator import SimulatedBatch, TabletLineSimulator
 
 #: Spectra generated per probe at once: vectorised generation, bounded memory.
 MAX_CHUNK = 1000

@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from monitoring.metrics import DriftMetrics
-from nirwatch.bundle import read_manifest
 from nirwatch.errors import NirwatchError
 from nirwatch.logs import log_event
+from nirwatch.metrics import DriftMetrics
+from nirwatch.models.bundle import read_manifest
+from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import start_metrics_server
-from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from typing import Any
 
 from monitoring.drift_monitor import DriftMonitor, parse_lab_result
 from nirwatch.errors import DataError, WireFormatError
-from nirwatch.kafka import ensure_topics, make_consumer
+from nirwatch.messages.wire import Prediction, decode_prediction
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import Prediction, decode_prediction
+from nirwatch.transport.kafka import ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
 

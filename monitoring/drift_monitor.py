@@ -10,7 +10,7 @@ and :meth:`DriftMonitor.observe_lab` with lab results from the lab-results topic
 ``cnn_pls_cusum``         CUSUM on CNN − PLS (the models start to disagree)
 ``lab_reference``         rolling RMSE / bias vs lab values (reference drift; needs RMSECV)
 
-Label sets are bounded by :class:`monitoring.metrics.BoundedLabels` and groups by
+Label sets are bounded by :class:`nirwatch.metrics.BoundedLabels` and groups by
 ``max_groups``. When the served model version changes, every detector is reset: drift is
 judged against the model now serving.
 """
@@ -37,11 +37,11 @@ from monitoring.drift import (
     PageHinkley,
 )
 from monitoring.lab_reference import LabReferenceTracker
-from monitoring.metrics import DriftMetrics
 from nirwatch.errors import DataError
 from nirwatch.logs import log_event
+from nirwatch.messages.wire import Prediction
+from nirwatch.metrics import DriftMetrics
 from nirwatch.settings import NirwatchSettings
-from nirwatch.wire import Prediction
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ class KafkaSettings(NirwatchSettings):
     """How to reach Kafka and which topics to use (``NIRWATCH_KAFKA_*``).
 
     ``bootstrap`` is required by every service (:func:`require_bootstrap`); only ``nirwatch
-    demo`` and tests start a broker when it is empty (see :mod:`nirwatch.broker`).
+    demo`` and tests start a broker when it is empty (see :mod:`nirwatch.transport.broker`).
     """
 
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_KAFKA_", frozen=True, extra="ignore")

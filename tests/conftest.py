@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nirwatch.broker import kafka_bootstrap
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.broker import kafka_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOOTOUT = ROOT.parent / "shared" / "data" / "shootout2002" / "instrument1.csv"

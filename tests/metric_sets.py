@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
+from nirwatch.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
 from training.service import ServiceMetrics
 
 #: Scrape job (monitoring/prometheus/prometheus.yml) -> the metric set its process exports.

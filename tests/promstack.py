@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from nirwatch.broker import free_port
+from nirwatch.transport.broker import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch.audit import (
+from nirwatch.apps.cli import build_parser
+from nirwatch.apps.cli_audit import parse_since, run
+from nirwatch.errors import ConfigError
+from nirwatch.messages.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.records.audit import (
     COLUMNS,
     AuditError,
     AuditSettings,
@@ -23,11 +27,7 @@ from nirwatch.audit import (
     audit_records,
     open_audit_trail,
 )
-from nirwatch.cli import build_parser
-from nirwatch.cli_audit import parse_since, run
-from nirwatch.errors import ConfigError
 from nirwatch.settings import load_settings
-from nirwatch.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
 
 GRID = "lin:600:1898:2"
 

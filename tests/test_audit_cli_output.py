@@ -14,11 +14,11 @@ from test_audit import _publication
 from test_ingest_producer import read_topic
 from test_ingest_replay import cli_env, write_csv  # noqa: F401 - cli_env is a fixture
 
-from nirwatch.audit import SQLiteAuditTrail, audit_records
-from nirwatch.cli import build_parser, main
-from nirwatch.cli_audit import run
+from nirwatch.apps.cli import build_parser, main
+from nirwatch.apps.cli_audit import run
+from nirwatch.messages.wire import decode_spectrum
+from nirwatch.records.audit import SQLiteAuditTrail, audit_records
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import decode_spectrum
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_piping_into_head_is_quiet(tmp_path: Path) -> None:
     trail.close()
     err = tmp_path / "err.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = f"'{sys.executable}' -m nirwatch.cli audit --db '{trail.path}' --limit 0 2>'{err}' | head -n 2"
+    cmd = f"'{sys.executable}' -m nirwatch.apps.cli audit --db '{trail.path}' --limit 0 2>'{err}' | head -n 2"
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", cmd],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,

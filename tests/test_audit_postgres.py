@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from test_audit import _publication
 
-from nirwatch.audit import (
+from nirwatch.records.audit import (
     AuditRecord,
     AuditSettings,
     audit_records,
     open_audit_trail,
 )
-from nirwatch.audit_postgres import PostgresAuditTrail
-from nirwatch.broker import free_port
+from nirwatch.records.audit_postgres import PostgresAuditTrail
+from nirwatch.transport.broker import free_port
 
 psycopg = pytest.importorskip("psycopg")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch.audit import SQLiteAuditTrail, audit_records
-from nirwatch.batch_summary import format_summary, summarize_batch
-from nirwatch.cli import build_parser
-from nirwatch.cli_audit import run
+from nirwatch.apps.cli import build_parser
+from nirwatch.apps.cli_audit import run
 from nirwatch.errors import ConfigError, DataError
+from nirwatch.records.audit import SQLiteAuditTrail, audit_records
+from nirwatch.records.batch_summary import format_summary, summarize_batch
 from tests.test_audit import _publication
 
 

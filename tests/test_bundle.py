@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nirwatch import bundle as bundle_mod
-from nirwatch.bundle import (
+from nirwatch.chemometrics.state import register_step
+from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
+from nirwatch.models import bundle as bundle_mod
+from nirwatch.models.bundle import (
     BundleContents,
     bundle_checksum,
     data_hash,
@@ -25,8 +27,6 @@ from nirwatch.bundle import (
     register_component,
     write_bundle,
 )
-from nirwatch.chemometrics.state import register_step
-from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
 
 
 @register_step

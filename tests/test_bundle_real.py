@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch.bundle import BundleContents, data_hash, load_bundle, write_bundle
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import fit_pls_cv
 from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
+from nirwatch.models.bundle import BundleContents, data_hash, load_bundle, write_bundle
 
 WL = np.arange(600.0, 1000.0, 4.0)
 

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 from sklearn.cross_decomposition import PLSRegression
 
-from nirwatch.bundle import load_bundle
-from nirwatch.bundle_predictor import LoadedBundle
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import PLSCalibration
 from nirwatch.chemometrics.pls_search import (
@@ -28,6 +26,8 @@ from nirwatch.chemometrics.pls_search import (
     default_recipes,
     krylov_pls_predictions,
 )
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.bundle_predictor import LoadedBundle
 from training.calibration import choose_blend, conformal_quantile, range_end_split
 from training.cnn_ensemble import stratified_folds
 from training.fit import fit_bundle
@@ -264,7 +264,7 @@ def test_range_end_model_serves_near_and_beyond_the_calibrated_range() -> None:
 
 def test_too_wide_interval_is_not_releasable() -> None:
     from inference.records import encode_predictions
-    from nirwatch.wire import SpectrumHeader
+    from nirwatch.messages.wire import SpectrumHeader
 
     bundle, X = _loaded("cnn", margin=0.0, max_width=2.5)
     p = bundle.predict(X)

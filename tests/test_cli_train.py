@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch.bundle import load_bundle
-from nirwatch.cli import main
-from nirwatch.datasets import load_spectra
-from nirwatch.registry import ModelRegistry
+from nirwatch.apps.cli import main
+from nirwatch.io.datasets import load_spectra
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.registry import ModelRegistry
 
 
 def write_slice(src: Path, dest: Path, n_train: int = 60, n_test: int = 30) -> Path:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from nirwatch.cli import COMMANDS, build_parser
+from nirwatch.apps.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -27,8 +27,8 @@ PROMETHEUS = yaml.safe_load((ROOT / "monitoring/prometheus/prometheus.yml").read
 ALERTMANAGER = yaml.safe_load((ROOT / "monitoring/alertmanager/alertmanager.yml").read_text())
 SETTINGS_MODULES = (
     "nirwatch.settings",
-    "nirwatch.registry",
-    "nirwatch.audit",
+    "nirwatch.models.registry",
+    "nirwatch.records.audit",
     "ingest.settings",
     "inference.settings",
     "training.settings",

@@ -38,10 +38,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ingest.simulator import calibration_set
-from nirwatch.broker import free_port
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import KafkaSettings
+from nirwatch.simulation.simulator import calibration_set
+from nirwatch.transport.broker import free_port
 from training.fit import fit_bundle
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -263,7 +263,7 @@ class Stack:
         for key in drop:
             env.pop(key, None)
         args = [rewrite(substitute(str(a), {})) for a in svc["command"]]
-        return [self.python, "-m", "nirwatch.cli", *args], env
+        return [self.python, "-m", "nirwatch.apps.cli", *args], env
 
     def start(self, service: str, drop: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         cmd, env = self.command(service, drop)

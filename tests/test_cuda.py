@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.simulator import calibration_set
-from nirwatch.bundle import load_bundle
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN, resolve_device
 from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
+from nirwatch.models.bundle import load_bundle
+from nirwatch.simulation.simulator import calibration_set
 from training.cnn import TrainConfig, fit_cnn
 from training.fit import fit_bundle
 
@@ -98,7 +98,7 @@ def test_bundle_served_from_cuda_matches_cpu(tmp_path: Path) -> None:
 _DETERMINISTIC_FIT = """
 import hashlib, sys
 import numpy as np
-from ingest.simulator import calibration_set
+from nirwatch.simulation.simulator import calibration_set
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig
 from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection

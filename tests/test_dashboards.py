@@ -24,8 +24,8 @@ import yaml
 from metric_sets import JOBS, exported, misselected
 from prometheus_client import CollectorRegistry, start_http_server
 
-from monitoring.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
-from nirwatch.broker import free_port
+from nirwatch.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
+from nirwatch.transport.broker import free_port
 from training.service import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Property tests of the CSV/npz spectra loaders: a usable dataset or a DataError, nothing else.
 
-:func:`check_load` asserts the contract of :func:`nirwatch.datasets.load_spectra`: either a
+:func:`check_load` asserts the contract of :func:`nirwatch.io.datasets.load_spectra`: either a
 dataset whose spectra are finite, 2-D and as wide as an increasing, finite wavelength axis
 (and whose target, if any, is finite and as long), or :class:`DataError`. Defects found while
 writing these tests (fixed in datasets.py since) are kept at the end as regressions. ``TRIED`` counts files loaded; run with ``-s`` to see the totals.
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nirwatch.datasets import SpectraDataset, load_spectra
 from nirwatch.errors import DataError
+from nirwatch.io.datasets import SpectraDataset, load_spectra
 
 TRIED: Counter[str] = Counter()
 OUTCOMES: Counter[str] = Counter()

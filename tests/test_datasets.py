@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch.datasets import SpectraDataset, check_same_grid, load_fermentation, load_spectra
 from nirwatch.errors import DataError
+from nirwatch.io.datasets import SpectraDataset, check_same_grid, load_fermentation, load_spectra
 
 HEADER = "SampleType,assay,600,602,604,606"
 

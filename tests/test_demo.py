@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nirwatch.cli import main
+from nirwatch.apps.cli import main
 from nirwatch.settings import KafkaSettings
 
 
@@ -68,7 +68,7 @@ def test_demo_end_to_end_smoke(
     assert "┃" not in out and "│" not in out  # no table drawing
     # The hot reload: PLS first, then the promoted CNN's version serves (by itself, not as a
     # PLS fallback).
-    from nirwatch.registry import ModelRegistry
+    from nirwatch.models.registry import ModelRegistry
 
     infos = {i.version: i for i in ModelRegistry(registry).list()}
     champion = next(i for i in infos.values() if i.status == "champion")
@@ -99,7 +99,7 @@ def test_demo_drift_scenario_detects_retrains_and_promotes(
     assert m and int(m.group(1)) > 50, out
     assert re.search(r"drift: retrained on \d+ recent lab values: promoted", out), out
     assert "out-of-model share" in out  # the promotion checked it (issue 13 item 5)
-    from nirwatch.registry import ModelRegistry
+    from nirwatch.models.registry import ModelRegistry
     from training.promotion import out_of_model_bound
 
     versions = ModelRegistry(registry).list()

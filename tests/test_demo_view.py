@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 
-from nirwatch.demo_cnn import BackgroundCNN
-from nirwatch.demo_view import LEGEND, DemoState, PlainView, plain_lines, render
-from nirwatch.wire import Prediction
+from nirwatch.apps.demo_cnn import BackgroundCNN
+from nirwatch.apps.demo_view import LEGEND, DemoState, PlainView, plain_lines, render
+from nirwatch.messages.wire import Prediction
 
 if TYPE_CHECKING:
-    from nirwatch.demo_drift import DriftLoop
+    from nirwatch.apps.demo_drift import DriftLoop
 
 
 class _Loop:

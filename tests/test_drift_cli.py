@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from nirwatch.broker import free_port
+from nirwatch.messages.wire import Prediction
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import Prediction
+from nirwatch.transport.broker import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from ingest.lab_results import LabResult
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from monitoring.metrics import DriftMetrics
-from nirwatch.kafka import ensure_topics
+from nirwatch.messages.wire import Prediction
+from nirwatch.metrics import DriftMetrics
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import Prediction
+from nirwatch.transport.kafka import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

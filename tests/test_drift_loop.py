@@ -29,15 +29,21 @@ from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
 from ingest.lab_results import LabResult
-from ingest.simulator import GRID, Drift, ProbeSpec, TabletLineSimulator, calibration_set
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from monitoring.metrics import DriftMetrics, WorkerMetrics
-from nirwatch.broker import free_port
-from nirwatch.bundle import load_bundle
-from nirwatch.registry import ModelRegistry
+from nirwatch.messages.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.metrics import DriftMetrics, WorkerMetrics
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.simulation.simulator import (
+    GRID,
+    Drift,
+    ProbeSpec,
+    TabletLineSimulator,
+    calibration_set,
+)
+from nirwatch.transport.broker import free_port
 from training.retrain import Dataset, RetrainSettings, fit_bundle_fitter
 from training.service import RetrainService, consume_labelled
 

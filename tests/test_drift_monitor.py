@@ -19,9 +19,9 @@ from monitoring.drift_monitor import (
     LabResult,
     parse_lab_result,
 )
-from monitoring.metrics import DriftMetrics
 from nirwatch.errors import DataError
-from nirwatch.wire import Prediction
+from nirwatch.messages.wire import Prediction
+from nirwatch.metrics import DriftMetrics
 
 
 def _predictions(
@@ -227,9 +227,9 @@ def test_rmsecv_of_each_new_model_comes_from_the_lookup() -> None:
 
 
 def test_registry_rmsecv_reads_the_manifest(tmp_path: Path) -> None:
-    from ingest.simulator import calibration_set
     from monitoring.cli_drift import registry_rmsecv
-    from nirwatch.registry import ModelRegistry
+    from nirwatch.models.registry import ModelRegistry
+    from nirwatch.simulation.simulator import calibration_set
     from training.fit import fit_bundle
 
     X, y, wl = calibration_set(40, seed=2)

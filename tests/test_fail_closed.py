@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch import broker
-from nirwatch.cli import main
+from nirwatch.apps.cli import main
+from nirwatch.transport import broker
 
 
 @pytest.fixture

@@ -31,11 +31,11 @@ from test_worker_support import WL, make_header, mixtures, wait_until
 
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from nirwatch.audit import SQLiteAuditTrail, audit_records
-from nirwatch.broker import EmbeddedBroker, free_port
-from nirwatch.kafka import ensure_topics, make_consumer
+from nirwatch.messages.wire import Prediction, decode_prediction, encode_spectrum
+from nirwatch.records.audit import SQLiteAuditTrail, audit_records
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import Prediction, decode_prediction, encode_spectrum
+from nirwatch.transport.broker import EmbeddedBroker, free_port
+from nirwatch.transport.kafka import ensure_topics, make_consumer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +52,10 @@ def _print_figures() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def pls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real PLS bundle (MSC + CV-chosen PLS, T²/Q statistics) on synthetic mixtures."""
-    from nirwatch.bundle import BundleContents, data_hash, write_bundle
     from nirwatch.chemometrics.diagnostics import CalibrationStatistics
     from nirwatch.chemometrics.pls import fit_pls_cv
     from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
+    from nirwatch.models.bundle import BundleContents, data_hash, write_bundle
 
     rng = np.random.default_rng(0)
     y = rng.uniform(0.1, 0.9, 120) * 250
@@ -99,7 +99,15 @@ class WorkerProcess:
             "NIRWATCH_AUDIT_BACKEND": "sqlite",
             "NIRWATCH_AUDIT_PATH": str(self.log_path.parent / "worker-audit.sqlite3"),
         }
-        cmd = [sys.executable, "-m", "nirwatch.cli", "-v", "worker", "--bundle", str(self.bundle)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nirwatch.apps.cli",
+            "-v",
+            "worker",
+            "--bundle",
+            str(self.bundle),
+        ]
         cmd += ["--group-id", self.group_id, "--metrics-port", str(self.metrics_port)]
         cmd += ["--batch-size", "256", "--max-wait-ms", "20", "--device", "cpu"]
         with open(self.log_path, "ab") as log:
@@ -267,7 +275,7 @@ def delivery_figures(sent: set[str], preds: list[Prediction]) -> dict[str, int]:
 
 def where_lost(kafka: KafkaSettings, group: str, lost: set[str]) -> str:
     """Partition/offset of lost spectra and the group's committed offsets (failure message)."""
-    from nirwatch.wire import decode_spectrum
+    from nirwatch.messages.wire import decode_spectrum
 
     consumer = make_consumer(kafka, None)
     try:

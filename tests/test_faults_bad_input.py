@@ -23,7 +23,7 @@ from test_worker_support import (
     worker_settings,
 )
 
-from nirwatch.deadletter import read_dead_letters
+from nirwatch.messages.deadletter import read_dead_letters
 from nirwatch.settings import KafkaSettings
 
 N_GOOD = 6000

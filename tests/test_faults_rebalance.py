@@ -23,8 +23,8 @@ import pytest
 from kafka import TopicPartition
 
 from inference.batching import RevocationTracker, poll_micro_batch
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 pytestmark = pytest.mark.kafka
 GROUP_OPTS = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from nirwatch.bundle import verify_bundle
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.bundle import verify_bundle
+from nirwatch.models.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ QUICK = {"NIRWATCH_TRAIN_NESTED_CV": "false", "NIRWATCH_TRAIN_CV_REPEATS": "1"}
 
 def train_cmd(data: Path, out: Path, registry: Path) -> list[str]:
     return [
-        sys.executable, "-m", "nirwatch.cli", "train", "--data", str(data), "--target", "assay",
+        sys.executable, "-m", "nirwatch.apps.cli", "train", "--data", str(data), "--target", "assay",
         "--unit", "mg", "--model", "pls", "--out", str(out), "--register", str(registry),
     ]  # fmt: skip
 

@@ -15,13 +15,13 @@ from prometheus_client import CollectorRegistry
 from ingest.file_drop import DropStats, Inbox, read_rows, take_file, watch_inbox
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from monitoring.metrics import FileDropMetrics
-from nirwatch.deadletter import read_dead_letters
 from nirwatch.errors import DataError
 from nirwatch.grid import wavelengths as grid_wavelengths
-from nirwatch.kafka import ensure_topics, make_producer
+from nirwatch.messages.deadletter import read_dead_letters
+from nirwatch.messages.wire import decode_spectrum
+from nirwatch.metrics import FileDropMetrics
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import decode_spectrum
+from nirwatch.transport.kafka import ensure_topics, make_producer
 from tests.test_ingest_producer import read_topic
 from tests.test_jcamp import jcamp
 

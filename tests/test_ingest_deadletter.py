@@ -3,14 +3,14 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from nirwatch.deadletter import (
+from nirwatch.messages.deadletter import (
     DeadLetterError,
     DeadLetterPublisher,
     read_dead_letters,
     source_of,
 )
-from nirwatch.kafka import ensure_topics, make_producer
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.kafka import ensure_topics, make_producer
 
 
 @pytest.mark.kafka

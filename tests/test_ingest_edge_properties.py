@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from ingest.producer import SpectrumProducer, encode_unchecked
 from ingest.settings import IngestSettings
-from ingest.simulator import GRID
-from nirwatch.deadletter import read_dead_letters
-from nirwatch.kafka import ensure_topics
+from nirwatch.messages.deadletter import read_dead_letters
+from nirwatch.messages.wire import REASONS, SpectrumHeader, decode_spectrum
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import REASONS, SpectrumHeader, decode_spectrum
+from nirwatch.simulation.simulator import GRID
+from nirwatch.transport.kafka import ensure_topics
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 field_values = st.one_of(

@@ -13,13 +13,13 @@ from ingest.lab_results import LabResult, decode_lab_result
 from ingest.pacing import Pacer, RatePacer
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from ingest.simulator import GRID, ProbeSpec, TabletLineSimulator
 from ingest.streaming import stream_simulator
-from nirwatch.deadletter import read_dead_letters
 from nirwatch.errors import ConfigError, WireFormatError
-from nirwatch.kafka import ensure_topics, make_consumer
+from nirwatch.messages.deadletter import read_dead_letters
+from nirwatch.messages.wire import SpectrumHeader, decode_spectrum, new_message_id
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import SpectrumHeader, decode_spectrum, new_message_id
+from nirwatch.simulation.simulator import GRID, ProbeSpec, TabletLineSimulator
+from nirwatch.transport.kafka import ensure_topics, make_consumer
 
 
 def read_topic(kafka: KafkaSettings, topic: str, n: int, timeout_s: float = 20.0) -> list:

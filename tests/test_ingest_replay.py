@@ -16,12 +16,12 @@ from ingest.producer import SpectrumProducer
 from ingest.replay import load_dataset, load_fermentation, load_file, replay_rows
 from ingest.settings import IngestSettings
 from ingest.streaming import stream_rows
-from nirwatch.cli import main
-from nirwatch.deadletter import read_dead_letters
+from nirwatch.apps.cli import main
 from nirwatch.errors import DataError
-from nirwatch.kafka import ensure_topics
+from nirwatch.messages.deadletter import read_dead_letters
+from nirwatch.messages.wire import decode_spectrum
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import decode_spectrum
+from nirwatch.transport.kafka import ensure_topics
 
 
 def write_csv(path: Path, n: int, bad_rows: tuple[int, ...] = ()) -> np.ndarray:

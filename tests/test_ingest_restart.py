@@ -7,11 +7,11 @@ import pytest
 
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from ingest.simulator import GRID
-from nirwatch.broker import EmbeddedBroker, free_port
-from nirwatch.kafka import ensure_topics, make_consumer
+from nirwatch.messages.wire import SpectrumHeader, decode_spectrum
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import SpectrumHeader, decode_spectrum
+from nirwatch.simulation.simulator import GRID
+from nirwatch.transport.broker import EmbeddedBroker, free_port
+from nirwatch.transport.kafka import ensure_topics, make_consumer
 
 
 @pytest.mark.kafka

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nirwatch.datasets import load_spectra
 from nirwatch.errors import DataError
-from nirwatch.jcamp import decode_xydata, read_jcamp
+from nirwatch.io.datasets import load_spectra
+from nirwatch.io.jcamp import decode_xydata, read_jcamp
 
 # [10, 12, 12, 12, 15, 11] encoded by hand after JCAMP-DX 4.24 (McDonald & Wilks 1988):
 # A0 = SQZ 10; K = DIF +2; % = DIF 0; T = DUP "2 in all"; the 2nd line starts with the Y check

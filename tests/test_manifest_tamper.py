@@ -23,8 +23,6 @@ from prometheus_client import CollectorRegistry
 from test_bundle import make_contents
 
 from inference.reload import RegistrySource
-from monitoring.metrics import WorkerMetrics
-from nirwatch.bundle import BundleContents, bundle_checksum, load_bundle, write_bundle
 from nirwatch.errors import (
     BundleError,
     ChecksumMismatchError,
@@ -32,8 +30,10 @@ from nirwatch.errors import (
     ModelError,
     RegistryError,
 )
-from nirwatch.manifest_schema import FIELDS, validate_manifest
-from nirwatch.registry import ModelRegistry
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.models.bundle import BundleContents, bundle_checksum, load_bundle, write_bundle
+from nirwatch.models.manifest_schema import FIELDS, validate_manifest
+from nirwatch.models.registry import ModelRegistry
 
 
 class Edit(NamedTuple):
@@ -51,7 +51,7 @@ EDITS = {
         "fallback_limit", r'("fallback_limit": )', "-", "fallback_limit"
     ),
     "fallback_limit_larger": Edit("fallback_limit", r'("fallback_limit": )1', "9", None),
-    "format": Edit("format", r'("format": "nirwatch.bundle/)1', "2", "format"),
+    "format": Edit("format", r'("format": "nirwatch.models.bundle/)1', "2", "format"),
     "grid": Edit("grid", r'("grid": "lin:600:638:)2', "4", "grid"),
     "metrics": Edit("metrics", r'("rmsecv": 0.)1', "2", None),
     "metrics_key": Edit("metrics", r'("metric)s', "z", "metricz"),
@@ -122,7 +122,7 @@ def test_impossible_value_is_refused_naming_the_field(tmp_path: Path, name: str)
     with pytest.raises(BundleError) as exc:
         load_bundle(path, device="cpu")  # no key, no recorded checksum: the values alone
     if field == "format":
-        assert "nirwatch.bundle/2" in str(exc.value)
+        assert "nirwatch.models.bundle/2" in str(exc.value)
     else:
         assert isinstance(exc.value, ManifestError) and exc.value.field == field
         assert repr(field) in str(exc.value) and "manifest.json" in str(exc.value)

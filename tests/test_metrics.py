@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from inference.observe import WorkerObserver
 from monitoring.drift_monitor import DriftMonitor, DriftSettings, LabResult
-from monitoring.metrics import DriftMetrics, WorkerMetrics
-from nirwatch.wire import Prediction
+from nirwatch.messages.wire import Prediction
+from nirwatch.metrics import DriftMetrics, WorkerMetrics
 
 
 def test_metric_sets_of_the_processes_are_disjoint() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from test_bundle import make_contents
 
-from nirwatch.bundle import bundle_checksum, write_bundle
-from nirwatch.cli import main
+from nirwatch.apps.cli import main
 from nirwatch.errors import RegistryError
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.bundle import bundle_checksum, write_bundle
+from nirwatch.models.registry import ModelRegistry
 
 
 def make_bundle(tmp_path: Path, name: str, hmac_key: str | None = None) -> Path:

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from ingest.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
-from nirwatch.bundle import BundleContents, data_hash, write_bundle
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import fit_pls_cv
 from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
 from nirwatch.errors import ConfigError, DataError
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.bundle import BundleContents, data_hash, write_bundle
+from nirwatch.models.registry import ModelRegistry
+from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
 from training.retrain import (
     Dataset,
     LabelledBuffer,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def _nirwatch(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
         **env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "nirwatch.cli", "retrain-service", *args],
+        [sys.executable, "-m", "nirwatch.apps.cli", "retrain-service", *args],
         env=environ, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 

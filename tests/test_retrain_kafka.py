@@ -10,9 +10,9 @@ import pytest
 from kafka import KafkaProducer
 
 from ingest.lab_results import LabResult
-from ingest.simulator import GRID, ProbeSpec, TabletLineSimulator
+from nirwatch.messages.wire import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.simulation.simulator import GRID, ProbeSpec, TabletLineSimulator
 from training.retrain import LabelledBuffer
 from training.service import consume_labelled
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
-from nirwatch.bundle import load_bundle
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.registry import ModelRegistry
+from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
 from training.retrain import (
     Dataset,
     RetrainRequest,

@@ -26,7 +26,7 @@ import pytest
 from test_tls import make_self_signed
 
 from nirwatch.errors import ConfigError
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import load_settings
 from training.retrain import Dataset, RetrainSettings
 from training.service import RetrainService

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from nirwatch.errors import DataError
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.registry import ModelRegistry
 from training.retrain import Dataset, RetrainSettings
 from training.service import RetrainService
 

@@ -19,10 +19,10 @@ from test_drift_monitor import _feed, _monitor, _predictions
 from inference.observe import WorkerObserver
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from monitoring.metrics import WorkerMetrics
 from nirwatch.logs import format_event
+from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.metrics import WorkerMetrics
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import SpectrumHeader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_retrain_service_logs_its_decisions_at_info(tmp_path: Path) -> None:
         "NIRWATCH_STATE_DIR": str(tmp_path / "state"),
         "NIRWATCH_REGISTRY_DIR": str(tmp_path / "registry"),
     }
-    cmd = [sys.executable, "-m", "nirwatch.cli", "retrain-service", "--once", "--no-kafka"]
+    cmd = [sys.executable, "-m", "nirwatch.apps.cli", "retrain-service", "--once", "--no-kafka"]
     done = subprocess.run(
         [*cmd, "--simulated-calibration", "60"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,

@@ -16,8 +16,8 @@ from pydantic_settings import BaseSettings
 from inference.settings import WorkerSettings
 from ingest.settings import IngestSettings
 from monitoring.drift_monitor import DriftSettings
-from nirwatch.audit import AuditSettings
-from nirwatch.registry import RegistrySettings
+from nirwatch.models.registry import RegistrySettings
+from nirwatch.records.audit import AuditSettings
 from nirwatch.settings import KafkaSettings
 from training.retrain import RetrainSettings
 from training.settings import TrainingSettings

@@ -5,16 +5,16 @@ import pytest
 from sklearn.cross_decomposition import PLSRegression
 
 from ingest.pacing import ProbeSchedule
-from ingest.simulator import (
+from nirwatch.errors import DataError
+from nirwatch.grid import points_in_grid
+from nirwatch.simulation.simulator import (
     GRID,
     Drift,
     ProbeSpec,
     TabletLineSimulator,
     calibration_set,
 )
-from ingest.tablet_spectra import component_spectra
-from nirwatch.errors import DataError
-from nirwatch.grid import points_in_grid
+from nirwatch.simulation.tablet_spectra import component_spectra
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from nirwatch.broker import free_port, tansu_binary, wait_for_port
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
 from nirwatch.security import server_tls_context
 from nirwatch.settings import KafkaSettings
+from nirwatch.transport.broker import free_port, tansu_binary, wait_for_port
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 pytestmark = pytest.mark.kafka
 

@@ -8,7 +8,7 @@ import pytest
 
 from nirwatch.errors import WireFormatError
 from nirwatch.grid import grid_id_for, points_in_grid, wavelengths
-from nirwatch.wire import (
+from nirwatch.messages.wire import (
     Prediction,
     SpectrumHeader,
     decode_batch,

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from nirwatch.errors import WireFormatError
 from nirwatch.grid import points_in_grid
-from nirwatch.wire import (
+from nirwatch.messages.wire import (
     MAX_MESSAGE_BYTES,
     MAX_POINTS,
     PREDICTION_SCHEMA,

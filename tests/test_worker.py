@@ -27,12 +27,12 @@ from test_worker_support import (
 )
 
 from inference.cli import install_stop_handlers
-from nirwatch.audit import AuditSettings, open_audit_trail
-from nirwatch.broker import EmbeddedBroker, free_port
-from nirwatch.deadletter import read_dead_letters
-from nirwatch.predictor import BatchPrediction
+from nirwatch.messages.deadletter import read_dead_letters
+from nirwatch.messages.wire import MAGIC, encode_spectrum
+from nirwatch.models.predictor import BatchPrediction
+from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import MAGIC, encode_spectrum
+from nirwatch.transport.broker import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.kafka
 

@@ -24,13 +24,13 @@ from test_worker_support import (
 )
 
 from inference.reload import RegistrySource
-from ingest.simulator import calibration_set
-from monitoring.metrics import WorkerMetrics
-from nirwatch.audit import AuditSettings, open_audit_trail
-from nirwatch.broker import free_port
-from nirwatch.bundle import load_bundle
-from nirwatch.registry import ModelRegistry
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.registry import ModelRegistry
+from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import KafkaSettings
+from nirwatch.simulation.simulator import calibration_set
+from nirwatch.transport.broker import free_port
 from training.fit import fit_bundle
 
 pytestmark = pytest.mark.kafka
@@ -182,7 +182,7 @@ def test_cli_worker_serves_metrics_and_stops_on_sigterm(
     cmd = [
         sys.executable,
         "-m",
-        "nirwatch.cli",
+        "nirwatch.apps.cli",
         "worker",
         "--bundle",
         str(bundles[0]),

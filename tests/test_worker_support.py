@@ -22,12 +22,12 @@ from prometheus_client import CollectorRegistry
 from inference.reload import StaticSource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
-from monitoring.metrics import WorkerMetrics
 from nirwatch.grid import wavelengths
-from nirwatch.kafka import ensure_topics, make_consumer, make_producer
-from nirwatch.predictor import BatchPrediction, Predictor
+from nirwatch.messages.wire import Prediction, SpectrumHeader, decode_prediction, encode_spectrum
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.models.predictor import BatchPrediction, Predictor
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import Prediction, SpectrumHeader, decode_prediction, encode_spectrum
+from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
 
 GRID = "lin:600:1898:2"
 WL = wavelengths(GRID)

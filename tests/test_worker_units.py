@@ -24,11 +24,11 @@ from inference.records import (
 )
 from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
-from monitoring.metrics import WorkerMetrics
-from nirwatch.audit import audit_records
 from nirwatch.errors import BundleError, ConfigError, ModelError
+from nirwatch.messages.wire import Prediction, decode_prediction
+from nirwatch.metrics import WorkerMetrics
+from nirwatch.records.audit import audit_records
 from nirwatch.settings import load_settings
-from nirwatch.wire import Prediction, decode_prediction
 
 Record = namedtuple("Record", "topic partition offset value key")
 

@@ -221,7 +221,7 @@ def range_end_check(
 
     PLS keeps its chosen recipe and components (capped by the smaller set); the CNN is one
     network with the same settings. The model with the lowest RMSE on the ends serves
-    predictions at the range ends (:class:`nirwatch.bundle_predictor.LoadedBundle`).
+    predictions at the range ends (:class:`nirwatch.models.bundle_predictor.LoadedBundle`).
     """
     mid, ends = range_end_split(y, s.extrapolation_fraction)
     recipe = pls.search.recipe_

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nirwatch.datasets import load_spectra
 from nirwatch.errors import DataError
-from nirwatch.registry import ModelRegistry
+from nirwatch.io.datasets import load_spectra
+from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import load_settings
 from training.fit import check_training_data, fit_bundle
 from training.settings import TrainingSettings

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from nirwatch.bundle import BundleContents, data_hash, load_bundle, write_bundle
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.errors import DataError
+from nirwatch.models.bundle import BundleContents, data_hash, load_bundle, write_bundle
 from training.calibration import (
     BlendChoice,
     choose_blend,

@@ -42,10 +42,10 @@ import numpy as np
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from nirwatch.bundle import data_hash, load_bundle
 from nirwatch.chemometrics.pls_search import spread_subset
 from nirwatch.errors import ConfigError, DataError, NirwatchError
-from nirwatch.registry import ModelRegistry
+from nirwatch.models.bundle import data_hash, load_bundle
+from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from training.promotion import decide as decide  # re-exported: the promotion policy
 from training.promotion import out_of_model_bound as out_of_model_bound

@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nirwatch.errors import ConfigError, DataError, WireFormatError
 from nirwatch.logs import log_event
+from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import port_error
-from nirwatch.registry import ModelRegistry, RegistrySettings
 from nirwatch.security import check_bearer_token
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
 from nirwatch.statedirs import writable_dir
@@ -255,8 +255,8 @@ def consume_labelled(
 ) -> None:
     """Join spectra and lab results from Kafka into ``buffer`` until ``stop`` is set."""
     from monitoring.drift_monitor import parse_lab_result
-    from nirwatch.kafka import ensure_topics, make_consumer
-    from nirwatch.wire import decode_spectrum
+    from nirwatch.messages.wire import decode_spectrum
+    from nirwatch.transport.kafka import ensure_topics, make_consumer
 
     ensure_topics(kafka, [kafka.topic_spectra, kafka.topic_lab_results])
     consumer = make_consumer(
@@ -361,7 +361,7 @@ def _calibration(args: argparse.Namespace, settings: RetrainSettings) -> Dataset
     if data_path is not None:
         return load_dataset(Path(data_path), settings.target)
     if args.simulated_calibration:
-        from ingest.simulator import calibration_set
+        from nirwatch.simulation.simulator import calibration_set
 
         X, y, wl = calibration_set(args.simulated_calibration, seed=settings.seed)
         return Dataset(X.astype(float), y, wl)

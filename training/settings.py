@@ -1,7 +1,7 @@
 """Settings of the training job (``NIRWATCH_TRAIN_*``), read once in ``main()``.
 
 The registry location and the bundle signing key come from ``NIRWATCH_REGISTRY_*``
-(:class:`nirwatch.registry.RegistrySettings`), shared with ``nirwatch models``.
+(:class:`nirwatch.models.registry.RegistrySettings`), shared with ``nirwatch models``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from nirwatch.registry import RegistrySettings
+from nirwatch.models.registry import RegistrySettings
 from nirwatch.settings import NirwatchSettings
 
 

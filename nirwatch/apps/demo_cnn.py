@@ -2,7 +2,7 @@
 
 ``nirwatch demo`` starts on the PLS model it fits in seconds; what nirwatch is for is the CNN
 ensemble with PLS as its fallback. :class:`BackgroundCNN` trains one in a child process
-(``python -m nirwatch.demo_cnn``) on the same simulated calibration set, niced and with one
+(``python -m nirwatch.apps.demo_cnn``) on the same simulated calibration set, niced and with one
 torch thread, so that on a small machine the worker keeps up; the child's plain progress lines
 ("CNN member k/5: ...") become the table's status line. When the bundle is written it is
 registered and promoted, unless the champion changed meanwhile (a drift retrain), and the
@@ -38,7 +38,7 @@ class BackgroundCNN:
 
     Parameters
     ----------
-    registry : nirwatch.registry.ModelRegistry
+    registry : nirwatch.models.registry.ModelRegistry
     staging : Path
         Where the child writes its bundle (removed once registered).
     epochs, members, augment_copies : int
@@ -69,7 +69,7 @@ class BackgroundCNN:
         out = self.staging / f"cnn-{int(time.time())}-{os.getpid()}"
         self.staging.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "nirwatch.demo_cnn", str(out),
+            sys.executable, "-m", "nirwatch.apps.demo_cnn", str(out),
             "--epochs", str(self.epochs), "--members", str(self.members),
             "--augment-copies", str(self.augment_copies),
         ]  # fmt: skip
@@ -153,7 +153,7 @@ class BackgroundCNN:
 
 def main(argv: list[str] | None = None) -> int:
     """Child process: fit a CNN + PLS bundle on the demo's calibration set, print its path."""
-    p = argparse.ArgumentParser(prog="python -m nirwatch.demo_cnn")
+    p = argparse.ArgumentParser(prog="python -m nirwatch.apps.demo_cnn")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--members", type=int, default=DEFAULT_MEMBERS)
@@ -164,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from ingest.simulator import calibration_set
-    from nirwatch.registry import RegistrySettings
+    from nirwatch.models.registry import RegistrySettings
     from nirwatch.settings import load_settings
+    from nirwatch.simulation.simulator import calibration_set
     from training.fit import fit_bundle
 
     hmac_key = load_settings(RegistrySettings).key()

@@ -1,4 +1,4 @@
-"""PostgreSQL backend of the audit trail (:mod:`nirwatch.audit`), via ``psycopg`` 3.
+"""PostgreSQL backend of the audit trail (:mod:`nirwatch.records.audit`), via ``psycopg`` 3.
 
 Imported only when ``NIRWATCH_AUDIT_BACKEND=postgres``: the same table and columns as the
 SQLite backend, with triggers that refuse ``UPDATE``, ``DELETE`` and ``TRUNCATE``.
@@ -10,14 +10,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from nirwatch.audit import (
+from nirwatch.errors import ConfigError
+from nirwatch.records.audit import (
     COLUMNS,
     TABLE,
     AuditError,
     AuditTrail,
     _column_type,
 )
-from nirwatch.errors import ConfigError
 
 __all__ = ["PostgresAuditTrail"]
 

@@ -4,7 +4,7 @@ CSV layout (e.g. the IDRC 2002 shootout): metadata and target columns, then one 
 wavelength whose header is the wavelength in nm (``SampleType,weight,hardness,assay,600,602,...``).
 npz layout: ``X`` (n, p), ``wavelengths`` (p,), optional ``y`` (n,) and any other length-n
 arrays (metadata); written without pickle, read with ``allow_pickle=False``. The files are
-parsed and checked by :mod:`nirwatch.datasets_files`.
+parsed and checked by :mod:`nirwatch.io.datasets_files`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Literal
 
 import numpy as np
 
-from nirwatch.datasets_files import read_csv, read_npz
 from nirwatch.errors import DataError
 from nirwatch.grid import grid_id_for
-from nirwatch.jcamp import JCAMP_SUFFIXES, read_jcamp
+from nirwatch.io.datasets_files import read_csv, read_npz
+from nirwatch.io.jcamp import JCAMP_SUFFIXES, read_jcamp
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import signal
 import threading
 from pathlib import Path
 
-from nirwatch.broker import EmbeddedBroker
 from nirwatch.errors import BrokerUnavailableError
 from nirwatch.ports import check_port_free
+from nirwatch.transport.broker import EmbeddedBroker
 
 
 def configure(p: argparse.ArgumentParser) -> None:

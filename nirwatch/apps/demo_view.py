@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from nirwatch.demo_drift import DriftLoop
-    from nirwatch.wire import Prediction
+    from nirwatch.apps.demo_drift import DriftLoop
+    from nirwatch.messages.wire import Prediction
 
 
 #: Predictions per probe that "now" means for the out-of-model share at the end.

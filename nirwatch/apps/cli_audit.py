@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from nirwatch.audit import AuditRecord, AuditSettings, AuditTrail, open_audit_trail
-from nirwatch.batch_summary import format_summary, summarize_batch
 from nirwatch.errors import ConfigError
+from nirwatch.records.audit import AuditRecord, AuditSettings, AuditTrail, open_audit_trail
+from nirwatch.records.batch_summary import format_summary, summarize_batch
 from nirwatch.settings import load_settings
 
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhdw])$")

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from nirwatch.audit import AuditRecord
 from nirwatch.errors import DataError
+from nirwatch.records.audit import AuditRecord
 
 
 @dataclass(frozen=True)

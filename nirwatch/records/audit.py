@@ -34,9 +34,9 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nirwatch.errors import ConfigError, NirwatchError
+from nirwatch.messages.wire import Prediction
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from nirwatch.statedirs import writable_dir
-from nirwatch.wire import Prediction
 
 TABLE = "prediction_audit"
 
@@ -356,7 +356,7 @@ def open_audit_trail(settings: AuditSettings) -> AuditTrail:
     if settings.backend == "postgres":
         if settings.dsn is None:
             raise ConfigError("NIRWATCH_AUDIT_BACKEND=postgres needs NIRWATCH_AUDIT_DSN")
-        from nirwatch.audit_postgres import PostgresAuditTrail
+        from nirwatch.records.audit_postgres import PostgresAuditTrail
 
         return PostgresAuditTrail(settings.dsn.get_secret_value())
     # Fail at start, naming the variable, when the directory cannot be written.

@@ -3,7 +3,7 @@
 Layout under the registry root::
 
     <root>/
-      models/<version>/   one verified bundle per version (see nirwatch.bundle), read-only
+      models/<version>/   one verified bundle per version (see nirwatch.models.bundle), read-only
                           once registered; never modified or deleted by nirwatch
       champion.json       {"version", "checksum", "promoted_at", "history": [...]}: the model
                           the workers serve, with its manifest's SHA-256 (the bundle checksum),
@@ -40,8 +40,8 @@ from typing import Any
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from nirwatch.bundle import bundle_checksum, fsync_dir, read_manifest, verify_bundle
 from nirwatch.errors import BundleError, RegistryError
+from nirwatch.models.bundle import bundle_checksum, fsync_dir, read_manifest, verify_bundle
 from nirwatch.settings import NirwatchSettings
 
 CHAMPION = "champion.json"
@@ -130,7 +130,7 @@ class ModelRegistry:
         """The champion's version, path and recorded checksum (one read of champion.json).
 
         A loader passes ``checksum`` as ``expected_checksum`` to
-        :func:`nirwatch.bundle.load_bundle`: an edited copy of the bundle is then refused even
+        :func:`nirwatch.models.bundle.load_bundle`: an edited copy of the bundle is then refused even
         without an HMAC key.
         """
         state = self._champion_state()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python -m training.cnn_cv --seeds 0 1 --set mixup=0.4 --set epochs=60
+    .venv/bin/python benchmarks/cnn_cv.py --seeds 0 1 --set mixup=0.4 --set epochs=60
 
 ``--set key=value`` overrides a :class:`TrainConfig` or :class:`CNNConfig` field of the
 defaults. Prints, as JSON, the 5-member ensemble's held-out RMSECV on the 195 calibration
@@ -28,7 +28,7 @@ from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig
 from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
 from nirwatch.chemometrics.selection import WavelengthRange
-from nirwatch.datasets import load_spectra
+from nirwatch.io.datasets import load_spectra
 from training.cnn import TrainConfig
 from training.cnn_ensemble import fit_cnn_ensemble
 

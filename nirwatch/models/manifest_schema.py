@@ -6,7 +6,7 @@ silences the extrapolation flag. Checksums (and the HMAC, when a key is set) det
 the manifest changed; this module refuses manifests whose *values* cannot be right, naming
 the field, so that a bundle without a key still cannot be made to serve nonsense.
 
-Called by :func:`nirwatch.bundle_format.read_verified` (so by every loader, the registry
+Called by :func:`nirwatch.models.bundle_format.read_verified` (so by every loader, the registry
 and ``verify_bundle``) before anything is deserialised. Fields that newer bundles carry
 (``serving``, ``interval``, ``max_interval_width``, ``extrapolation``, ``selection``) are
 validated when present and tolerated when absent: older bundles lack them.
@@ -73,7 +73,7 @@ def _dict(field: str, v: Any, allowed: set[str] | None = None) -> dict[str, Any]
 
 
 def expected_grid(wl: np.ndarray) -> str:
-    """The grid id :func:`nirwatch.bundle.write_bundle` stores for wavelengths ``wl``."""
+    """The grid id :func:`nirwatch.models.bundle.write_bundle` stores for wavelengths ``wl``."""
     try:
         return grid_id_for(wl)
     except DataError:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from nirwatch.errors import ConfigError
-from nirwatch.registry import ModelRegistry, RegistrySettings
+from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.settings import load_settings
 
 

@@ -1,9 +1,9 @@
 """The predictor side of a model bundle: :class:`LoadedBundle`, built by
-:func:`nirwatch.bundle.load_bundle` from a verified bundle's components.
+:func:`nirwatch.models.bundle.load_bundle` from a verified bundle's components.
 
 CNN with PLS fallback, Hotelling T² / Q diagnostics, the out-of-model flag and the
 calibrated-range check. The bundle
-format itself (manifest, writing, verification, checksums) lives in :mod:`nirwatch.bundle`;
+format itself (manifest, writing, verification, checksums) lives in :mod:`nirwatch.models.bundle`;
 this module does not import it.
 """
 
@@ -19,16 +19,16 @@ import numpy as np
 from nirwatch.chemometrics.diagnostics import leverage_scale
 from nirwatch.chemometrics.state import apply_steps
 from nirwatch.errors import DataError
-from nirwatch.predictor import BatchPrediction
+from nirwatch.models.predictor import BatchPrediction
 
 # Same logger name as before the split, so log routing and filters keep working.
-log = logging.getLogger("nirwatch.bundle")
+log = logging.getLogger("nirwatch.models.bundle")
 
 
 class LoadedBundle:
     """A verified bundle ready to predict: CNN with PLS fallback, T² / Q diagnostics.
 
-    Implements :class:`nirwatch.predictor.Predictor`. Each batch is preprocessed as a whole
+    Implements :class:`nirwatch.models.predictor.Predictor`. Each batch is preprocessed as a whole
     (the transformers work on matrices), PLS always runs (it is the fallback and the CNN's
     sanity check), the CNN runs when it loaded.
     """

@@ -9,7 +9,7 @@ it failed travels in headers:
 =========================  ==============================================================
 header                     value (UTF-8)
 =========================  ==============================================================
-``nirwatch.dlq.reason``    bounded code from :data:`nirwatch.wire.REASONS`
+``nirwatch.dlq.reason``    bounded code from :data:`nirwatch.messages.wire.REASONS`
 ``nirwatch.dlq.detail``    human-readable explanation (at most :data:`MAX_DETAIL` bytes)
 ``nirwatch.dlq.source``    ``topic:partition:offset`` of the input, or the adapter's name
 ``nirwatch.dlq.stage``     ``ingest`` or ``worker``
@@ -28,8 +28,8 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
 from nirwatch.errors import NirwatchError
+from nirwatch.messages.wire import REASONS
 from nirwatch.settings import KafkaSettings
-from nirwatch.wire import REASONS
 
 HEADER_REASON = "nirwatch.dlq.reason"
 HEADER_DETAIL = "nirwatch.dlq.detail"
@@ -98,7 +98,7 @@ class DeadLetterPublisher:
         Raises
         ------
         DeadLetterError
-            If ``reason`` is not one of :data:`nirwatch.wire.REASONS` or ``stage`` is unknown
+            If ``reason`` is not one of :data:`nirwatch.messages.wire.REASONS` or ``stage`` is unknown
             (a programming error: reason codes label metrics and must stay bounded).
         """
         if reason not in REASONS:
@@ -168,7 +168,7 @@ def read_dead_letters(
     partition's position reaches its high-water mark, or ``expected`` letters have arrived,
     or ``timeout_s`` passes. Returned in (partition, offset) order.
     """
-    from nirwatch.kafka import make_consumer
+    from nirwatch.transport.kafka import make_consumer
 
     name = topic or kafka.topic_dead_letter
     consumer = make_consumer(kafka, None, consumer_timeout_ms=int(timeout_s * 1000))

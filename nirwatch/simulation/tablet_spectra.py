@@ -1,7 +1,7 @@
 """Synthetic pure-component NIR spectra of a tablet blend (API, three excipients, water).
 
 Smooth Gaussian and Lorentzian bands at the usual NIR overtone and combination positions; the
-simulator (:mod:`ingest.simulator`) mixes them by Beer–Lambert.
+simulator (:mod:`nirwatch.simulation.simulator`) mixes them by Beer–Lambert.
 """
 
 from __future__ import annotations

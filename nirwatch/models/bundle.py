@@ -22,8 +22,8 @@ through an explicit registry, never by importing a name found in a file.
 fsyncs and renames it into place, so a partial bundle is never visible. :func:`load_bundle`
 verifies every checksum (and the HMAC when a key is given) before deserialising anything. The
 bundle checksum is the SHA-256 of ``manifest.json``. The loaded predictor,
-:class:`LoadedBundle`, lives in :mod:`nirwatch.bundle_predictor`, the format constants and
-verification in :mod:`nirwatch.bundle_format` (both re-exported here).
+:class:`LoadedBundle`, lives in :mod:`nirwatch.models.bundle_predictor`, the format constants and
+verification in :mod:`nirwatch.models.bundle_format` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from nirwatch.bundle_format import (
+from nirwatch.chemometrics.state import dump_steps, load_steps
+from nirwatch.errors import BundleError, DataError
+from nirwatch.grid import grid_id_for
+from nirwatch.models.bundle_format import (
     COMPONENT_MODULES,
     FORMAT,
     MANIFEST,
@@ -59,14 +62,11 @@ from nirwatch.bundle_format import (
     sha256_bytes,
     verify_bundle,
 )
-from nirwatch.bundle_predictor import LoadedBundle
-from nirwatch.chemometrics.state import dump_steps, load_steps
-from nirwatch.errors import BundleError, DataError
-from nirwatch.grid import grid_id_for
+from nirwatch.models.bundle_predictor import LoadedBundle
 from nirwatch.security import sign_bytes
 
-# The format and verification live in nirwatch.bundle_format, the predictor in
-# nirwatch.bundle_predictor; their public names are part of this module's API.
+# The format and verification live in nirwatch.models.bundle_format, the predictor in
+# nirwatch.models.bundle_predictor; their public names are part of this module's API.
 __all__ = [
     "COMPONENT_MODULES",
     "FORMAT",

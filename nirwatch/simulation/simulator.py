@@ -24,9 +24,9 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from ingest.tablet_spectra import component_spectra, water_spectrum
 from nirwatch.errors import DataError
 from nirwatch.grid import wavelengths as grid_wavelengths
+from nirwatch.simulation.tablet_spectra import component_spectra, water_spectrum
 
 GRID = "lin:600:1898:2"
 DriftKind = Literal["baseline", "excipient_lot", "detector_ageing", "content_shift"]

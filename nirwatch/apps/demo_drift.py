@@ -27,7 +27,7 @@ class DriftLoop:
 
     def __init__(self, metrics: Any, registry: Any, hmac_key: str | None, retrain: bool) -> None:
         from monitoring.drift_monitor import DriftMonitor, DriftSettings
-        from monitoring.metrics import DriftMetrics
+        from nirwatch.metrics import DriftMetrics
         from training.retrain import LabelledBuffer
 
         champion = next((m for m in registry.list() if m.status == "champion"), None)
@@ -87,7 +87,7 @@ class DriftLoop:
             self._thread.join(timeout)
 
     def _retrain(self, names: list[str]) -> None:
-        from ingest.simulator import calibration_set
+        from nirwatch.simulation.simulator import calibration_set
         from training.retrain import (
             Dataset,
             RetrainRequest,

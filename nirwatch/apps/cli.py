@@ -20,7 +20,7 @@ from nirwatch.logs import configure_logging
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "broker": ("nirwatch.cli_broker", "run the embedded Kafka-compatible broker (Tansu)"),
+    "broker": ("nirwatch.apps.cli_broker", "run the embedded Kafka-compatible broker (Tansu)"),
     "simulate": (
         "ingest.cli_simulate",
         "simulate inline NIR probes on a tablet line and publish spectra",
@@ -32,16 +32,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "worker": ("inference.cli", "run the inference worker (consume, predict, publish, metrics)"),
     "train": ("training.cli_train", "fit CNN and/or PLS on a dataset and write a model bundle"),
-    "predict": ("training.cli_predict", "predict a CSV/npz file offline with a model bundle"),
-    "models": ("nirwatch.cli_models", "list, promote and roll back models in the registry"),
+    "predict": ("nirwatch.apps.cli_predict", "predict a CSV/npz file offline with a model bundle"),
+    "models": ("nirwatch.apps.cli_models", "list, promote and roll back models in the registry"),
     "retrain-service": ("training.service", "scheduled and webhook-triggered retraining service"),
     "drift-monitor": (
         "monitoring.cli_drift",
         "drift detectors on the predictions and lab-results topics, as Prometheus gauges",
     ),
-    "audit": ("nirwatch.cli_audit", "query the append-only audit trail of predictions"),
+    "audit": ("nirwatch.apps.cli_audit", "query the append-only audit trail of predictions"),
     "demo": (
-        "nirwatch.cli_demo",
+        "nirwatch.apps.cli_demo",
         "run broker, probes, worker and a live table on embedded defaults",
     ),
 }

@@ -2,7 +2,7 @@
 
 :func:`verify_bundle` checks the HMAC (when a key is given) and every file's SHA-256 against the
 manifest; :func:`read_verified` returns the verified bytes so that a bundle is deserialised from
-exactly what was checked. Writing and loading are in :mod:`nirwatch.bundle`, which re-exports
+exactly what was checked. Writing and loading are in :mod:`nirwatch.models.bundle`, which re-exports
 the public names of this module.
 """
 
@@ -18,10 +18,10 @@ import numpy as np
 
 from nirwatch.chemometrics.state import STEP_CLASSES
 from nirwatch.errors import BundleError, ChecksumMismatchError
-from nirwatch.manifest_schema import validate_manifest
+from nirwatch.models.manifest_schema import validate_manifest
 from nirwatch.security import sha256_file, verify_bytes
 
-FORMAT = "nirwatch.bundle/1"
+FORMAT = "nirwatch.models.bundle/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 
@@ -114,7 +114,7 @@ def read_verified(
     between verification and loading cannot slip through. ``expected_checksum`` is the
     manifest's digest as recorded elsewhere (the registry's champion.json, a prediction's
     ``bundle_checksum``): without a key, it is what catches a consistent edit of the manifest.
-    Every manifest field is then validated (:mod:`nirwatch.manifest_schema`).
+    Every manifest field is then validated (:mod:`nirwatch.models.manifest_schema`).
     """
     manifest_bytes = _manifest_bytes(root)
     checksum = sha256_bytes(manifest_bytes)

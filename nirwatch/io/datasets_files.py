@@ -1,4 +1,4 @@
-"""CSV and npz spectra files read and checked, for :func:`nirwatch.datasets.load_spectra`.
+"""CSV and npz spectra files read and checked, for :func:`nirwatch.io.datasets.load_spectra`.
 
 CSV: metadata and target columns, then one column per wavelength headed by the wavelength in nm.
 npz: ``X`` (n, p), ``wavelengths`` (p,), optional ``y`` (n,) and other length-n arrays, read with

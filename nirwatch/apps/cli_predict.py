@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nirwatch.bundle import load_bundle
-from nirwatch.datasets import load_spectra
 from nirwatch.errors import DataError
-from nirwatch.registry import RegistrySettings
+from nirwatch.io.datasets import load_spectra
+from nirwatch.models.bundle import load_bundle
+from nirwatch.models.registry import RegistrySettings
 from nirwatch.settings import load_settings
 
 COLUMNS = (

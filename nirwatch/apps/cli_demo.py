@@ -4,15 +4,15 @@ On embedded defaults: the Tansu broker starts unless ``NIRWATCH_KAFKA_BOOTSTRAP`
 model is fitted on simulated calibration data into ``var/demo/registry`` the first time; then
 the tablet-line simulator and the inference worker run in threads of this process while the
 table shows each probe's latest prediction. While PLS serves, a CNN ensemble trains in a
-background process (:mod:`nirwatch.demo_cnn`) and is promoted when done: the worker
+background process (:mod:`nirwatch.apps.demo_cnn`) and is promoted when done: the worker
 hot-reloads it and the table's model column turns to ``cnn``. ``--scenario drift`` switches on
 a drift part-way through so the out-of-model flags and the prediction error can be watched.
 Ctrl-C (or the end of ``--duration``) stops the probes, lets the worker drain and prints a
 summary.
 
 Every service module is imported inside :func:`run`, so ``nirwatch`` stays light to import.
-The drift loop lives in :mod:`nirwatch.demo_drift`, the live table (plain lines when the
-output is not a terminal) in :mod:`nirwatch.demo_view`.
+The drift loop lives in :mod:`nirwatch.apps.demo_drift`, the live table (plain lines when the
+output is not a terminal) in :mod:`nirwatch.apps.demo_view`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nirwatch.demo_cnn import DEFAULT_EPOCHS, DEFAULT_MEMBERS, BackgroundCNN
-from nirwatch.demo_drift import DriftLoop, start_thread
-from nirwatch.demo_view import RECENT, DemoState, LiveView, PlainView, plain_lines, render
+from nirwatch.apps.demo_cnn import DEFAULT_EPOCHS, DEFAULT_MEMBERS, BackgroundCNN
+from nirwatch.apps.demo_drift import DriftLoop, start_thread
+from nirwatch.apps.demo_view import RECENT, DemoState, LiveView, PlainView, plain_lines, render
 from nirwatch.errors import NirwatchError
 
 if TYPE_CHECKING:
-    from nirwatch.audit import SQLiteAuditTrail
+    from nirwatch.messages.wire import Prediction
+    from nirwatch.records.audit import SQLiteAuditTrail
     from nirwatch.settings import KafkaSettings
-    from nirwatch.wire import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ DEMO_SESSION_TIMEOUT_MS = 2000
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ingest.simulator import DRIFT_KINDS  # numpy only; the command was chosen
+    from nirwatch.simulation.simulator import DRIFT_KINDS  # numpy only; the command was chosen
 
     p.add_argument("--duration", type=float, help="run this many seconds, then print a summary")
     p.add_argument("--scenario", choices=("normal", "drift"), default="normal")
@@ -67,8 +67,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
     """The registry's champion version, fitting and promoting a PLS bundle when there is none."""
-    from ingest.simulator import calibration_set
-    from nirwatch.registry import ModelRegistry
+    from nirwatch.models.registry import ModelRegistry
+    from nirwatch.simulation.simulator import calibration_set
     from training.fit import fit_bundle
 
     registry = ModelRegistry(registry_root, hmac_key=hmac_key)
@@ -104,7 +104,7 @@ def ensure_model(registry_root: Path, model: str, hmac_key: str | None) -> str:
 def open_demo_audit(registry_root: Path) -> SQLiteAuditTrail:
     """The demo's audit trail: SQLite beside its registry (``var/demo/audit.sqlite3``), so
     ``nirwatch audit --db var/demo/audit.sqlite3`` works after ``make demo``."""
-    from nirwatch.audit import SQLiteAuditTrail
+    from nirwatch.records.audit import SQLiteAuditTrail
 
     return SQLiteAuditTrail(registry_root.parent / "audit.sqlite3", synchronous="NORMAL")
 
@@ -128,7 +128,7 @@ def _results_consumer(kafka: KafkaSettings) -> Any:
     """A group-less consumer of the predictions and lab-results topics, from the beginning."""
     from kafka import TopicPartition
 
-    from nirwatch.kafka import make_consumer
+    from nirwatch.transport.kafka import make_consumer
 
     consumer = make_consumer(kafka, None)
     tps = [
@@ -144,7 +144,7 @@ def _results_consumer(kafka: KafkaSettings) -> Any:
 def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) -> None:
     """Poll once: predictions to the table and the drift detectors, lab results to both loops."""
     from monitoring.drift_monitor import parse_lab_result
-    from nirwatch.wire import decode_prediction
+    from nirwatch.messages.wire import decode_prediction
 
     predictions: list[Prediction] = []
     labs = []
@@ -179,14 +179,14 @@ def run(args: argparse.Namespace) -> int:
     from inference.worker import InferenceWorker
     from ingest.producer import SpectrumProducer
     from ingest.settings import IngestSettings
-    from ingest.simulator import Drift, ProbeSpec, TabletLineSimulator
     from ingest.streaming import stream_simulator
-    from monitoring.metrics import WorkerMetrics
-    from nirwatch.broker import free_port, kafka_bootstrap
-    from nirwatch.bundle import load_bundle
-    from nirwatch.kafka import ensure_topics
-    from nirwatch.registry import ModelRegistry, RegistrySettings
+    from nirwatch.metrics import WorkerMetrics
+    from nirwatch.models.bundle import load_bundle
+    from nirwatch.models.registry import ModelRegistry, RegistrySettings
     from nirwatch.settings import load_settings
+    from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator
+    from nirwatch.transport.broker import free_port, kafka_bootstrap
+    from nirwatch.transport.kafka import ensure_topics
 
     # Worker, probes, broker and training share a few cores: BLAS spinning up a thread per
     # core for every small matrix made a PLS fit 10x slower on a busy 2-core machine.

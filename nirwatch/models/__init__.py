@@ -1,0 +1,1 @@
+"""Model bundles (format, manifest schema, loading and prediction) and the model registry."""
