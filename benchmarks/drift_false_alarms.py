@@ -44,8 +44,9 @@ from prometheus_client import CollectorRegistry
 
 from inference.observe import WorkerObserver
 from monitoring.cli_drift import registry_rmsecv
-from monitoring.drift_monitor import DriftMonitor, DriftSettings, LabResult
-from nirwatch.messages.wire import Prediction
+from monitoring.drift_monitor import DriftMonitor, DriftSettings
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics, WorkerMetrics
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.registry import ModelRegistry

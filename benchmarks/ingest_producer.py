@@ -23,7 +23,7 @@ from typing import Any
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
 from ingest.streaming import MessageIds
-from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.messages.spectrum import SpectrumHeader
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID, ProbeSpec, TabletLineSimulator
 

@@ -46,7 +46,7 @@ from naive_baseline import run_baseline
 from one_network import drain_phase, one_network_bundle
 
 from ingest.streaming import MessageIds
-from nirwatch.messages.wire import MAGIC, VERSION, SpectrumHeader, encode_spectrum
+from nirwatch.messages.spectrum import MAGIC, VERSION, SpectrumHeader, encode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import ProbeSpec, TabletLineSimulator, calibration_set
 from nirwatch.transport.broker import kafka_bootstrap
@@ -116,7 +116,7 @@ class MessageFactory:
         first = self.make(0, "check")[1]
         header = json.loads(first[8 : 8 + struct.unpack_from("<H", first, 6)[0]])
         want = encode_spectrum(SpectrumHeader(**header), pool[0])
-        assert first == want, "message template drifted from nirwatch.messages.wire"
+        assert first == want, "message template drifted from nirwatch.messages.spectrum"
 
     def make(self, i: int, tag: str) -> tuple[bytes, bytes]:
         probe = PROBES[i % len(PROBES)]

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from inference.batching import MicroBatch
 from nirwatch.logs import log_event
-from nirwatch.messages.wire import DecodedBatch
+from nirwatch.messages.spectrum import DecodedBatch
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.models.predictor import BatchPrediction, Predictor
 

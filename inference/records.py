@@ -3,7 +3,7 @@
 The arrays are converted to Python lists once per batch (vectorised) and the fields shared by
 the batch (model version, checksum, limits...) are JSON-encoded once, so the per-spectrum work
 is filling one string template. The bytes are identical to what
-:meth:`nirwatch.messages.wire.Prediction.encode` writes (a test checks it on every kind of value).
+:meth:`nirwatch.messages.prediction.Prediction.encode` writes (a test checks it on every kind of value).
 
 The audit records of a batch are built from the very lists the JSON is filled from, so the
 audit trail holds what is published without parsing the JSON back (a test checks that they
@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from nirwatch.errors import ModelError
-from nirwatch.messages.wire import PREDICTION_SCHEMA, SpectrumHeader, uuid7_hex
+from nirwatch.messages.prediction import PREDICTION_SCHEMA
+from nirwatch.messages.spectrum import SpectrumHeader, uuid7_hex
 from nirwatch.models.predictor import BatchPrediction, Predictor
 from nirwatch.records.audit import AuditRecord
 
@@ -37,7 +38,7 @@ def _num(x: float | None) -> str:
 
 
 def _template(const: dict[str, str]) -> str:
-    """%-template of one record, keys in the order of ``nirwatch.messages.wire.Prediction``'s fields.
+    """%-template of one record, keys in the order of ``nirwatch.messages.prediction.Prediction``'s fields.
 
     Per-record slots are ``%s``; batch constants are already JSON (``%`` escaped).
     """
@@ -94,7 +95,7 @@ def _limit(x: float) -> float | None:
 
 def prediction_ids(n: int, now: float | None = None) -> list[str]:
     """``n`` prediction ids: UUIDv7, time-ordered for the audit trail's index (see
-    :func:`nirwatch.messages.wire.uuid7_hex`)."""
+    :func:`nirwatch.messages.spectrum.uuid7_hex`)."""
     return uuid7_hex(n, now)
 
 

@@ -35,7 +35,7 @@ from inference.reload import PredictorSource
 from inference.settings import WorkerSettings
 from nirwatch.errors import NirwatchError
 from nirwatch.messages.deadletter import DeadLetterPublisher, source_of
-from nirwatch.messages.wire import DecodedBatch, decode_batch
+from nirwatch.messages.spectrum import DecodedBatch, decode_batch
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.models.predictor import BatchPrediction, Predictor
 from nirwatch.records.audit import AuditRecord, AuditTrail

@@ -46,7 +46,7 @@ from ingest.replay import on_even_grid
 from nirwatch.errors import DataError
 from nirwatch.io.datasets_files import read_csv, read_npz
 from nirwatch.io.jcamp import JCAMP_SUFFIXES, read_jcamp
-from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.messages.spectrum import SpectrumHeader
 from nirwatch.metrics import FileDropMetrics
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The ingest edge: validate spectra, publish good ones keyed by instrument, dead-letter the rest.
 
 Every spectrum is encoded and then decoded with the same validator the worker uses
-(:func:`nirwatch.messages.wire.decode_spectrum`), so a message that leaves here is one the worker
+(:func:`nirwatch.messages.spectrum.decode_spectrum`), so a message that leaves here is one the worker
 accepts. One that fails (NaN/inf, wrong length for its grid, missing or bad header fields,
 unknown grid) goes to the dead-letter topic with its reason (``stage=ingest``) and never stops
 the adapter. The Kafka key is the instrument id; nirwatch's producer defaults keep one request
@@ -27,12 +27,12 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 
-from ingest.lab_results import LabResult
 from ingest.settings import IngestSettings
 from nirwatch.errors import WireFormatError
 from nirwatch.logs import log_event
 from nirwatch.messages.deadletter import DeadLetterPublisher
-from nirwatch.messages.wire import MAGIC, VERSION, SpectrumHeader, decode_spectrum
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.spectrum import MAGIC, VERSION, SpectrumHeader, decode_spectrum
 from nirwatch.transport.kafka import make_producer
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class SpectrumProducer:
     def dead_letter(self, value: bytes | None, key: str | None, reason: str, detail: str) -> None:
         """Dead-letter what an adapter could not turn into spectra at all (e.g. a file).
 
-        ``reason`` is one of :data:`nirwatch.messages.wire.REASONS` (e.g. ``"bad_file"``).
+        ``reason`` is one of :data:`nirwatch.messages.codec.REASONS` (e.g. ``"bad_file"``).
         """
         self._dead_letter(value, key.encode() if key else None, WireFormatError(reason, detail))
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.lab_results import LabResult
 from ingest.pacing import Pacer, ProbeSchedule, RatePacer
 from ingest.producer import SpectrumProducer
-from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.spectrum import SpectrumHeader
 from nirwatch.simulation.simulator import SimulatedBatch, TabletLineSimulator
 
 #: Spectra generated per probe at once: vectorised generation, bounded memory.
@@ -136,6 +136,7 @@ def stream_simulator(
                 unit="mg",
                 sampled_at=now,
                 timestamp=now + lab_delay_s,
+                method="hplc",
             )
             pending_lab.append((time.monotonic() + lab_delay_s, lab))
         while pending_lab and pending_lab[0][0] <= time.monotonic():
@@ -188,7 +189,10 @@ def stream_rows(
         stats.sent += 1
         ref = meta.get(lab_target) if lab_target else None
         if isinstance(ref, float) and np.isfinite(ref):
-            lab = LabResult(sample_id, instrument_id, str(lab_target), ref, lab_unit, now, now)
+            lab = LabResult(
+                sample_id, ref, now, instrument_id=instrument_id, target=str(lab_target),
+                unit=lab_unit, sampled_at=now, method="hplc",
+            )  # fmt: skip
             producer.send_lab_result(lab)
             stats.lab_results += 1
     stats.elapsed_s = pacer.elapsed()

@@ -8,18 +8,15 @@ that Prometheus scrapes from the process running this loop.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from monitoring.drift_monitor import DriftMonitor, parse_lab_result
-from nirwatch.errors import DataError, WireFormatError
-from nirwatch.messages.wire import Prediction, decode_prediction
+from monitoring.drift_monitor import DriftMonitor
+from nirwatch.messages.lab_result import decode_lab_result
+from nirwatch.messages.prediction import Prediction, decode_prediction
 from nirwatch.settings import KafkaSettings
-from nirwatch.transport.kafka import ensure_topics, make_consumer
-
-log = logging.getLogger(__name__)
+from nirwatch.transport.kafka import ensure_topics, make_consumer, poll_decoded
 
 
 def run_drift_consumer(
@@ -49,27 +46,19 @@ def run_drift_consumer(
     consumer = make_consumer(
         kafka, group_id, *topics, **{"enable_auto_commit": True, **consumer_options}
     )
+    decoders = {
+        kafka.topic_predictions: decode_prediction,
+        kafka.topic_lab_results: decode_lab_result,
+    }
     try:
         while not stop.is_set():
-            polled = consumer.poll(timeout_ms=250)
-            for tp, records in polled.items():
-                if tp.topic == kafka.topic_lab_results:
-                    labs = []
-                    for rec in records:
-                        try:
-                            labs.append(parse_lab_result(rec.value))
-                        except DataError as exc:
-                            log.warning("skipping lab result at offset %d: %s", rec.offset, exc)
-                    monitor.observe_lab(labs)
-                    continue
-                predictions = []
-                for rec in records:
-                    try:
-                        predictions.append(decode_prediction(rec.value))
-                    except WireFormatError as exc:
-                        log.warning("skipping prediction at offset %d: %s", rec.offset, exc)
+            polled = poll_decoded(consumer, decoders, timeout_ms=250)
+            predictions: list[Prediction] = polled.get(kafka.topic_predictions, [])
+            if predictions:
                 monitor.observe(predictions)
-                if on_predictions is not None and predictions:
+                if on_predictions is not None:
                     on_predictions(predictions)
+            if kafka.topic_lab_results in polled:
+                monitor.observe_lab(polled[kafka.topic_lab_results])
     finally:
         consumer.close()

@@ -17,13 +17,10 @@ judged against the model now serving.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import Field
@@ -37,9 +34,9 @@ from monitoring.drift import (
     PageHinkley,
 )
 from monitoring.lab_reference import LabReferenceTracker
-from nirwatch.errors import DataError
 from nirwatch.logs import log_event
-from nirwatch.messages.wire import Prediction
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics
 from nirwatch.settings import NirwatchSettings
 
@@ -84,42 +81,6 @@ class DriftSettings(NirwatchSettings):
     metrics_host: str = Field(default="127.0.0.1", description="nirwatch drift-monitor endpoint")
     metrics_port: int = Field(default=9109, ge=1, le=65535)
     join_cache_size: int = Field(default=100_000, ge=1)
-
-
-@dataclass(frozen=True, slots=True)
-class LabResult:
-    """A lab reference value for a sample (JSON on the lab-results topic)."""
-
-    sample_id: str
-    value: float
-    timestamp: float
-
-
-def parse_lab_result(raw: bytes | str) -> LabResult:
-    """Decode ``{"sample_id", "value", "timestamp"}``; raises :class:`DataError` if invalid.
-
-    Records of :mod:`ingest.lab_results` (schema ``nirwatch.lab-result/1``) carry
-    ``measured_at`` (and ``sampled_at``) instead of ``timestamp``; either is accepted and
-    other fields are ignored.
-    """
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"lab result is not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"lab result must be a JSON object, got {type(obj).__name__}")
-    if "timestamp" not in obj:
-        obj["timestamp"] = obj.get("measured_at", obj.get("sampled_at"))
-    missing = [k for k in ("sample_id", "value", "timestamp") if obj.get(k) is None]
-    if missing:
-        raise DataError(f"lab result lacks {', '.join(missing)}")
-    sample_id, value, ts = obj["sample_id"], obj["value"], obj["timestamp"]
-    if not isinstance(sample_id, str) or not sample_id:
-        raise DataError(f"sample_id must be a non-empty string, got {sample_id!r}")
-    for name, v in (("value", value), ("timestamp", ts)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise DataError(f"{name} must be a finite number, got {v!r}")
-    return LabResult(sample_id, float(value), float(ts))
 
 
 class _Detector(Protocol):

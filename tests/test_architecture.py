@@ -98,13 +98,9 @@ def layer_violations() -> set[tuple[str, str]]:
     return out
 
 
-#: Being moved into the core (issue 14): emptied by the commit that moves it.
-MOVING = {("training.service", "monitoring.drift_monitor")}
-
-
 def test_every_import_respects_the_layers() -> None:
     """Core imports only core; a service the core and itself; nothing imports the apps."""
-    offenders = layer_violations() - MOVING
+    offenders = layer_violations()
     assert not offenders, sorted(offenders)
 
 

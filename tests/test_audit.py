@@ -18,7 +18,8 @@ import pytest
 from nirwatch.apps.cli import build_parser
 from nirwatch.apps.cli_audit import parse_since, run
 from nirwatch.errors import ConfigError
-from nirwatch.messages.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.messages.prediction import Prediction
+from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.records.audit import (
     COLUMNS,
     AuditError,

@@ -16,7 +16,7 @@ from test_ingest_replay import cli_env, write_csv  # noqa: F401 - cli_env is a f
 
 from nirwatch.apps.cli import build_parser, main
 from nirwatch.apps.cli_audit import run
-from nirwatch.messages.wire import decode_spectrum
+from nirwatch.messages.spectrum import decode_spectrum
 from nirwatch.records.audit import SQLiteAuditTrail, audit_records
 from nirwatch.settings import KafkaSettings
 

@@ -264,7 +264,7 @@ def test_range_end_model_serves_near_and_beyond_the_calibrated_range() -> None:
 
 def test_too_wide_interval_is_not_releasable() -> None:
     from inference.records import encode_predictions
-    from nirwatch.messages.wire import SpectrumHeader
+    from nirwatch.messages.spectrum import SpectrumHeader
 
     bundle, X = _loaded("cnn", margin=0.0, max_width=2.5)
     p = bundle.predict(X)

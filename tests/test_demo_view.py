@@ -11,7 +11,7 @@ from rich.console import Console
 
 from nirwatch.apps.demo_cnn import BackgroundCNN
 from nirwatch.apps.demo_view import LEGEND, DemoState, PlainView, plain_lines, render
-from nirwatch.messages.wire import Prediction
+from nirwatch.messages.prediction import Prediction
 
 if TYPE_CHECKING:
     from nirwatch.apps.demo_drift import DriftLoop

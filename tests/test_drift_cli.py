@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from nirwatch.messages.wire import Prediction
+from nirwatch.messages.prediction import Prediction
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.broker import free_port
 

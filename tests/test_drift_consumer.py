@@ -10,10 +10,10 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from ingest.lab_results import LabResult
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from nirwatch.messages.wire import Prediction
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics
@@ -55,7 +55,7 @@ def test_drift_consumer_detects_shift_and_joins_lab_results(kafka_settings: Kafk
         )
     producer.send(kafka_settings.topic_predictions, b"not a prediction", key=b"probe-1")
     for i in range(20):  # lab says 6 mg less than predicted: biased model
-        lab = LabResult(f"s{i}", "probe-1", "api_content", float(values[i]) - 6.0, "mg", 0.0, 1.0)
+        lab = LabResult(f"s{i}", float(values[i]) - 6.0, 1.0, instrument_id="probe-1", unit="mg")
         producer.send(kafka_settings.topic_lab_results, lab.encode(), key=f"s{i}".encode())
     producer.send(kafka_settings.topic_lab_results, b"{}", key=b"bad")
     producer.flush()

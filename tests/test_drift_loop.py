@@ -28,10 +28,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
-from ingest.lab_results import LabResult
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
-from nirwatch.messages.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.prediction import Prediction
+from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.metrics import DriftMetrics, WorkerMetrics
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.registry import ModelRegistry
@@ -120,7 +121,7 @@ class Probe(threading.Thread):
                     timestamp=time.time(), grid=GRID, n_points=x.size, product="tablet-200mg",
                 )  # fmt: skip
                 producer.send(self.kafka.topic_spectra, encode_spectrum(header, x), key=b"probe-1")
-                lab = LabResult(sid, "probe-1", "api_content", float(ref), "mg", 0.0, time.time())
+                lab = LabResult(sid, float(ref), time.time(), target="api_content", unit="mg")
                 producer.send(self.kafka.topic_lab_results, lab.encode(), key=sid.encode())
             self.sent += step
             producer.flush()

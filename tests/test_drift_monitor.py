@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,15 +11,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitoring.drift_monitor import (
-    DriftMonitor,
-    DriftSettings,
-    LabJoiner,
-    LabResult,
-    parse_lab_result,
-)
-from nirwatch.errors import DataError
-from nirwatch.messages.wire import Prediction
+from monitoring.drift_monitor import DriftMonitor, DriftSettings, LabJoiner
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics
 
 
@@ -166,34 +159,6 @@ def test_label_sets_are_bounded() -> None:
         for s in family.samples
     }
     assert instruments == {"probe-0", "probe-1", "other"}
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        (b"\xff", "not UTF-8 JSON"),
-        (b"[1]", "JSON object"),
-        (b'{"sample_id": "s"}', "lacks value, timestamp"),
-        (b'{"sample_id": "", "value": 1, "timestamp": 1}', "sample_id"),
-        (b'{"sample_id": "s", "value": "1", "timestamp": 1}', "value must be a finite"),
-        (b'{"sample_id": "s", "value": NaN, "timestamp": 1}', "value must be a finite"),
-    ],
-)
-def test_bad_lab_results_are_refused(raw: bytes, message: str) -> None:
-    with pytest.raises(DataError, match=message):
-        parse_lab_result(raw)
-
-
-def test_lab_result_round_trip() -> None:
-    raw = json.dumps({"sample_id": "s1", "value": 201.5, "timestamp": 1.7e9}).encode()
-    assert parse_lab_result(raw) == LabResult("s1", 201.5, 1.7e9)
-
-
-def test_lab_result_of_the_ingest_schema_is_accepted() -> None:
-    from ingest.lab_results import LabResult as IngestLabResult
-
-    record = IngestLabResult("s2", "probe-1", "api", 199.0, "mg", 1.7e9, 1.7e9 + 600)
-    assert parse_lab_result(record.encode()) == LabResult("s2", 199.0, 1.7e9 + 600)
 
 
 def test_observe_cost_per_prediction_is_reported() -> None:

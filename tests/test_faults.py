@@ -31,7 +31,8 @@ from test_worker_support import WL, make_header, mixtures, wait_until
 
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from nirwatch.messages.wire import Prediction, decode_prediction, encode_spectrum
+from nirwatch.messages.prediction import Prediction, decode_prediction
+from nirwatch.messages.spectrum import encode_spectrum
 from nirwatch.records.audit import SQLiteAuditTrail, audit_records
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.broker import EmbeddedBroker, free_port
@@ -275,7 +276,7 @@ def delivery_figures(sent: set[str], preds: list[Prediction]) -> dict[str, int]:
 
 def where_lost(kafka: KafkaSettings, group: str, lost: set[str]) -> str:
     """Partition/offset of lost spectra and the group's committed offsets (failure message)."""
-    from nirwatch.messages.wire import decode_spectrum
+    from nirwatch.messages.spectrum import decode_spectrum
 
     consumer = make_consumer(kafka, None)
     try:

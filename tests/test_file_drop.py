@@ -18,7 +18,7 @@ from ingest.settings import IngestSettings
 from nirwatch.errors import DataError
 from nirwatch.grid import wavelengths as grid_wavelengths
 from nirwatch.messages.deadletter import read_dead_letters
-from nirwatch.messages.wire import decode_spectrum
+from nirwatch.messages.spectrum import decode_spectrum
 from nirwatch.metrics import FileDropMetrics
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics, make_producer

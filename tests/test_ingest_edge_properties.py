@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from ingest.producer import SpectrumProducer, encode_unchecked
 from ingest.settings import IngestSettings
+from nirwatch.messages.codec import REASONS
 from nirwatch.messages.deadletter import read_dead_letters
-from nirwatch.messages.wire import REASONS, SpectrumHeader, decode_spectrum
+from nirwatch.messages.spectrum import SpectrumHeader, decode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID
 from nirwatch.transport.kafka import ensure_topics

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from test_ingest_producer import read_topic
 
-from ingest.lab_results import decode_lab_result
 from ingest.producer import SpectrumProducer
 from ingest.replay import load_dataset, load_fermentation, load_file, replay_rows
 from ingest.settings import IngestSettings
@@ -19,7 +18,8 @@ from ingest.streaming import stream_rows
 from nirwatch.apps.cli import main
 from nirwatch.errors import DataError
 from nirwatch.messages.deadletter import read_dead_letters
-from nirwatch.messages.wire import decode_spectrum
+from nirwatch.messages.lab_result import decode_lab_result
+from nirwatch.messages.spectrum import decode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics
 
@@ -179,6 +179,7 @@ def test_cli_replay_with_lab_results(
     assert sorted((lab.sample_id, lab.value) for lab in labs) == [
         (f"d-{i:05d}", 190.0 + i) for i in range(12)
     ]
+    assert {(lab.target, lab.unit, lab.method) for lab in labs} == {("assay", "mg", "hplc")}
 
 
 @pytest.mark.kafka

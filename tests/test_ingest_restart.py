@@ -7,7 +7,7 @@ import pytest
 
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
-from nirwatch.messages.wire import SpectrumHeader, decode_spectrum
+from nirwatch.messages.spectrum import SpectrumHeader, decode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID
 from nirwatch.transport.broker import EmbeddedBroker, free_port

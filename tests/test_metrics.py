@@ -10,8 +10,9 @@ from metric_sets import JOBS, exported
 from prometheus_client import CollectorRegistry
 
 from inference.observe import WorkerObserver
-from monitoring.drift_monitor import DriftMonitor, DriftSettings, LabResult
-from nirwatch.messages.wire import Prediction
+from monitoring.drift_monitor import DriftMonitor, DriftSettings
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics, WorkerMetrics
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from ingest.lab_results import LabResult
-from nirwatch.messages.wire import SpectrumHeader, encode_spectrum, new_message_id
+from nirwatch.messages.lab_result import LabResult
+from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID, ProbeSpec, TabletLineSimulator
 from training.retrain import LabelledBuffer
@@ -31,7 +31,7 @@ def test_spectra_and_lab_results_are_joined_from_kafka(kafka_settings: KafkaSett
         producer.send(kafka_settings.topic_spectra, encode_spectrum(header, x), key=b"probe-1")
     producer.send(kafka_settings.topic_spectra, b"garbage", key=b"probe-1")
     for sid, ref in list(zip(batch.sample_ids, batch.reference_mg, strict=True))[:20]:
-        lab = LabResult(sid, "probe-1", "api_content", float(ref), "mg", 0.0, 1.0)
+        lab = LabResult(sid, float(ref), 1.0, instrument_id="probe-1", target="api_content")
         producer.send(kafka_settings.topic_lab_results, lab.encode(), key=sid.encode())
     producer.flush()
     producer.close()

@@ -20,7 +20,7 @@ from inference.observe import WorkerObserver
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
 from nirwatch.logs import format_event
-from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.messages.spectrum import SpectrumHeader
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.settings import KafkaSettings
 

@@ -1,5 +1,8 @@
+"""The message modules: spectra, predictions and lab results (schema, encoders, decoders)."""
+
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -8,13 +11,14 @@ import pytest
 
 from nirwatch.errors import WireFormatError
 from nirwatch.grid import grid_id_for, points_in_grid, wavelengths
-from nirwatch.messages.wire import (
-    Prediction,
+from nirwatch.messages.lab_result import LabResult, decode_lab_result
+from nirwatch.messages.prediction import Prediction, decode_prediction
+from nirwatch.messages.spectrum import (
     SpectrumHeader,
     decode_batch,
-    decode_prediction,
     decode_spectrum,
     encode_spectrum,
+    encode_spectrum_unchecked,
     new_message_id,
 )
 
@@ -92,6 +96,36 @@ def test_encode_refuses_bad_spectra() -> None:
         encode_spectrum(header(), np.zeros(10))
     with pytest.raises(WireFormatError, match="non_finite"):
         encode_spectrum(header(), np.full(650, np.nan))
+    # What only the decoder used to check: the header's fields and its grid.
+    cases = [
+        (header(instrument_id=""), None, "bad_field"),
+        (header(timestamp=float("nan")), None, "bad_field"),
+        (header(grid="log:1:2:3"), None, "unknown_grid"),
+        (header(n_points=600), None, "length_mismatch"),
+        (header(), "lin:600:1898:4", "grid_mismatch"),
+        (header(extra={"x": "y" * 70_000}), None, "too_large"),
+    ]
+    for h, expected_grid, reason in cases:
+        with pytest.raises(WireFormatError) as exc:
+            encode_spectrum(h, np.zeros(h.n_points), expected_grid)
+        assert exc.value.reason == reason, h
+
+
+def test_spectrum_bytes_are_those_of_the_format_version_1() -> None:
+    """The bytes every adapter has published since version 1 (computed with the encoder of
+    commit 1e71a67, before the message modules): a refactor must not change them."""
+    h = SpectrumHeader(
+        "0190f3a2b4c5d6e7f8091a2b3c4d5e6f", "probe-1", "probe-1-00000042", 1764095000.125,
+        GRID, 650, product="tablet-200mg", batch="LOT-0001",
+        extra={"file": "run 7.csv", "probe": 7.0, "note": None},
+    )  # fmt: skip
+    x = np.linspace(0.1, 1.2, 650)
+    value = encode_spectrum(h, x)
+    assert value[:8] == b"NIRS\x01\x00\x22\x01"  # magic, version 1, flags 0, 290-byte header
+    assert hashlib.sha256(value).hexdigest() == (
+        "0bed60ea5775f04895c67e62d9d2c4639f75b47ec66dc35ebc1d64bec1a75f84"
+    )
+    assert encode_spectrum_unchecked(h, x) == value  # what a dead letter of it would carry
 
 
 def test_decode_batch_keeps_good_messages_around_bad_ones() -> None:
@@ -131,6 +165,15 @@ def test_prediction_round_trip_and_validation() -> None:
         decode_prediction(b'{"schema": "nirwatch.prediction/0"}')
     with pytest.raises(WireFormatError, match="bad_header"):
         decode_prediction(b"\xff\xfe")
+    with pytest.raises(WireFormatError, match="bad_header"):
+        decode_prediction(None)  # a tombstone
+    obj = json.loads(p.encode())
+    for key, bad in [("t2", "1.0"), ("out_of_model", 1), ("value", True), ("model", None)]:
+        with pytest.raises(WireFormatError, match=f"bad_field: prediction {key} must be"):
+            decode_prediction(json.dumps({**obj, key: bad}).encode())
+    with pytest.raises(WireFormatError, match="bad_field"):
+        decode_prediction(p.encode().replace(b'"value":201.5', b'"value":NaN'))
+    assert decode_prediction(p.encode().replace(b'"value":201.5', b'"value":201')).value == 201.0
 
 
 def test_decode_batch_dead_letters_non_finite_rows_and_keeps_order() -> None:
@@ -149,10 +192,67 @@ def test_decode_batch_dead_letters_non_finite_rows_and_keeps_order() -> None:
 
 
 def test_lab_results_share_the_record_decoder_and_survive_nested_json() -> None:
-    from ingest.lab_results import decode_lab_result
-
     with pytest.raises(WireFormatError) as exc:
         decode_lab_result(b"[" * 5000)
     assert exc.value.reason == "bad_header"
     with pytest.raises(WireFormatError, match="unknown_version"):
         decode_lab_result(b'{"schema": "nirwatch.lab-result/0"}')
+
+
+#: A lab result as the ingest adapters have always written it (ingest/lab_results.py before
+#: the message modules).
+INGEST_LAB = (
+    b'{"sample_id":"s-1","instrument_id":"p1","target":"api_content","value":201.5,'
+    b'"unit":"mg","sampled_at":1.0,"timestamp":2.0,"method":"hplc",'
+    b'"schema":"nirwatch.lab-result/1"}'
+)
+
+
+def test_lab_result_bytes_and_round_trip() -> None:
+    lab = LabResult(
+        "s-1", 201.5, 2.0, instrument_id="p1", target="api_content", unit="mg",
+        sampled_at=1.0, method="hplc",
+    )  # fmt: skip
+    assert lab.encode() == INGEST_LAB
+    assert decode_lab_result(INGEST_LAB) == lab
+
+
+def test_a_minimal_lims_record_is_a_lab_result() -> None:
+    got = decode_lab_result(b'{"sample_id": "s1", "value": 201, "timestamp": 1700000000}')
+    assert got == LabResult("s1", 201.0, 1.7e9)
+    assert isinstance(got.value, float) and got.method == "" and got.sampled_at is None
+    # Fields of a newer LIMS export are ignored; a str is decoded like bytes.
+    got = decode_lab_result('{"sample_id": "s1", "value": 1.5, "timestamp": 2, "analyst": "x"}')
+    assert got == LabResult("s1", 1.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "message"),
+    [
+        (b"\xff", "bad_header", "not UTF-8 JSON"),
+        (b"[1]", "bad_header", "JSON object"),
+        (None, "bad_header", "no value"),
+        (b'{"sample_id": "s"}', "missing_field", "lacks value, timestamp"),
+        # measured_at was never written by anything: it is not a timestamp
+        (b'{"sample_id": "s", "value": 1, "measured_at": 1}', "missing_field", "timestamp"),
+        (b'{"sample_id": "", "value": 1, "timestamp": 1}', "bad_field", "sample_id"),
+        (b'{"sample_id": 7, "value": 1, "timestamp": 1}', "bad_field", "sample_id"),
+        (b'{"sample_id": "s", "value": "1", "timestamp": 1}', "bad_field", "value must be a"),
+        (b'{"sample_id": "s", "value": NaN, "timestamp": 1}', "bad_field", "value must be a"),
+        (b'{"sample_id": "s", "value": true, "timestamp": 1}', "bad_field", "value must be a"),
+        (b'{"sample_id": "s", "value": null, "timestamp": 1}', "bad_field", "value must be a"),
+        (b'{"sample_id": "s", "value": 1, "timestamp": 1e999}', "bad_field", "timestamp"),
+        (b'{"sample_id": "s", "value": 1, "timestamp": 1, "unit": 3}', "bad_field", "unit"),
+        (
+            b'{"sample_id": "s", "value": 1, "timestamp": 1, "schema": "nirwatch.prediction/1"}',
+            "unknown_version",
+            "nirwatch.lab-result/1",
+        ),
+    ],
+)
+def test_bad_lab_results_are_refused_with_a_reason(
+    raw: bytes | None, reason: str, message: str
+) -> None:
+    with pytest.raises(WireFormatError, match=message) as exc:
+        decode_lab_result(raw)
+    assert exc.value.reason == reason

@@ -24,17 +24,16 @@ from hypothesis import strategies as st
 
 from nirwatch.errors import WireFormatError
 from nirwatch.grid import points_in_grid
-from nirwatch.messages.wire import (
+from nirwatch.messages.codec import REASONS
+from nirwatch.messages.prediction import PREDICTION_SCHEMA, Prediction, decode_prediction
+from nirwatch.messages.spectrum import (
     MAX_MESSAGE_BYTES,
     MAX_POINTS,
-    PREDICTION_SCHEMA,
-    REASONS,
-    Prediction,
     SpectrumHeader,
     decode_batch,
-    decode_prediction,
     decode_spectrum,
     encode_spectrum,
+    encode_spectrum_unchecked,
 )
 
 GRID = "lin:600:1898:2"
@@ -296,6 +295,63 @@ def test_decode_batch_keeps_good_messages(values: list[bytes | None]) -> None:
     if batch.headers:
         assert {h.grid for h in batch.headers} == {batch.headers[0].grid}
         assert batch.spectra.dtype == np.float32 and np.isfinite(batch.spectra).all()
+
+
+# ---- the encoder refuses what the decoder refuses -------------------------------------------
+
+odd_values = st.one_of(
+    st.text(max_size=12), st.integers(), st.floats(width=32), st.none(), st.booleans()
+)
+
+
+@st.composite
+def any_spectra(draw: st.DrawFn) -> tuple[SpectrumHeader, np.ndarray]:
+    """A good header with none, one or a few fields replaced by any JSON-able value, and a
+    spectrum of any length, perhaps with a non-finite (or float32-overflowing) value."""
+    n = draw(st.sampled_from([N, N, N, 0, 1, N - 1, N + 1, 2 * N, 33_000]))  # 33,000: too_large
+    x = np.random.default_rng(draw(st.integers(0, 99))).random(n)
+    if n and draw(st.integers(0, 3)) == 0:
+        x[draw(st.integers(0, n - 1))] = draw(st.sampled_from([np.nan, np.inf, 1e39]))
+    fields: dict[str, Any] = {
+        "message_id": "m1", "instrument_id": "p1", "sample_id": "s1", "timestamp": 1.7e9,
+        "grid": GRID, "n_points": N, "product": "", "batch": "B1", "units": "absorbance",
+        "extra": {},
+    }  # fmt: skip
+    others = {
+        "grid": st.sampled_from(["lin:600:1898:4", "lin:1:0:1", "", "x"]) | odd_values,
+        "n_points": st.integers(-2, 20_000) | odd_values,
+        "extra": st.dictionaries(st.text(max_size=4), odd_values) | odd_values,
+    }
+    bad = st.sets(st.sampled_from(sorted(fields)), min_size=1, max_size=3)
+    for name in draw(st.just(set()) | bad):
+        fields[name] = draw(others.get(name, odd_values))
+    return SpectrumHeader(**fields), x
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@FAST
+@given(item=any_spectra(), expected=st.sampled_from([None, GRID, "lin:600:1898:4"]))
+def test_encoder_refuses_what_the_decoder_refuses_with_its_reason(
+    item: tuple[SpectrumHeader, np.ndarray], expected: str | None
+) -> None:
+    """The ingest edge validates by encoding: its verdict, reason and bytes must be those of
+    encoding without checks and decoding (what it did before, and what the worker does)."""
+    TRIED["encode"] += 1
+    header, x = item
+    raw = encode_spectrum_unchecked(header, x)
+    try:
+        decode_spectrum(raw, expected)
+        want = None
+    except WireFormatError as exc:
+        want = exc.reason
+    try:
+        value = encode_spectrum(header, x, expected)
+    except WireFormatError as exc:
+        assert exc.reason == want
+        OUTCOMES[f"encode:{exc.reason}"] += 1
+    else:
+        assert want is None and value == raw
+        OUTCOMES["encode:valid"] += 1
 
 
 # ---- predictions ------------------------------------------------------------------------------

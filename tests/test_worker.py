@@ -28,7 +28,7 @@ from test_worker_support import (
 
 from inference.cli import install_stop_handlers
 from nirwatch.messages.deadletter import read_dead_letters
-from nirwatch.messages.wire import MAGIC, encode_spectrum
+from nirwatch.messages.spectrum import MAGIC, encode_spectrum
 from nirwatch.models.predictor import BatchPrediction
 from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import KafkaSettings

@@ -23,7 +23,8 @@ from inference.reload import StaticSource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
 from nirwatch.grid import wavelengths
-from nirwatch.messages.wire import Prediction, SpectrumHeader, decode_prediction, encode_spectrum
+from nirwatch.messages.prediction import Prediction, decode_prediction
+from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.models.predictor import BatchPrediction, Predictor
 from nirwatch.settings import KafkaSettings

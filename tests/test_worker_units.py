@@ -25,7 +25,7 @@ from inference.records import (
 from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
 from nirwatch.errors import BundleError, ConfigError, ModelError
-from nirwatch.messages.wire import Prediction, decode_prediction
+from nirwatch.messages.prediction import Prediction, decode_prediction
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.records.audit import audit_records
 from nirwatch.settings import load_settings

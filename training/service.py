@@ -18,19 +18,21 @@ Threads:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from nirwatch.errors import ConfigError, DataError, WireFormatError
+from nirwatch.errors import ConfigError
 from nirwatch.logs import log_event
 from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import port_error
@@ -253,29 +255,31 @@ def consume_labelled(
     group_id: str = "nirwatch-retrain",
     **consumer_options: Any,
 ) -> None:
-    """Join spectra and lab results from Kafka into ``buffer`` until ``stop`` is set."""
-    from monitoring.drift_monitor import parse_lab_result
-    from nirwatch.messages.wire import decode_spectrum
-    from nirwatch.transport.kafka import ensure_topics, make_consumer
+    """Join spectra and lab results from Kafka into ``buffer`` until ``stop`` is set.
+
+    Spectra on another grid than ``grid``, and anything undecodable, are skipped (logged at
+    DEBUG: a line may carry products this model does not serve).
+    """
+    from nirwatch.messages.lab_result import decode_lab_result
+    from nirwatch.messages.spectrum import decode_spectrum
+    from nirwatch.transport.kafka import ensure_topics, make_consumer, poll_decoded
 
     ensure_topics(kafka, [kafka.topic_spectra, kafka.topic_lab_results])
     consumer = make_consumer(
         kafka, group_id, kafka.topic_spectra, kafka.topic_lab_results,
         **{"enable_auto_commit": True, **consumer_options},
     )  # fmt: skip
+    decoders: dict[str, Callable[[bytes | None], Any]] = {
+        kafka.topic_spectra: functools.partial(decode_spectrum, expected_grid=grid),
+        kafka.topic_lab_results: decode_lab_result,
+    }
     try:
         while not stop.is_set():
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for rec in records:
-                    try:
-                        if tp.topic == kafka.topic_lab_results:
-                            lab = parse_lab_result(rec.value)
-                            buffer.add_lab(lab.sample_id, lab.value)
-                        else:
-                            header, spectrum = decode_spectrum(rec.value, expected_grid=grid)
-                            buffer.add_spectrum(header.sample_id, spectrum)
-                    except (DataError, WireFormatError) as exc:
-                        log.debug("skipping record %s@%d: %s", tp.topic, rec.offset, exc)
+            polled = poll_decoded(consumer, decoders, timeout_ms=500, log_level=logging.DEBUG)
+            for header, spectrum in polled.get(kafka.topic_spectra, []):
+                buffer.add_spectrum(header.sample_id, spectrum)
+            for lab in polled.get(kafka.topic_lab_results, []):
+                buffer.add_lab(lab.sample_id, lab.value)
     finally:
         consumer.close()
 

@@ -31,7 +31,7 @@ from nirwatch.apps.demo_view import RECENT, DemoState, LiveView, PlainView, plai
 from nirwatch.errors import NirwatchError
 
 if TYPE_CHECKING:
-    from nirwatch.messages.wire import Prediction
+    from nirwatch.messages.prediction import Prediction
     from nirwatch.records.audit import SQLiteAuditTrail
     from nirwatch.settings import KafkaSettings
 
@@ -143,24 +143,21 @@ def _results_consumer(kafka: KafkaSettings) -> Any:
 
 def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) -> None:
     """Poll once: predictions to the table and the drift detectors, lab results to both loops."""
-    from monitoring.drift_monitor import parse_lab_result
-    from nirwatch.messages.wire import decode_prediction
+    from nirwatch.messages.lab_result import decode_lab_result
+    from nirwatch.messages.prediction import decode_prediction
+    from nirwatch.transport.kafka import poll_decoded
 
-    predictions: list[Prediction] = []
-    labs = []
-    for tp, records in consumer.poll(timeout_ms=timeout_ms).items():
-        for rec in records:
-            try:
-                if tp.topic == state.lab_topic:
-                    lab = parse_lab_result(rec.value)
-                    if lab.timestamp >= state.started_at:
-                        labs.append(lab)
-                else:
-                    p = decode_prediction(rec.value)
-                    if p.timestamp >= state.started_at:  # spectra of this run only
-                        predictions.append(p)
-            except NirwatchError as exc:
-                log.warning("undecodable record %s:%s: %s", tp.topic, rec.offset, exc)
+    # The consumer is assigned the predictions and the lab-results topics (_results_consumer).
+    decoders = {
+        tp.topic: decode_lab_result if tp.topic == state.lab_topic else decode_prediction
+        for tp in consumer.assignment()
+    }
+    polled = poll_decoded(consumer, decoders, timeout_ms)
+    # Records of this run only: the topics may hold an earlier run's.
+    labs = [r for r in polled.pop(state.lab_topic, []) if r.timestamp >= state.started_at]
+    predictions: list[Prediction] = [
+        p for records in polled.values() for p in records if p.timestamp >= state.started_at
+    ]
     for p in predictions:
         state.add(p)
     loop.monitor.observe(predictions)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from nirwatch.apps.demo_drift import DriftLoop
-    from nirwatch.messages.wire import Prediction
+    from nirwatch.messages.prediction import Prediction
 
 
 #: Predictions per probe that "now" means for the out-of-model share at the end.

@@ -9,7 +9,7 @@ it failed travels in headers:
 =========================  ==============================================================
 header                     value (UTF-8)
 =========================  ==============================================================
-``nirwatch.dlq.reason``    bounded code from :data:`nirwatch.messages.wire.REASONS`
+``nirwatch.dlq.reason``    bounded code from :data:`nirwatch.messages.codec.REASONS`
 ``nirwatch.dlq.detail``    human-readable explanation (at most :data:`MAX_DETAIL` bytes)
 ``nirwatch.dlq.source``    ``topic:partition:offset`` of the input, or the adapter's name
 ``nirwatch.dlq.stage``     ``ingest`` or ``worker``
@@ -28,7 +28,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.producer.future import FutureRecordMetadata
 
 from nirwatch.errors import NirwatchError
-from nirwatch.messages.wire import REASONS
+from nirwatch.messages.codec import REASONS
 from nirwatch.settings import KafkaSettings
 
 HEADER_REASON = "nirwatch.dlq.reason"
@@ -98,7 +98,7 @@ class DeadLetterPublisher:
         Raises
         ------
         DeadLetterError
-            If ``reason`` is not one of :data:`nirwatch.messages.wire.REASONS` or ``stage`` is unknown
+            If ``reason`` is not one of :data:`nirwatch.messages.codec.REASONS` or ``stage`` is unknown
             (a programming error: reason codes label metrics and must stay bounded).
         """
         if reason not in REASONS:

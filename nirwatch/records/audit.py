@@ -34,7 +34,7 @@ from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nirwatch.errors import ConfigError, NirwatchError
-from nirwatch.messages.wire import Prediction
+from nirwatch.messages.prediction import Prediction
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from nirwatch.statedirs import writable_dir
 

@@ -1,17 +1,21 @@
-"""Thin helpers over kafka-python: clients from settings, topic creation, lag via highwater."""
+"""Thin helpers over kafka-python: clients from settings, topic creation, polling and decoding."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from nirwatch.errors import BrokerUnavailableError
+from nirwatch.errors import BrokerUnavailableError, WireFormatError
 from nirwatch.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 #: Tuned for throughput of ~3 KB spectra: large batches, short linger, fast crc32c.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -77,3 +81,117 @@ def ensure_topics(
         finally:
             admin.close()
     raise BrokerUnavailableError(f"could not create topics on {kafka.bootstrap}: {last}")
+
+
+def poll_decoded(
+    consumer: KafkaConsumer,
+    decoders: Mapping[str, Callable[[bytes | None], Any]],
+    timeout_ms: int,
+    *,
+    log_level: int = logging.WARNING,
+) -> dict[str, list[Any]]:
+    """Poll once and decode each record's value with its topic's decoder.
+
+    A record its decoder refuses (:class:`~nirwatch.errors.WireFormatError`) is logged at
+    ``log_level`` with its topic, partition and offset, and skipped: one bad record never
+    stops a consumer. Records of topics without a decoder are skipped too.
+
+    Returns
+    -------
+    dict
+        Topic -> decoded values in the order they were polled (a topic with no record in
+        this poll is absent).
+    """
+    out: dict[str, list[Any]] = {}
+    for tp, records in consumer.poll(timeout_ms=timeout_ms).items():
+        decode = decoders.get(tp.topic)
+        if decode is None:
+            continue
+        good = out.setdefault(tp.topic, [])
+        for rec in records:
+            try:
+                good.append(decode(rec.value))
+            except WireFormatError as exc:
+                log.log(
+                    log_level, "skipping undecodable record %s[%d]@%d: %s",
+                    tp.topic, tp.partition, rec.offset, exc,
+                )  # fmt: skip
+    return out
+
+
+class ProducerSlot:
+    """Holds one producer at a time and replaces it after a failure.
+
+    After a broker restart an idempotent producer must be recreated: Tansu forgets producer
+    ids, and every later send of the old client fails. :meth:`mark_failed` flags the producer
+    (safe from the client's I/O thread, e.g. in a send's errback) and the next :meth:`get`
+    closes it and makes a new one; :meth:`discard` drops it at once, from the thread that uses
+    it.
+
+    Parameters
+    ----------
+    factory : callable
+        Makes a producer (e.g. ``lambda: make_producer(kafka, linger_ms=...)``).
+    on_new : callable, optional
+        Called with each new producer before :meth:`get` returns it (e.g. to wrap it in a
+        dead-letter publisher, or to re-send what the failed one lost).
+
+    Attributes
+    ----------
+    recreated : int
+        Failed producers dropped so far.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], KafkaProducer],
+        on_new: Callable[[KafkaProducer], None] | None = None,
+    ) -> None:
+        self._factory = factory
+        self._on_new = on_new
+        self._producer: KafkaProducer | None = None
+        self._failed = threading.Event()
+        self.recreated = 0
+
+    @property
+    def current(self) -> KafkaProducer | None:
+        """The producer now held, if any (never makes one)."""
+        return self._producer
+
+    @property
+    def failed(self) -> bool:
+        """A send failed since the producer now held was made."""
+        return self._failed.is_set()
+
+    def mark_failed(self) -> None:
+        """The producer failed: the next :meth:`get` replaces it."""
+        self._failed.set()
+
+    def get(self) -> KafkaProducer:
+        """The producer: made on first use, and again after it failed."""
+        if self._producer is not None and self._failed.is_set():
+            log.debug("recreating the Kafka producer after a failed send")
+            self.discard()
+        if self._producer is None:
+            self._failed.clear()
+            self._producer = self._factory()
+            if self._on_new is not None:
+                self._on_new(self._producer)
+        return self._producer
+
+    def discard(self) -> None:
+        """Close a failed producer now (briefly: it may hang) and forget it."""
+        if self._producer is None:
+            return
+        producer, self._producer = self._producer, None
+        self.recreated += 1
+        try:
+            producer.close(timeout=1)
+        except Exception as exc:  # noqa: BLE001 - a broken client may fail to close; drop it
+            log.info("closing the failed producer: %s", exc)
+
+    def close(self, timeout: float) -> None:
+        """Close the producer for good, waiting up to ``timeout`` s for what it holds."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.close(timeout=timeout)

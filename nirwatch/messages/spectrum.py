@@ -1,4 +1,4 @@
-"""Versioned wire format for spectra and predictions.
+"""Spectrum messages: a versioned binary format, its encoder, validator and decoders.
 
 Spectrum message, version 1 (Kafka value, little-endian)::
 
@@ -11,9 +11,9 @@ Spectrum message, version 1 (Kafka value, little-endian)::
     8+H     4*n   absorbances as float32, n = header["n_points"]
 
 The Kafka key is the instrument id (UTF-8) so that each instrument's spectra stay in order.
-Predictions are small records without arrays: UTF-8 JSON with ``"schema": "nirwatch.prediction/1"``
-(see :class:`Prediction`). Both are validated at both edges; a failure raises
-:class:`~nirwatch.errors.WireFormatError` with a bounded ``reason`` code.
+A spectrum is validated at both edges by the same checks: :func:`encode_spectrum` refuses what
+:func:`decode_spectrum` would refuse, with the same :class:`~nirwatch.errors.WireFormatError`
+reason code (one of :data:`nirwatch.messages.codec.REASONS`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import json
 import os
 import struct
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -33,27 +33,9 @@ from nirwatch.grid import points_in_grid
 
 MAGIC = b"NIRS"
 VERSION = 1
-PREDICTION_SCHEMA = "nirwatch.prediction/1"
 _PREFIX = struct.Struct("<4sBBH")
 MAX_POINTS = 16384
 MAX_MESSAGE_BYTES = 8 + 65535 + 4 * MAX_POINTS
-
-#: Every reason code a decoder can give; bounded so it can label metrics.
-REASONS = (
-    "too_short",
-    "too_large",
-    "bad_magic",
-    "unknown_version",
-    "bad_header",
-    "missing_field",
-    "bad_field",
-    "unknown_grid",
-    "length_mismatch",
-    "non_finite",
-    "grid_mismatch",
-    # Ingest only: a dropped file that cannot be read as spectra (ingest.file_drop).
-    "bad_file",
-)
 
 _REQUIRED = ("message_id", "instrument_id", "sample_id", "timestamp", "grid", "n_points")
 
@@ -101,31 +83,11 @@ def new_message_id() -> str:
     return uuid7_hex(1)[0]
 
 
-def encode_spectrum(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
-    """Encode one spectrum; validates length and finiteness before it leaves the process."""
-    values = np.ascontiguousarray(absorbances, dtype="<f4").reshape(-1)
-    if values.size != header.n_points:
-        raise WireFormatError(
-            "length_mismatch",
-            f"header says n_points={header.n_points}, got {values.size} absorbances",
-        )
-    if not np.isfinite(values).all():
-        raise WireFormatError("non_finite", "absorbances contain NaN or inf")
-    head = json.dumps(asdict(header), separators=(",", ":")).encode()
-    if len(head) > 65535:
-        raise WireFormatError("too_large", f"header is {len(head)} bytes, at most 65535 allowed")
-    return _PREFIX.pack(MAGIC, VERSION, 0, len(head)) + head + values.tobytes()
+_FIELDS = tuple(f.name for f in fields(SpectrumHeader))
 
 
-def _parse_header(raw: bytes) -> SpectrumHeader:
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireFormatError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireFormatError(
-            "bad_header", f"header must be a JSON object, got {type(obj).__name__}"
-        )
+def _check_header(obj: Mapping[str, Any]) -> None:
+    """The header checks of both edges, in one order: ``missing_field``, then ``bad_field``."""
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise WireFormatError("missing_field", f"header lacks {', '.join(missing)}")
@@ -145,17 +107,95 @@ def _parse_header(raw: bytes) -> SpectrumHeader:
     for key in ("product", "batch", "units"):
         if key in obj and not isinstance(obj[key], str):
             raise WireFormatError("bad_field", f"{key} must be a string, got {obj[key]!r}")
+
+
+def _check_grid(grid: str, n_points: int, expected_grid: str | None) -> None:
+    """``unknown_grid``, ``length_mismatch`` (grid vs ``n_points``) or ``grid_mismatch``."""
+    n_grid = points_in_grid(grid)
+    if n_grid is None:
+        raise WireFormatError("unknown_grid", f"cannot interpret wavelength grid id {grid!r}")
+    if n_grid != n_points:
+        raise WireFormatError(
+            "length_mismatch", f"grid {grid} has {n_grid} points, header says {n_points}"
+        )
+    if expected_grid is not None and grid != expected_grid:
+        raise WireFormatError("grid_mismatch", f"expected grid {expected_grid}, got {grid}")
+
+
+def _encode_parts(
+    header: SpectrumHeader, absorbances: np.ndarray
+) -> tuple[dict[str, Any], bytes, np.ndarray]:
+    # Shallow field dict: dataclasses.asdict deep-copies and costs more than the rest here.
+    obj = {name: getattr(header, name) for name in _FIELDS}
+    head = json.dumps(obj, separators=(",", ":"), default=repr).encode()
+    values = np.ascontiguousarray(np.asarray(absorbances, dtype="<f4").reshape(-1))
+    return obj, head, values
+
+
+def encode_spectrum(
+    header: SpectrumHeader, absorbances: np.ndarray, expected_grid: str | None = None
+) -> bytes:
+    """Encode one spectrum, refusing what :func:`decode_spectrum` would refuse.
+
+    The checks and their order are the decoder's, so a refusal carries the reason code the
+    worker would give. Values in ``extra`` that JSON cannot carry are written as their
+    ``repr``.
+
+    Raises
+    ------
+    WireFormatError
+        ``too_large``, ``missing_field``, ``bad_field``, ``unknown_grid``,
+        ``length_mismatch``, ``grid_mismatch`` (not ``expected_grid``) or ``non_finite``.
+    """
+    obj, head, values = _encode_parts(header, absorbances)
+    size = _PREFIX.size + len(head) + 4 * values.size
+    if size > MAX_MESSAGE_BYTES:
+        raise WireFormatError("too_large", f"{size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(head) > 65535:
+        raise WireFormatError("too_large", f"header is {len(head)} bytes, at most 65535 allowed")
+    _check_header(obj)
+    _check_grid(header.grid, header.n_points, expected_grid)
+    if values.size != header.n_points:
+        raise WireFormatError(
+            "length_mismatch",
+            f"header says n_points={header.n_points}, got {values.size} absorbances",
+        )
+    if not np.isfinite(values).all():
+        raise WireFormatError("non_finite", "absorbances contain NaN or inf")
+    return _PREFIX.pack(MAGIC, VERSION, 0, len(head)) + head + values.tobytes()
+
+
+def encode_spectrum_unchecked(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
+    """Encode without validation, so a refused spectrum can be dead-lettered as it came.
+
+    Header fields that JSON cannot carry are written as their ``repr``; a header over
+    64 KiB is cut (its length field saturates).
+    """
+    _, head, values = _encode_parts(header, absorbances)
+    return _PREFIX.pack(MAGIC, VERSION, 0, min(len(head), 65535)) + head + values.tobytes()
+
+
+def _parse_header(raw: bytes) -> SpectrumHeader:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireFormatError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireFormatError(
+            "bad_header", f"header must be a JSON object, got {type(obj).__name__}"
+        )
+    _check_header(obj)
     return SpectrumHeader(
         message_id=obj["message_id"],
         instrument_id=obj["instrument_id"],
         sample_id=obj["sample_id"],
-        timestamp=float(ts),
+        timestamp=float(obj["timestamp"]),
         grid=obj["grid"],
-        n_points=n,
+        n_points=obj["n_points"],
         product=obj.get("product", ""),
         batch=obj.get("batch", ""),
         units=obj.get("units", "absorbance"),
-        extra=extra,
+        extra=obj.get("extra", {}),
     )
 
 
@@ -177,18 +217,7 @@ def _check_and_parse(value: bytes | None, expected_grid: str | None) -> tuple[Sp
             "too_short", f"header_len={head_len} runs past the {len(value)}-byte message"
         )
     header = _parse_header(value[_PREFIX.size : body_at])
-    n_grid = points_in_grid(header.grid)
-    if n_grid is None:
-        raise WireFormatError(
-            "unknown_grid", f"cannot interpret wavelength grid id {header.grid!r}"
-        )
-    if n_grid != header.n_points:
-        raise WireFormatError(
-            "length_mismatch",
-            f"grid {header.grid} has {n_grid} points, header says {header.n_points}",
-        )
-    if expected_grid is not None and header.grid != expected_grid:
-        raise WireFormatError("grid_mismatch", f"expected grid {expected_grid}, got {header.grid}")
+    _check_grid(header.grid, header.n_points, expected_grid)
     n_bytes = len(value) - body_at
     if n_bytes != 4 * header.n_points:
         raise WireFormatError(
@@ -262,84 +291,3 @@ def decode_batch(values: Sequence[bytes | None], expected_grid: str | None = Non
         good = [good[j] for j in keep]
         spectra = spectra[keep]
     return DecodedBatch(headers, spectra, good, errors)
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One published prediction (JSON on the wire, schema ``nirwatch.prediction/1``).
-
-    ``model`` is the model that produced ``value`` (``"cnn"`` or ``"pls"``);
-    ``fallback_reason`` says why PLS was used when the CNN was not. ``value`` is ``None``
-    only when no model could predict. ``out_of_model`` marks a spectrum outside the
-    calibration's 99 % Hotelling T² or Q limits: it is not releasable. Nor is a value outside
-    the range of the calibration's reference values (the bundle's ``target.range``): an
-    extrapolation has ``releasable`` false with ``out_of_model`` false. ``interval_low`` and
-    ``interval_high`` bound the bundle's conformal prediction interval (None when the bundle
-    has none); an interval wider than the bundle's ``max_interval_width`` is not releasable.
-    """
-
-    prediction_id: str
-    message_id: str
-    instrument_id: str
-    sample_id: str
-    timestamp: float
-    published_at: float
-    target: str
-    value: float | None
-    model: str
-    model_version: str
-    bundle_checksum: str
-    product: str = ""
-    batch: str = ""
-    unit: str = ""
-    fallback_reason: str | None = None
-    cnn_value: float | None = None
-    pls_value: float | None = None
-    t2: float | None = None
-    q: float | None = None
-    t2_limit: float | None = None
-    q_limit: float | None = None
-    out_of_model: bool = False
-    releasable: bool = True
-    interval_low: float | None = None
-    interval_high: float | None = None
-    schema: str = PREDICTION_SCHEMA
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
-
-
-R = TypeVar("R")
-
-
-def decode_json_record(value: bytes, cls: type[R], schema: str, what: str) -> R:
-    """Decode a JSON record with a ``schema`` field into dataclass ``cls``, validating its keys.
-
-    Raises
-    ------
-    WireFormatError
-        ``bad_header`` (not a UTF-8 JSON object), ``unknown_version`` (other schema),
-        ``bad_field`` (unknown keys) or ``missing_field``.
-    """
-    try:
-        obj = json.loads(value)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireFormatError("bad_header", f"{what} is not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireFormatError("bad_header", f"{what} must be a JSON object")
-    if obj.get("schema") != schema:
-        raise WireFormatError(
-            "unknown_version", f"expected schema {schema}, got {obj.get('schema')!r}"
-        )
-    unknown = set(obj) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    if unknown:
-        raise WireFormatError("bad_field", f"unknown {what} fields: {sorted(unknown)}")
-    try:
-        return cls(**obj)
-    except TypeError as exc:
-        raise WireFormatError("missing_field", str(exc)) from None
-
-
-def decode_prediction(value: bytes) -> Prediction:
-    """Decode and validate a prediction record."""
-    return decode_json_record(value, Prediction, PREDICTION_SCHEMA, "prediction")
