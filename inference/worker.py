@@ -39,7 +39,7 @@ from nirwatch.messages.spectrum import DecodedBatch, decode_batch
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.models.predictor import BatchPrediction, Predictor
 from nirwatch.records.audit import AuditRecord, AuditTrail
-from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
+from nirwatch.transport.kafka import ProducerSlot, ensure_topics, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class InferenceWorker:
         self.observer = WorkerObserver(metrics)
         self._backoff_s = 0.0
         self.tracker = RevocationTracker()
-        self._producer: tuple[KafkaProducer, DeadLetterPublisher] | None = None
+        self._producer = ProducerSlot(self._make_producer, on_new=self._on_new_producer)
+        self._dead_letters: DeadLetterPublisher | None = None
         self._joining_since: float | None = None
         #: Lengthens the fetch wait while idle; bound to each new consumer.
         self.fetch_wait = IdleFetchWait(None, settings.fetch_max_wait_ms, 0)
@@ -99,29 +100,23 @@ class InferenceWorker:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _make_producer(self) -> KafkaProducer:
+        return make_producer(
+            self.settings.kafka,
+            linger_ms=self.settings.producer_linger_ms,
+            partitioner=CachedKeyPartitioner(),
+        )
+
+    def _on_new_producer(self, producer: KafkaProducer) -> None:
+        self._dead_letters = DeadLetterPublisher(
+            producer, self.settings.kafka.topic_dead_letter, self.metrics.dead_lettered
+        )
+
     def _publisher(self) -> tuple[KafkaProducer, DeadLetterPublisher]:
         """The producer (created on first use, and again after it failed)."""
-        if self._producer is None:
-            producer = make_producer(
-                self.settings.kafka,
-                linger_ms=self.settings.producer_linger_ms,
-                partitioner=CachedKeyPartitioner(),
-            )
-            dlq = DeadLetterPublisher(
-                producer, self.settings.kafka.topic_dead_letter, self.metrics.dead_lettered
-            )
-            self._producer = (producer, dlq)
-        return self._producer
-
-    def _drop_producer(self) -> None:
-        """Forget a producer that failed: after a broker restart an idempotent producer's id is
-        unknown to the broker and every later send fails, so the next batch gets a new one."""
-        if self._producer is not None:
-            producer, self._producer = self._producer[0], None
-            try:
-                producer.close(timeout=1)
-            except Exception as exc:  # noqa: BLE001 - it is being discarded anyway
-                log.info("closing the failed producer: %s", exc)
+        producer = self._producer.get()
+        assert self._dead_letters is not None
+        return producer, self._dead_letters
 
     def _clients(self) -> KafkaConsumer:
         k = self.settings.kafka
@@ -215,8 +210,7 @@ class InferenceWorker:
 
     def _close(self, consumer: KafkaConsumer) -> None:
         try:
-            if self._producer is not None:
-                self._producer[0].close(timeout=10)
+            self._producer.close(timeout=10)
         except Exception as exc:  # noqa: BLE001 - closing must not mask the real error
             log.warning("closing the producer: %s", exc)
         try:
@@ -270,7 +264,9 @@ class InferenceWorker:
         except (KafkaError, PublishError) as exc:
             # Not committed: the batch comes again (at-least-once; duplicates keep message_id).
             self._kafka_error("publish", exc)
-            self._drop_producer()
+            # After a broker restart an idempotent producer's id is unknown to the broker and
+            # every later send fails: the next batch gets a new one.
+            self._producer.discard()
             self._seek_back(batch, consumer)
             return
         t0, t1 = t1, time.perf_counter()

@@ -1,26 +1,24 @@
 """The ingest edge: validate spectra, publish good ones keyed by instrument, dead-letter the rest.
 
-Every spectrum is encoded and then decoded with the same validator the worker uses
-(:func:`nirwatch.messages.spectrum.decode_spectrum`), so a message that leaves here is one the worker
-accepts. One that fails (NaN/inf, wrong length for its grid, missing or bad header fields,
-unknown grid) goes to the dead-letter topic with its reason (``stage=ingest``) and never stops
-the adapter. The Kafka key is the instrument id; nirwatch's producer defaults keep one request
-in flight per connection, so each instrument's spectra stay in order.
+Every spectrum is encoded by :func:`nirwatch.messages.spectrum.encode_spectrum`, which refuses
+what the worker's decoder would refuse, with the same reason; bytes an adapter received ready
+encoded are checked by that decoder itself. A refused spectrum (NaN/inf, wrong length for its
+grid, missing or bad header fields, unknown grid) goes to the dead-letter topic as it came,
+with its reason (``stage=ingest``), and never stops the adapter. The Kafka key is the
+instrument id; nirwatch's producer defaults keep one request in flight per connection, so each
+instrument's spectra stay in order.
 
 After a broker restart an idempotent producer must be recreated (Tansu forgets producer ids):
-a failed send marks the producer broken, the next send recreates it and re-sends what was not
-acknowledged.
+a failed send marks the producer failed (:class:`nirwatch.transport.kafka.ProducerSlot`), the
+next send recreates it and re-sends what was not acknowledged.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -32,24 +30,15 @@ from nirwatch.errors import WireFormatError
 from nirwatch.logs import log_event
 from nirwatch.messages.deadletter import DeadLetterPublisher
 from nirwatch.messages.lab_result import LabResult
-from nirwatch.messages.spectrum import MAGIC, VERSION, SpectrumHeader, decode_spectrum
-from nirwatch.transport.kafka import make_producer
+from nirwatch.messages.spectrum import (
+    SpectrumHeader,
+    decode_spectrum,
+    encode_spectrum,
+    encode_spectrum_unchecked,
+)
+from nirwatch.transport.kafka import ProducerSlot, make_producer
 
 log = logging.getLogger(__name__)
-_PREFIX = struct.Struct("<4sBBH")
-_HEADER_FIELDS = tuple(f.name for f in dataclass_fields(SpectrumHeader))
-
-
-def encode_unchecked(header: SpectrumHeader, absorbances: np.ndarray) -> bytes:
-    """Wire-encode without validation, so a bad spectrum can be dead-lettered as it came.
-
-    Header fields that JSON cannot carry are written as their ``repr``.
-    """
-    # Shallow field dict: dataclasses.asdict deep-copies and costs more than the rest here.
-    fields = {name: getattr(header, name) for name in _HEADER_FIELDS}
-    head = json.dumps(fields, separators=(",", ":"), default=repr).encode()
-    values = np.ascontiguousarray(np.asarray(absorbances, dtype="<f4").reshape(-1))
-    return _PREFIX.pack(MAGIC, VERSION, 0, min(len(head), 65535)) + head + values.tobytes()
 
 
 class SpectrumProducer:
@@ -84,7 +73,7 @@ class SpectrumProducer:
         self.kafka = settings.kafka
         self.source = source
         self.expected_grid = expected_grid
-        self._factory = producer_factory or (
+        factory = producer_factory or (
             lambda: make_producer(
                 settings.kafka,
                 delivery_timeout_ms=settings.delivery_timeout_ms,
@@ -92,9 +81,8 @@ class SpectrumProducer:
                 max_block_ms=settings.max_block_ms,
             )
         )
-        self._producer: KafkaProducer | None = None
+        self._slot = ProducerSlot(factory, on_new=self._on_new_producer)
         self._dlq: DeadLetterPublisher | None = None
-        self._broken = threading.Event()
         self._lock = threading.Lock()
         self._retry: deque[tuple[str, bytes | None, bytes]] = deque(
             maxlen=settings.max_retry_buffer or None
@@ -105,34 +93,22 @@ class SpectrumProducer:
         self.dead_lettered = 0
         self.dead_lettered_by_reason: dict[str, int] = {}
         self.lab_results_sent = 0
-        self.recreated = 0
         #: Sends are failing: logged once as broker_lost, and broker_back at the next ack.
         self._down = False
 
-    # -- client lifecycle -------------------------------------------------------------------
-    def _client(self) -> KafkaProducer:
-        if self._producer is not None and self._broken.is_set():
-            log.debug("recreating the Kafka producer after a failed send")
-            old, self._producer = self._producer, None
-            try:
-                old.close(timeout=1)
-            except Exception:  # noqa: BLE001 - a broken client may fail to close; drop it
-                log.debug("closing broken producer failed", exc_info=True)
-            self.recreated += 1
-        if self._producer is None:
-            self._broken.clear()
-            self._producer = self._factory()
-            self._dlq = DeadLetterPublisher(self._producer, self.kafka.topic_dead_letter)
-            self._resend()
-        return self._producer
+    @property
+    def recreated(self) -> int:
+        """Producers replaced after a failed send."""
+        return self._slot.recreated
 
-    def _resend(self) -> None:
-        assert self._producer is not None
+    # -- client lifecycle -------------------------------------------------------------------
+    def _on_new_producer(self, producer: KafkaProducer) -> None:
+        self._dlq = DeadLetterPublisher(producer, self.kafka.topic_dead_letter)
         with self._lock:
             pending = list(self._retry)
             self._retry.clear()
         for topic, key, value in pending:
-            self._send_record(self._producer, topic, key, value)
+            self._send_record(producer, topic, key, value)
 
     def _send_record(
         self, producer: KafkaProducer, topic: str, key: bytes | None, value: bytes
@@ -146,7 +122,7 @@ class SpectrumProducer:
         def failed(exc: BaseException) -> None:
             # Runs on the producer's I/O thread: only record the failure here.
             self.failed += 1
-            self._broken.set()
+            self._slot.mark_failed()
             with self._lock:
                 self._retry.append((topic, key, value))
             if self._down:  # one line per outage, not one per message
@@ -170,9 +146,15 @@ class SpectrumProducer:
     # -- spectra ----------------------------------------------------------------------------
     def send(self, header: SpectrumHeader, absorbances: np.ndarray) -> bool:
         """Validate and publish one spectrum; False when it was dead-lettered instead."""
-        raw = encode_unchecked(header, absorbances)
-        key = header.instrument_id if isinstance(header.instrument_id, str) else None
-        return self.send_raw(raw, key)
+        try:
+            value = encode_spectrum(header, absorbances, self.expected_grid)
+        except WireFormatError as exc:
+            key = header.instrument_id if isinstance(header.instrument_id, str) else None
+            raw = encode_spectrum_unchecked(header, absorbances)
+            self._dead_letter(raw, key.encode() if key else None, exc)
+            return False
+        self._publish(value, header.instrument_id.encode())
+        return True
 
     def send_raw(self, value: bytes | None, key: str | None) -> bool:
         """Validate and publish an already-encoded spectrum (adapters that receive bytes)."""
@@ -193,13 +175,15 @@ class SpectrumProducer:
             )
             return False
         assert value is not None
-        producer = self._client()
-        self._send_record(producer, self.kafka.topic_spectra, raw_key, value)
-        self.sent += 1
+        self._publish(value, raw_key)
         return True
 
+    def _publish(self, value: bytes, key: bytes | None) -> None:
+        self._send_record(self._slot.get(), self.kafka.topic_spectra, key, value)
+        self.sent += 1
+
     def _dead_letter(self, value: bytes | None, key: bytes | None, exc: WireFormatError) -> None:
-        self._client()
+        self._slot.get()
         assert self._dlq is not None
         try:
             self._dlq.publish(value, key, exc.reason, exc.detail, self.source, "ingest")
@@ -207,7 +191,7 @@ class SpectrumProducer:
             # Too big for the broker even as a dead letter: counted and logged, client intact.
             log.warning("dead letter (%s) too large to send: %s", exc.reason, err)
         except KafkaError as err:
-            self._broken.set()
+            self._slot.mark_failed()
             log.warning("dead letter (%s) could not be sent: %s", exc.reason, err)
         self.dead_lettered += 1
         self.dead_lettered_by_reason[exc.reason] = (
@@ -217,9 +201,11 @@ class SpectrumProducer:
     # -- lab results ------------------------------------------------------------------------
     def send_lab_result(self, result: LabResult) -> None:
         """Publish a lab reference value to the lab-results topic, keyed by sample id."""
-        producer = self._client()
         self._send_record(
-            producer, self.kafka.topic_lab_results, result.sample_id.encode(), result.encode()
+            self._slot.get(),
+            self.kafka.topic_lab_results,
+            result.sample_id.encode(),
+            result.encode(),
         )
         self.lab_results_sent += 1
 
@@ -230,18 +216,19 @@ class SpectrumProducer:
         Returns True when every spectrum and lab result sent so far was acknowledged; False
         when some still wait for a re-send (they stay buffered) or the flush timed out.
         """
-        if self._producer is None:
+        producer = self._slot.current
+        if producer is None:
             return not self._retry
         ok = True
         try:
-            self._producer.flush(timeout=timeout)
+            producer.flush(timeout=timeout)
         except KafkaError as exc:
             log.warning("flush failed: %s", exc)
             ok = False
-        if self._broken.is_set() and self._retry:
+        if self._slot.failed and self._retry:
             # One more attempt with a fresh client for what failed.
             try:
-                self._client().flush(timeout=timeout)
+                self._slot.get().flush(timeout=timeout)
                 ok = True
             except KafkaError as exc:
                 log.warning("flush after recreating the producer failed: %s", exc)
@@ -259,9 +246,7 @@ class SpectrumProducer:
     def close(self, timeout: float = 30.0) -> None:
         """Flush and close the client."""
         self.flush(timeout)
-        if self._producer is not None:
-            self._producer.close(timeout=timeout)
-            self._producer = None
+        self._slot.close(timeout)
 
     def __enter__(self) -> SpectrumProducer:
         return self

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.producer import SpectrumProducer, encode_unchecked
+from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
 from nirwatch.messages.codec import REASONS
 from nirwatch.messages.deadletter import read_dead_letters
-from nirwatch.messages.spectrum import SpectrumHeader, decode_spectrum
+from nirwatch.messages.spectrum import SpectrumHeader, decode_spectrum, encode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID
 from nirwatch.transport.kafka import ensure_topics
@@ -72,7 +72,7 @@ def test_edge_publishes_or_dead_letters_never_raises(
     ok = producer.send(header, x)
     if ok:
         assert producer.sent == before[0] + 1
-        decode_spectrum(encode_unchecked(header, x), GRID)  # the worker's decoder accepts it
+        decode_spectrum(encode_spectrum(header, x), GRID)  # the worker's decoder accepts it
     else:
         assert producer.dead_lettered == before[1] + 1
     assert set(producer.dead_lettered_by_reason) <= set(REASONS)
