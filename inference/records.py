@@ -1,9 +1,11 @@
 """Turning a :class:`~nirwatch.models.predictor.BatchPrediction` into prediction records on the wire.
 
-The arrays are converted to Python lists once per batch (vectorised) and the fields shared by
-the batch (model version, checksum, limits...) are JSON-encoded once, so the per-spectrum work
-is filling one string template. The bytes are identical to what
-:meth:`nirwatch.messages.prediction.Prediction.encode` writes (a test checks it on every kind of value).
+Each field of :class:`~nirwatch.messages.prediction.Prediction` gets its values for the whole
+batch at once: a Python list per field that varies per record (converted from the arrays once,
+vectorised, then JSON-encoded column by column) and one JSON value per field shared by the
+batch (model version, checksum, limits...), written into the record template once. The
+per-spectrum work is filling that template. The bytes are identical to what
+:meth:`Prediction.encode` writes (a test checks it on every kind of value).
 
 The audit records of a batch are built from the very lists the JSON is filled from, so the
 audit trail holds what is published without parsing the JSON back (a test checks that they
@@ -15,16 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from nirwatch.errors import ModelError
-from nirwatch.messages.prediction import PREDICTION_SCHEMA
+from nirwatch.messages.prediction import PREDICTION_SCHEMA, Prediction
 from nirwatch.messages.spectrum import SpectrumHeader, uuid7_hex
 from nirwatch.models.predictor import BatchPrediction, Predictor
-from nirwatch.records.audit import AuditRecord
+from nirwatch.records.audit import COLUMNS, AuditRecord
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 #: JSON string literal of a str, as json.dumps writes it (C-accelerated where available).
@@ -37,22 +40,34 @@ def _num(x: float | None) -> str:
     return "null" if x is None else float.__repr__(x)
 
 
-def _template(const: dict[str, str]) -> str:
-    """%-template of one record, keys in the order of ``nirwatch.messages.prediction.Prediction``'s fields.
+def _bool(x: bool) -> str:
+    return _TRUE if x else _FALSE
 
-    Per-record slots are ``%s``; batch constants are already JSON (``%`` escaped).
+
+#: (name, type as source text) of each Prediction field, in the order of the JSON keys.
+_FIELDS = tuple((f.name, str(f.type)) for f in fields(Prediction))
+#: Per field type, how one value is written (as json.dumps writes it).
+_JSON: dict[str, Callable[[Any], str]] = {
+    "str": _str,
+    "str | None": _dumps,
+    "float": _num,
+    "float | None": _num,
+    "bool": _bool,
+}
+#: Prediction fields copied from the spectrum's header.
+_FROM_HEADER = {f.name for f in fields(SpectrumHeader)} & {name for name, _ in _FIELDS}
+
+
+def _template(batch: dict[str, Any]) -> str:
+    """%-template of one record: the batch's values written in, a ``%s`` slot for the others.
+
+    Keys in the order of Prediction's fields (``%`` in the batch's values escaped).
     """
-    c = {k: v.replace("%", "%%") for k, v in const.items()}
-    return (
-        '{"prediction_id":"%s","message_id":%s,"instrument_id":%s,"sample_id":%s,'
-        f'"timestamp":%s,"published_at":{c["published_at"]},"target":{c["target"]},'
-        f'"value":%s,"model":%s,"model_version":{c["model_version"]},'
-        f'"bundle_checksum":{c["bundle_checksum"]},"product":%s,"batch":%s,'
-        f'"unit":{c["unit"]},"fallback_reason":%s,"cnn_value":%s,"pls_value":%s,'
-        f'"t2":%s,"q":%s,"t2_limit":{c["t2_limit"]},"q_limit":{c["q_limit"]},'
-        f'"out_of_model":%s,"releasable":%s,"interval_low":%s,"interval_high":%s,'
-        f'"schema":{c["schema"]}}}'
-    )
+    parts = [
+        f'"{name}":' + (_dumps(batch[name]).replace("%", "%%") if name in batch else "%s")
+        for name, _ in _FIELDS
+    ]
+    return "{" + ",".join(parts) + "}"
 
 
 def check_batch_prediction(bp: BatchPrediction, n: int) -> None:
@@ -99,46 +114,50 @@ def prediction_ids(n: int, now: float | None = None) -> list[str]:
     return uuid7_hex(n, now)
 
 
-class _Columns(NamedTuple):
-    """A batch's per-record values as Python lists, converted once (vectorised)."""
-
-    ids: list[str]
-    value: list[float | None]
-    model: list[str]
-    cnn: list[float | None]
-    pls: list[float | None]
-    t2: list[float | None]
-    q: list[float | None]
-    out_of_model: list[bool]
-    releasable: list[bool]
-    low: list[float | None]
-    high: list[float | None]
-
-
-def _columns(bp: BatchPrediction, n: int) -> _Columns:
+def _per_record(
+    headers: Sequence[SpectrumHeader], bp: BatchPrediction, n: int
+) -> dict[str, list[Any]]:
+    """The values of the fields that vary per record, as Python lists (converted once)."""
     value = _finite_or_none(bp.value)
-    oom: list[bool] = np.asarray(bp.out_of_model, dtype=bool).tolist()
     held = np.asarray(bp.out_of_model, dtype=bool)
     for extra in (bp.outside_range, bp.too_wide):
         # An extrapolated value, or one with too wide an interval, is held like an
         # out-of-model one (not releasable).
         if extra is not None:
             held = held | np.asarray(extra, dtype=bool)
-    hold: list[bool] = held.tolist()
     none: list[float | None] = [None] * n
-    return _Columns(
-        ids=prediction_ids(n),
+    out: dict[str, list[Any]] = {
+        name: [getattr(h, name) for h in headers] for name in sorted(_FROM_HEADER)
+    }
+    out.update(
+        prediction_id=prediction_ids(n),
         value=value,
         model=[str(m) for m in np.asarray(bp.model).tolist()],
-        cnn=_finite_or_none(bp.cnn_value),
-        pls=_finite_or_none(bp.pls_value),
+        fallback_reason=list(bp.fallback_reason),
+        cnn_value=_finite_or_none(bp.cnn_value),
+        pls_value=_finite_or_none(bp.pls_value),
         t2=_finite_or_none(bp.t2),
         q=_finite_or_none(bp.q),
-        out_of_model=oom,
-        releasable=[not h and v is not None for h, v in zip(hold, value, strict=True)],
-        low=none if bp.interval_low is None else _finite_or_none(bp.interval_low),
-        high=none if bp.interval_high is None else _finite_or_none(bp.interval_high),
+        out_of_model=np.asarray(bp.out_of_model, dtype=bool).tolist(),
+        releasable=[not h and v is not None for h, v in zip(held.tolist(), value, strict=True)],
+        interval_low=none if bp.interval_low is None else _finite_or_none(bp.interval_low),
+        interval_high=none if bp.interval_high is None else _finite_or_none(bp.interval_high),
     )
+    return out
+
+
+def _per_batch(bp: BatchPrediction, predictor: Predictor, published_at: float) -> dict[str, Any]:
+    """The values of the fields shared by the whole batch."""
+    return {
+        "published_at": published_at,
+        "target": predictor.target,
+        "model_version": predictor.version,
+        "bundle_checksum": predictor.checksum,
+        "unit": predictor.unit,
+        "t2_limit": _limit(bp.t2_limit),
+        "q_limit": _limit(bp.q_limit),
+        "schema": PREDICTION_SCHEMA,
+    }
 
 
 class EncodedBatch(NamedTuple):
@@ -195,97 +214,24 @@ def encode_batch(
     check_batch_prediction(bp, n)
     if raw_values is not None and len(raw_values) != n:
         raise ModelError(f"expected {n} raw spectrum values to audit, got {len(raw_values)}")
-    c = _columns(bp, n)
-    ids, value, model, cnn, pls, t2, q, oom, releasable, low, high = c
-    # Fields shared by the whole batch are encoded once; per record only its own values are.
-    const = {
-        "published_at": _dumps(published_at),
-        "target": _dumps(predictor.target),
-        "model_version": _dumps(predictor.version),
-        "bundle_checksum": _dumps(predictor.checksum),
-        "unit": _dumps(predictor.unit),
-        "t2_limit": _dumps(_limit(bp.t2_limit)),
-        "q_limit": _dumps(_limit(bp.q_limit)),
-        "schema": _dumps(PREDICTION_SCHEMA),
-    }
-    template = _template(const)
-    reasons = [_dumps(r) for r in bp.fallback_reason]
-    out: list[bytes] = []
-    append = out.append
-    for i, h in enumerate(headers):
-        append(
-            (
-                template
-                % (
-                    ids[i],
-                    _str(h.message_id),
-                    _str(h.instrument_id),
-                    _str(h.sample_id),
-                    _num(h.timestamp),
-                    _num(value[i]),
-                    _str(model[i]),
-                    _str(h.product),
-                    _str(h.batch),
-                    reasons[i],
-                    _num(cnn[i]),
-                    _num(pls[i]),
-                    _num(t2[i]),
-                    _num(q[i]),
-                    _TRUE if oom[i] else _FALSE,
-                    _TRUE if releasable[i] else _FALSE,
-                    _num(low[i]),
-                    _num(high[i]),
-                )
-            ).encode()
-        )
-    audit = (
-        []
-        if raw_values is None
-        else _audit_records(headers, bp, predictor, published_at, raw_values, c)
-    )
-    return EncodedBatch(out, releasable, audit)
+    records, batch = _per_record(headers, bp, n), _per_batch(bp, predictor, published_at)
+    missing = [name for name, _ in _FIELDS if name not in records and name not in batch]
+    if missing:  # a new Prediction field: say where its value comes from above
+        raise ModelError(f"no value for prediction fields {missing}")
+    template = _template(batch)
+    # Column by column: one map over each field's values, then one % per record.
+    columns = [list(map(_JSON[kind], records[name])) for name, kind in _FIELDS if name in records]
+    out = [(template % row).encode() for row in zip(*columns, strict=True)]
+    audit = [] if raw_values is None else _audit_records(records, batch, raw_values)
+    return EncodedBatch(out, records["releasable"], audit)
 
 
 def _audit_records(
-    headers: Sequence[SpectrumHeader],
-    bp: BatchPrediction,
-    predictor: Predictor,
-    published_at: float,
-    raw_values: Sequence[bytes],
-    c: _Columns,
+    records: dict[str, list[Any]], batch: dict[str, Any], raw_values: Sequence[bytes]
 ) -> list[AuditRecord]:
-    # Filled from the same lists as the JSON (NaN/inf already None), so both say the same.
-    ids, value, model, cnn, pls, t2, q, oom, releasable, _, _ = c
-    t2_limit, q_limit = _limit(bp.t2_limit), _limit(bp.q_limit)
-    version, checksum = predictor.version, predictor.checksum
-    target, unit = predictor.target, predictor.unit
+    # Filled from the same values as the JSON (NaN/inf already None), so both say the same.
     sha256 = hashlib.sha256
-    return [
-        AuditRecord(
-            prediction_id=ids[i],
-            message_id=h.message_id,
-            sample_id=h.sample_id,
-            instrument_id=h.instrument_id,
-            timestamp=h.timestamp,
-            published_at=published_at,
-            model_version=version,
-            bundle_checksum=checksum,
-            spectrum_sha256=sha256(raw_values[i]).hexdigest(),
-            target=target,
-            value=value[i],
-            model=model[i],
-            fallback_reason=bp.fallback_reason[i],
-            cnn_value=cnn[i],
-            pls_value=pls[i],
-            t2=t2[i],
-            q=q[i],
-            t2_limit=t2_limit,
-            q_limit=q_limit,
-            out_of_model=oom[i],
-            releasable=releasable[i],
-            product=h.product,
-            batch=h.batch,
-            unit=unit,
-        )
-        for i, h in enumerate(headers)
-    ]
+    n = len(raw_values)
+    values = {**records, "spectrum_sha256": [sha256(raw).hexdigest() for raw in raw_values]}
+    columns = [values[c] if c in values else [batch[c]] * n for c in COLUMNS]
+    return [AuditRecord._make(row) for row in zip(*columns, strict=True)]

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from nirwatch.messages.prediction import Prediction
 from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.records.audit import (
     COLUMNS,
+    NOT_AUDITED,
     AuditError,
     AuditSettings,
     SQLiteAuditTrail,
@@ -65,6 +67,35 @@ def trail(tmp_path: Path) -> Iterator[SQLiteAuditTrail]:
     t = SQLiteAuditTrail(tmp_path / "audit.sqlite3")
     yield t
     t.close()
+
+
+#: The audit table as every audit database written so far has it (name, SQLite type, NOT
+#: NULL), in column order: its columns are derived from Prediction's fields, and a change here
+#: would break the databases already written.
+TABLE_V1 = [
+    ("seq", "INTEGER", 0), ("prediction_id", "TEXT", 1), ("message_id", "TEXT", 1),
+    ("sample_id", "TEXT", 1), ("instrument_id", "TEXT", 1), ("timestamp", "REAL", 1),
+    ("published_at", "REAL", 1), ("model_version", "TEXT", 1), ("bundle_checksum", "TEXT", 1),
+    ("spectrum_sha256", "TEXT", 1), ("target", "TEXT", 1), ("value", "REAL", 0),
+    ("model", "TEXT", 1), ("fallback_reason", "TEXT", 0), ("cnn_value", "REAL", 0),
+    ("pls_value", "REAL", 0), ("t2", "REAL", 0), ("q", "REAL", 0), ("t2_limit", "REAL", 0),
+    ("q_limit", "REAL", 0), ("out_of_model", "INTEGER", 1), ("releasable", "INTEGER", 1),
+    ("product", "TEXT", 1), ("batch", "TEXT", 1), ("unit", "TEXT", 1),
+    ("recorded_at", "REAL", 1),
+]  # fmt: skip
+
+
+def test_the_audit_columns_are_the_predictions_fields_and_the_table_is_unchanged(
+    trail: SQLiteAuditTrail,
+) -> None:
+    audited = {f.name for f in fields(Prediction)} - set(NOT_AUDITED)
+    assert set(COLUMNS) == audited | {"spectrum_sha256"}
+    db = sqlite3.connect(trail.path)
+    try:
+        got = [(r[1], r[2], r[3]) for r in db.execute("PRAGMA table_info(prediction_audit)")]
+    finally:
+        db.close()
+    assert got == TABLE_V1
 
 
 def test_records_carry_hash_of_raw_bytes_and_diagnostics() -> None:

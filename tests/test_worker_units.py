@@ -128,6 +128,36 @@ def test_encoded_records_equal_prediction_encode_and_decode_back() -> None:
     assert json.loads(values[3])["out_of_model"] is True
 
 
+def test_every_prediction_field_is_encoded_as_prediction_encode_writes_it() -> None:
+    """Intervals (NaN ones null), too-wide holds and a %-sign in the batch's own values too."""
+    predictor = LinearPredictor()
+    rng = np.random.default_rng(6)
+    headers = [make_header(f"p{i}", i) for i in range(3)]
+    bp = predictor.predict(mixtures(rng.uniform(0.2, 0.8, 3), rng))
+    bp.interval_low = np.array([1.0, np.nan, 3.5])
+    bp.interval_high = np.array([2.0, np.inf, 4.5])
+    bp.too_wide = np.array([False, False, True])
+    bp.fallback_reason = ["range_end", None, 'q"uote']
+    odd = SimpleNamespace(
+        version="v%d", checksum="c%s", target="api %", unit="µg", grid=predictor.grid
+    )
+    values, releasable = encode_predictions(headers, bp, odd, published_at=1.5)  # type: ignore[arg-type]
+    assert releasable == [True, True, False]
+    for raw in values:
+        got = decode_prediction(raw)
+        assert raw == got.encode()
+        assert (got.model_version, got.bundle_checksum, got.target, got.unit) == (
+            "v%d",
+            "c%s",
+            "api %",
+            "µg",
+        )
+    first, second = (decode_prediction(v) for v in values[:2])
+    assert (first.interval_low, first.interval_high) == (1.0, 2.0)
+    assert (second.interval_low, second.interval_high) == (None, None)
+    assert [f.name for f in dataclasses.fields(Prediction)] == list(json.loads(values[0]))
+
+
 def test_extrapolation_is_held_but_not_out_of_model() -> None:
     predictor = LinearPredictor()
     X = mixtures(np.array([0.3, 0.5, 0.7]), np.random.default_rng(5))

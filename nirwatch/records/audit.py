@@ -20,15 +20,17 @@ database owner, which the service account should not be.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -65,55 +67,58 @@ class AuditSettings(NirwatchSettings):
         return under_state_dir(data, "path", "audit.sqlite3")
 
 
-class AuditRecord(NamedTuple):
-    """One published prediction as recorded. ``spectrum_sha256`` hashes the raw message value.
-
-    A named tuple rather than a frozen dataclass: the worker builds one per published
-    prediction, and a frozen dataclass of 24 fields costs ~7 µs to construct (one
-    ``object.__setattr__`` per field), a named tuple ~1 µs; it is also the database row as is.
-    """
-
-    prediction_id: str
-    message_id: str
-    sample_id: str
-    instrument_id: str
-    timestamp: float
-    published_at: float
-    model_version: str
-    bundle_checksum: str
-    spectrum_sha256: str
-    target: str
-    value: float | None
-    model: str
-    fallback_reason: str | None
-    cnn_value: float | None
-    pls_value: float | None
-    t2: float | None
-    q: float | None
-    t2_limit: float | None
-    q_limit: float | None
-    out_of_model: bool
-    releasable: bool
-    product: str
-    batch: str
-    unit: str
+#: Prediction fields the audit table does not have: the interval came after the table (a
+#: column added here would not exist in audit databases written before), and every record
+#: has the same schema.
+NOT_AUDITED = ("interval_low", "interval_high", "schema")
+#: The table's column order, fixed when it was created (existing databases and the output of
+#: ``nirwatch audit --json`` keep it): identity and provenance first, with the hash of the
+#: spectrum after the model's checksum, and the production context last; the other columns
+#: follow the Prediction's field order.
+_LEADING = (
+    "prediction_id", "message_id", "sample_id", "instrument_id", "timestamp", "published_at",
+    "model_version", "bundle_checksum", "spectrum_sha256",
+)  # fmt: skip
+_TRAILING = ("product", "batch", "unit")
 
 
-COLUMNS: tuple[str, ...] = AuditRecord._fields
-_TEXT_NOT_NULL = {
-    "prediction_id",
-    "message_id",
-    "sample_id",
-    "instrument_id",
-    "model_version",
-    "bundle_checksum",
-    "spectrum_sha256",
-    "target",
-    "model",
-    "product",
-    "batch",
-    "unit",
-}
+def _audit_fields() -> list[tuple[str, str]]:
+    """(column, type as written in Prediction) of the audit table, in column order."""
+    types = {f.name: str(f.type) for f in fields(Prediction) if f.name not in NOT_AUDITED}
+    types["spectrum_sha256"] = "str"
+    rest = [name for name in types if name not in _LEADING + _TRAILING]
+    return [(name, types[name]) for name in (*_LEADING, *rest, *_TRAILING)]
+
+
+#: Column name -> the Prediction field's type, as source text (``"float | None"``).
+COLUMN_TYPES: dict[str, str] = dict(_audit_fields())
+COLUMNS: tuple[str, ...] = tuple(COLUMN_TYPES)
+
+if TYPE_CHECKING:
+
+    class AuditRecord(tuple[Any, ...]):
+        """Static view of the generated named tuple below (its fields are Prediction's)."""
+
+        _fields: tuple[str, ...]
+
+        def __new__(cls, *values: Any, **columns: Any) -> AuditRecord: ...
+        def __getattr__(self, name: str) -> Any: ...
+        def _asdict(self) -> dict[str, Any]: ...
+        @classmethod
+        def _make(cls, values: Iterable[Any]) -> AuditRecord: ...
+
+else:
+    #: One published prediction as recorded: the audited fields of
+    #: :class:`~nirwatch.messages.prediction.Prediction` plus ``spectrum_sha256`` (the SHA-256
+    #: of the raw spectrum message), in :data:`COLUMNS` order. A named tuple rather than a
+    #: frozen dataclass: the worker builds one per published prediction, and a frozen
+    #: dataclass of 24 fields costs ~7 µs to construct (one ``object.__setattr__`` per field),
+    #: a named tuple ~1 µs; it is also the database row as is.
+    AuditRecord = collections.namedtuple("AuditRecord", COLUMNS)
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -136,52 +141,29 @@ def audit_records(
             f"expected one raw value per prediction: {len(predictions)} predictions, "
             f"{len(raw_values)} raw values"
         )
+    # The audit holds finite numbers or None, and real booleans, whatever the record held.
+    convert: dict[str, Callable[[Any], Any]] = {"float | None": _finite_or_none, "bool": bool}
+    columns = [
+        (name, convert.get(kind, _same))
+        for name, kind in COLUMN_TYPES.items()
+        if name != "spectrum_sha256"
+    ]
     out = []
     for p, raw in zip(predictions, raw_values, strict=True):
-        out.append(
-            AuditRecord(
-                prediction_id=p.prediction_id,
-                message_id=p.message_id,
-                sample_id=p.sample_id,
-                instrument_id=p.instrument_id,
-                timestamp=p.timestamp,
-                published_at=p.published_at,
-                model_version=p.model_version,
-                bundle_checksum=p.bundle_checksum,
-                spectrum_sha256=hashlib.sha256(raw).hexdigest(),
-                target=p.target,
-                value=_finite_or_none(p.value),
-                model=p.model,
-                fallback_reason=p.fallback_reason,
-                cnn_value=_finite_or_none(p.cnn_value),
-                pls_value=_finite_or_none(p.pls_value),
-                t2=_finite_or_none(p.t2),
-                q=_finite_or_none(p.q),
-                t2_limit=_finite_or_none(p.t2_limit),
-                q_limit=_finite_or_none(p.q_limit),
-                out_of_model=bool(p.out_of_model),
-                releasable=bool(p.releasable),
-                product=p.product,
-                batch=p.batch,
-                unit=p.unit,
-            )
-        )
+        row = {name: conv(getattr(p, name)) for name, conv in columns}
+        out.append(AuditRecord(**row, spectrum_sha256=hashlib.sha256(raw).hexdigest()))
     return out
 
 
 def _column_type(name: str, real: str, boolean: str) -> str:
-    # NamedTuple keeps postponed annotations as ForwardRef('float | None'): compare the text.
-    t = AuditRecord.__annotations__[name]
-    t = getattr(t, "__forward_arg__", t)
-    if name in _TEXT_NOT_NULL:
-        return "TEXT NOT NULL"
-    if t == "bool":
-        return f"{boolean} NOT NULL"
-    if t == "float":
-        return f"{real} NOT NULL"
-    if t == "float | None":
-        return real
-    return "TEXT"
+    """The SQL type of a column, from the Prediction field's type."""
+    return {
+        "str": "TEXT NOT NULL",
+        "str | None": "TEXT",
+        "bool": f"{boolean} NOT NULL",
+        "float": f"{real} NOT NULL",
+        "float | None": real,
+    }[COLUMN_TYPES[name]]
 
 
 class AuditTrail(ABC):
