@@ -216,8 +216,8 @@ def encode_batch(
         raise ModelError(f"expected {n} raw spectrum values to audit, got {len(raw_values)}")
     records, batch = _per_record(headers, bp, n), _per_batch(bp, predictor, published_at)
     missing = [name for name, _ in _FIELDS if name not in records and name not in batch]
-    if missing:  # a new Prediction field: say where its value comes from above
-        raise ModelError(f"no value for prediction fields {missing}")
+    if missing:  # a new Prediction field: _per_record or _per_batch must give its values
+        raise TypeError(f"Prediction fields without values in inference.records: {missing}")
     template = _template(batch)
     # Column by column: one map over each field's values, then one % per record.
     columns = [list(map(_JSON[kind], records[name])) for name, kind in _FIELDS if name in records]

@@ -2,7 +2,7 @@
 
 Predictions and lab results travel as small UTF-8 JSON objects with a ``"schema"`` field
 naming their type and version; :func:`encode_json_record` writes one from a dataclass and
-:func:`parse_json_object` is the first step of every decoder. Any decoder failure raises
+:func:`decode_json_record` reads and checks one against the dataclass's field types. Any decoder failure raises
 :class:`~nirwatch.errors.WireFormatError` with a code from :data:`REASONS`.
 """
 
@@ -39,7 +39,7 @@ def encode_json_record(record: Any) -> bytes:
     return json.dumps(asdict(record), separators=(",", ":"), allow_nan=False).encode()
 
 
-def parse_json_object(value: bytes | str | None, what: str) -> dict[str, Any]:
+def _parse_json_object(value: bytes | str | None, what: str) -> dict[str, Any]:
     """A record's JSON object.
 
     Raises
@@ -73,7 +73,8 @@ def _finite(v: Any) -> bool:
 
 
 #: Per field annotation: (check, description, conversion). Annotations are the source text
-#: (``from __future__ import annotations``), so a new kind of field fails at import, here.
+#: (``from __future__ import annotations``); a field of another type is a TypeError at the
+#: first decode (every record type's tests decode it).
 _KINDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
     "str": (lambda v: isinstance(v, str), "a string", str),
     "str | None": (lambda v: v is None or isinstance(v, str), "a string or null", lambda v: v),
@@ -131,8 +132,8 @@ def decode_json_record(
         ``bad_header`` (not a UTF-8 JSON object), ``unknown_version`` (another schema),
         ``bad_field`` (unknown field, or a value of the wrong type) or ``missing_field``.
     """
-    obj = parse_json_object(value, what)
-    check_schema(obj, schema, required=require_schema)
+    obj = _parse_json_object(value, what)
+    _check_schema(obj, schema, required=require_schema)
     spec = _spec(cls)
     if not allow_unknown:
         unknown = set(obj).difference(name for name, _, _ in spec)
@@ -147,13 +148,14 @@ def decode_json_record(
             v = obj[name]
             check, expected, convert = _KINDS[kind]
             if not check(v):
-                got = repr(v) if len(repr(v)) <= 80 else f"{repr(v)[:77]}..."
+                got = repr(v)
+                got = got if len(got) <= 80 else f"{got[:77]}..."
                 raise WireFormatError("bad_field", f"{what} {name} must be {expected}, got {got}")
             kwargs[name] = convert(v)
     return cls(**kwargs)
 
 
-def check_schema(obj: dict[str, Any], schema: str, *, required: bool = True) -> None:
+def _check_schema(obj: dict[str, Any], schema: str, *, required: bool = True) -> None:
     """Refuse a record of another type or version (``unknown_version``).
 
     With ``required`` false a record without a ``schema`` field is taken as ``schema``.
