@@ -91,11 +91,11 @@ class PCAStats:
         _, s, vt = np.linalg.svd(X, full_matrices=False)
         self.loadings_ = vt[:2].T
         self.var_ = (s[:2] ** 2) / (len(X) - 1)
-        t2, q = self.score(X)
+        t2, q = self.t2_q(X)
         self.t2_limit_99_, self.q_limit_99_ = float(t2.max()), float(q.max())
         return self
 
-    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def t2_q(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         T = X @ self.loadings_
         resid = X - T @ self.loadings_.T
         return (T**2 / self.var_).sum(axis=1), (resid**2).sum(axis=1)

@@ -60,7 +60,8 @@ class SavitzkyGolay(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise DataError(f"SavitzkyGolay: need 0 <= deriv <= polyorder, got {d}, {k}")
         if w > n_points:
             raise DataError(
-                f"SavitzkyGolay: window_length {w} exceeds the {n_points} points per spectrum"
+                f"SavitzkyGolay: window_length {w} exceeds the {n_points} points per spectrum "
+                f"(n_features={n_points})"
             )
         if self.mode not in ("interp", "mirror", "nearest", "constant", "wrap"):
             raise DataError(f"SavitzkyGolay: unknown mode {self.mode!r}")

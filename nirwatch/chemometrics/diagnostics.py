@@ -136,7 +136,7 @@ class CalibrationStatistics(BaseEstimator):
         X = check_spectra(X, who="CalibrationStatistics").astype(np.float64)
         n, p = X.shape
         if n < 3:
-            raise DataError(f"CalibrationStatistics: need at least 3 spectra, got {n}")
+            raise DataError(f"CalibrationStatistics: need at least 3 spectra, got n_samples={n}")
         mean = X.mean(axis=0)
         _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
         eig = s**2 / (n - 1)
@@ -169,7 +169,7 @@ class CalibrationStatistics(BaseEstimator):
                 held = folds == fold
                 # The same PCA and Q as this class, fitted without the held-out fold.
                 part = CalibrationStatistics(n_components=a, q_limit="eigenvalues")
-                q_cv[held] = part.fit(X[~held]).score(X[held])[1]
+                q_cv[held] = part.fit(X[~held]).t2_q(X[held])[1]
             self.q_cv_mean_, self.q_cv_var_ = float(q_cv.mean()), float(q_cv.var(ddof=1))
         self._set_limits(a)
         return self
@@ -189,7 +189,7 @@ class CalibrationStatistics(BaseEstimator):
         self.q_limit_95_, _ = q_residual_limit(self.eigenvalues_[a:], 0.95)
         self.q_limit_99_, self.q_limit_method_ = q_residual_limit(self.eigenvalues_[a:], 0.99)
 
-    def score(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def t2_q(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """Hotelling T² and Q residual of each spectrum.
 
         Parameters

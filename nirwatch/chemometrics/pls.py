@@ -24,6 +24,8 @@ Rule = Literal["min", "1se"]
 
 def _check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     X = check_spectra(X, who="calibration spectra")
+    if X.shape[0] < 2:
+        raise DataError(f"calibration spectra: PLS needs at least 2, got {X.shape[0]} sample")
     y = np.asarray(y, dtype=np.float64)
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise DataError(f"y: expected shape ({X.shape[0]},), one value per spectrum, got {y.shape}")
@@ -92,6 +94,12 @@ class PLSCalibration(BaseEstimator):
         Z = X
         for step in self.steps_:
             Z = step.fit_transform(Z)
+        if not np.isfinite(Z).all():
+            rows = np.flatnonzero(~np.isfinite(Z).all(axis=1))[:10].tolist()
+            raise DataError(
+                f"PLSCalibration: the preprocessing steps made calibration spectra {rows} "
+                "non-finite (NaN or inf; e.g. SNV of a flat spectrum)"
+            )
         a = _max_components(self.n_components, *Z.shape)
         if a != self.n_components:
             raise DataError(

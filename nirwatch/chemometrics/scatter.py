@@ -69,6 +69,12 @@ class _ReferenceScatterCorrection(OneToOneFeatureMixin, TransformerMixin, BaseEs
         if self.interferents_ is not None:
             parts.append(self.interferents_.T)
         self.design_ = np.hstack(parts)  # (p, k)
+        k = self.design_.shape[1]
+        if p < k:
+            raise DataError(
+                f"{type(self).__name__}: {k} terms per spectrum (baseline of order {order}, "
+                f"reference, interferents) need spectra of at least {k} points, got n_features={p}"
+            )
         if np.linalg.matrix_rank(self.design_) < self.design_.shape[1]:
             raise DataError(
                 f"{type(self).__name__}: the design matrix (baseline, reference, interferents) "

@@ -177,7 +177,7 @@ class LoadedBundle:
         ok = np.isfinite(Xs).all(axis=1)
         t2, q = np.full(n, np.nan), np.full(n, np.nan)
         if ok.any():
-            scores = self._stats.score(Xs if ok.all() else Xs[ok])
+            scores = self._stats.t2_q(Xs if ok.all() else Xs[ok])
             t2[ok], q[ok] = (np.asarray(a, dtype=np.float64).reshape(-1) for a in scores)
         return t2, q
 
