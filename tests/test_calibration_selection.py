@@ -86,6 +86,19 @@ def test_search_chooses_a_derivative_when_baselines_swamp_the_signal() -> None:
     assert search.rmsecv_ < 0.6 * np.nanmin(rm[plain])
 
 
+def test_a_recipe_that_refuses_the_spectra_is_left_out_of_the_search() -> None:
+    """MSC cannot scale spectra to a flat mean spectrum: that recipe is skipped (NaN row),
+    the others are still searched, as for a recipe that makes spectra non-finite."""
+    X, y = linear_set(60, 4)
+    X = X - X.mean(axis=0)  # mean spectrum all zeros
+    recipes = [Recipe(None, None, "msc"), Recipe(None, None, "none")]
+    search = PLSCalibrationCV(WL, recipes=recipes, max_components=5).fit(X, y)
+    assert search.recipe_ == recipes[1]
+    assert np.isnan(search.cv_results_["rmsecv"][0]).all()
+    assert np.isfinite(search.cv_results_["rmsecv"][1]).all()
+    assert np.sqrt(np.mean((search.predict(X) - y) ** 2)) < 0.1
+
+
 def test_nested_search_is_not_fooled_by_its_own_selection() -> None:
     # y is noise: any RMSECV below its spread is the search's selection optimism.
     rng = np.random.default_rng(5)

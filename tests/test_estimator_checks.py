@@ -18,7 +18,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import PLSCalibration
+from nirwatch.chemometrics.pls import PLSCalibration, PLSComponentsCV
 from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
@@ -76,7 +76,8 @@ ESTIMATORS = [
     WavelengthRange(stop=1.0),
     SpectralAugmenter(n_copies=2, random_state=0),
     PLSCalibration(n_components=1),
-    PLSCalibration(steps=[WavelengthRange(stop=1.0)], n_components=1),
+    PLSCalibration(steps=[WavelengthRange(start=0.0)], n_components=1),
+    PLSComponentsCV(steps=[WavelengthRange(start=0.0)], max_components=2, cv=3),
     PLSCalibrationCV(recipes=RECIPES, max_components=2, cv=3, repeats=1),
     CalibrationStatistics(),
 ]

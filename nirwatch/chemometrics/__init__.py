@@ -7,7 +7,7 @@ arrays plus JSON metadata (``to_state`` / ``from_state``), never pickle.
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import PLSCalibration, fit_pls_cv, select_preprocessing_cv
+from nirwatch.chemometrics.pls import PLSCalibration, PLSComponentsCV, select_preprocessing_cv
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -28,13 +28,13 @@ __all__ = [
     "ExtendedMultiplicativeScatterCorrection",
     "MultiplicativeScatterCorrection",
     "PLSCalibration",
+    "PLSComponentsCV",
     "SavitzkyGolay",
     "SpectralAugmenter",
     "StandardNormalVariate",
     "WavelengthRange",
     "apply_steps",
     "dump_steps",
-    "fit_pls_cv",
     "load_steps",
     "register_step",
     "select_preprocessing_cv",

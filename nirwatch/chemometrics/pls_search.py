@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.model_selection import KFold
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from nirwatch.chemometrics.derivative import SavitzkyGolay
-from nirwatch.chemometrics.pls import PLSCalibration, _check_xy
+from nirwatch.chemometrics.pls import PLSCalibration, check_calibration_xy
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -297,36 +297,53 @@ def krylov_pls_predictions(
 
 def _recipe_transforms(
     X: np.ndarray, wl: np.ndarray, recipes: Sequence[Recipe]
-) -> dict[Recipe, np.ndarray]:
-    """Preprocessed spectra per recipe, each intermediate computed once."""
-    out: dict[Recipe, np.ndarray] = {}
+) -> dict[Recipe, np.ndarray | None]:
+    """Preprocessed spectra per recipe, each intermediate computed once; None for a recipe
+    whose steps refuse these spectra (e.g. MSC of spectra whose mean is flat, EMSC on a range
+    shorter than its terms): that recipe cannot serve these data, the others still can."""
+    out: dict[Recipe, np.ndarray | None] = {}
     ranged: dict[tuple[Any, Any], np.ndarray] = {}
     scattered: dict[tuple[Any, Any, str], np.ndarray] = {}
     filters: dict[tuple[int, int, int, int], SavitzkyGolay] = {}
     for r in recipes:
-        key = (r.start, r.stop)
-        if key not in ranged:
-            ranged[key] = (
-                X
-                if r.start is None and r.stop is None
-                else WavelengthRange(wl, r.start, r.stop).fit(X).transform(X)
-            )
-        skey = (*key, r.scatter)
-        if skey not in scattered:
-            step = r.scatter_step()
-            Z = ranged[key]
-            scattered[skey] = Z if step is None else step.fit(Z).transform(Z)
-        Z = scattered[skey]
-        if r.derivative:
-            fkey = (Z.shape[1], r.window, r.polyorder, r.derivative)
-            if fkey not in filters:  # building the banded operator costs more than applying it
-                filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
-            Z = filters[fkey].transform(Z)
-        out[r] = Z
+        try:
+            out[r] = _recipe_transform(X, wl, r, ranged, scattered, filters)
+        except DataError:
+            out[r] = None
     return out
 
 
-class PLSCalibrationCV(BaseEstimator):
+def _recipe_transform(
+    X: np.ndarray,
+    wl: np.ndarray,
+    r: Recipe,
+    ranged: dict[tuple[Any, Any], np.ndarray],
+    scattered: dict[tuple[Any, Any, str], np.ndarray],
+    filters: dict[tuple[int, int, int, int], SavitzkyGolay],
+) -> np.ndarray:
+    """One recipe's preprocessed spectra, reusing and filling the caches of intermediates."""
+    key = (r.start, r.stop)
+    if key not in ranged:
+        ranged[key] = (
+            X
+            if r.start is None and r.stop is None
+            else WavelengthRange(wl, r.start, r.stop).fit(X).transform(X)
+        )
+    skey = (*key, r.scatter)
+    if skey not in scattered:
+        step = r.scatter_step()
+        Z = ranged[key]
+        scattered[skey] = Z if step is None else step.fit(Z).transform(Z)
+    Z = scattered[skey]
+    if r.derivative:
+        fkey = (Z.shape[1], r.window, r.polyorder, r.derivative)
+        if fkey not in filters:  # building the banded operator costs more than applying it
+            filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
+        Z = filters[fkey].transform(Z)
+    return Z
+
+
+class PLSCalibrationCV(RegressorMixin, BaseEstimator):
     """PLS with recipe (range, scatter correction, derivative) and latent variables chosen by
     repeated K-fold CV, one-standard-error rule across the whole grid.
 
@@ -386,7 +403,7 @@ class PLSCalibrationCV(BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> Self:
         """Search the grid on X (n, p), y (n,), then refit the chosen model on all of X."""
-        X, y = _check_xy(X, y)
+        X, y = check_calibration_xy(X, y)
         n, p = X.shape
         wl = (
             np.arange(p, dtype=float)
@@ -433,6 +450,7 @@ class PLSCalibrationCV(BaseEstimator):
         else:  # held-out predictions of the chosen model for every spectrum, one K-fold pass
             with threadpool_limits(limits=1, user_api="blas"):
                 Z = _recipe_transforms(X, wl, [self.recipe_])[self.recipe_]
+                assert Z is not None  # the search fitted this recipe on these spectra
                 full = _FoldIndex(cv_splits(n, folds, 1, self.random_state))
                 pred = self._cv_predict(Z, y, full, a + 1)
             self.oof_pred_ = self._oof(pred[:, :, min(a, pred.shape[2] - 1)], full, n)
@@ -457,7 +475,7 @@ class PLSCalibrationCV(BaseEstimator):
     ) -> None:
         """Fill ``rmse``/``se`` (C, A) and the held-out predictions per recipe."""
         for c, Z in enumerate(_recipe_transforms(X, wl, recipes).values()):
-            if not np.isfinite(Z).all():
+            if Z is None or not np.isfinite(Z).all():
                 continue  # e.g. SNV of a flat spectrum: this recipe cannot serve these data
             pred = self._cv_predict(Z, y, idx, A)  # (F, M, A')
             err = (pred - y[idx.test][:, :, None]) ** 2 * idx.test_mask[:, :, None]
