@@ -11,11 +11,13 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 Mode = Literal["interp", "mirror", "nearest", "constant", "wrap"]
 
 
+@register_stateful
 class SavitzkyGolay(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Savitzky-Golay filter: local polynomial fit in a sliding window, with derivative.
 

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
@@ -77,6 +78,7 @@ def moment_matched_q_limit(mean: float, variance: float, confidence: float) -> f
     return float(g * stats.chi2.ppf(confidence, h))
 
 
+@register_stateful
 class CalibrationStatistics(BaseEstimator):
     """PCA of (preprocessed) calibration spectra with T² and Q limits at 95 % and 99 %.
 

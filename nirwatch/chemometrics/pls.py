@@ -21,7 +21,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
-from nirwatch.chemometrics.state import apply_steps, dump_steps, load_steps
+from nirwatch.chemometrics.state import apply_steps, dump_steps, load_steps, register_stateful
 from nirwatch.errors import DataError, ModelError
 
 Rule = Literal["min", "1se"]
@@ -74,6 +74,7 @@ def _coefficients(pls: PLSRegression, a: int) -> np.ndarray:
     return pls.x_rotations_[:, :a] @ pls.y_loadings_[0, :a]
 
 
+@register_stateful
 class PLSCalibration(RegressorMixin, BaseEstimator):
     """Preprocessing steps followed by a PLS1 regression with ``n_components`` latent variables.
 

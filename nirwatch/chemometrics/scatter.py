@@ -21,6 +21,7 @@ from nirwatch.chemometrics._base import (
     check_state,
     check_vector,
 )
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
@@ -148,6 +149,7 @@ class _ReferenceScatterCorrection(OneToOneFeatureMixin, TransformerMixin, BaseEs
         return obj
 
 
+@register_stateful
 class MultiplicativeScatterCorrection(_ReferenceScatterCorrection):
     """Multiplicative scatter correction: ``x = c + m * reference``, corrected ``(x - c) / m``.
 
@@ -172,6 +174,7 @@ class MultiplicativeScatterCorrection(_ReferenceScatterCorrection):
         return 0
 
 
+@register_stateful
 class ExtendedMultiplicativeScatterCorrection(_ReferenceScatterCorrection):
     """Extended MSC with a polynomial baseline and optional interferent spectra.
 
@@ -229,6 +232,7 @@ class ExtendedMultiplicativeScatterCorrection(_ReferenceScatterCorrection):
         return {"order": int(self.order)}
 
 
+@register_stateful
 class StandardNormalVariate(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Standard normal variate: centre and scale each spectrum by its own mean and std.
 

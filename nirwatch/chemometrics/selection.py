@@ -9,9 +9,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
+@register_stateful
 class WavelengthRange(TransformerMixin, BaseEstimator):
     """Keep the points with ``start <= wavelength <= stop`` (inclusive, in nm).
 
