@@ -47,6 +47,22 @@ def test_coefficients_match_sklearn_for_every_size(shootout) -> None:
         assert_allclose(ours.predict(Xt), ours.preprocess(Xt) @ ours.coef_ + ours.intercept_)
 
 
+def test_predict_from_preprocessed_spectra(shootout) -> None:
+    """One preprocessing pass can serve PLS and the T²/Q statistics (the bundle's path)."""
+    Xc, yc, Xt = shootout["Xc"], shootout["yc"], shootout["Xt"]
+    model = PLSCalibration([MultiplicativeScatterCorrection(), SavitzkyGolay(15, 2, 1)], 5)
+    model.fit(Xc, yc)
+    Z = model.preprocess(Xt)
+    assert_allclose(model.predict_preprocessed(Z), model.predict(Xt), rtol=1e-12)
+    Z32 = model.preprocess(Xt.astype(np.float32))
+    assert Z32.dtype == np.float32
+    got = model.predict_preprocessed(Z32)  # the product is float64 whatever Z's type
+    assert got.dtype == np.float64
+    assert_allclose(got, Z32.astype(np.float64) @ model.coef_ + model.intercept_, rtol=0)
+    with pytest.raises(DataError, match=r"expected preprocessed spectra of shape \(n, 650\)"):
+        model.predict_preprocessed(Xt[:, :600])
+
+
 def test_rmsecv_curve_matches_sklearn_cross_val_predict(shootout) -> None:
     Xc, yc = shootout["Xc"], shootout["yc"]
     rmsecv, se = cross_validate_pls(Xc, yc, [MultiplicativeScatterCorrection()], 12, cv=5)

@@ -142,6 +142,21 @@ class PLSCalibration(RegressorMixin, BaseEstimator):
         # float32 batches stay float32 through the product (error ~1e-6 relative), then widen.
         return (Z @ self.coef_.astype(Z.dtype, copy=False)).astype(np.float64) + self.intercept_
 
+    def predict_preprocessed(self, Z: Any) -> np.ndarray:
+        """Predicted values, shape (n,), from spectra already through :meth:`preprocess`.
+
+        For a caller that needs the preprocessed spectra too (the bundle's T²/Q statistics):
+        one preprocessing pass serves both. The product is in float64 whatever Z's type.
+        """
+        check_is_fitted(self, "coef_")
+        Z = np.asarray(Z)
+        if Z.ndim != 2 or Z.shape[1] != self.coef_.shape[0]:
+            raise DataError(
+                f"PLSCalibration: expected preprocessed spectra of shape (n, "
+                f"{self.coef_.shape[0]}), got {Z.shape}"
+            )
+        return Z.astype(np.float64) @ self.coef_ + self.intercept_
+
     def to_state(self) -> tuple[StateArrays, StateMeta]:
         """Coefficients and the steps' arrays; scalars and step classes as metadata."""
         check_is_fitted(self, "coef_")

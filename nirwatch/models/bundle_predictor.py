@@ -135,7 +135,7 @@ class LoadedBundle:
         if self._stats_on_pls:
             # One pass of the (shared) PLS preprocessing serves both PLS and the diagnostics.
             Xs = self._pls.preprocess(X)
-            pls = Xs.astype(np.float64) @ self._pls.coef_ + self._pls.intercept_
+            pls = self._pls.predict_preprocessed(Xs)
         else:
             pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
             Xs = _apply(self._stats_steps, X)
