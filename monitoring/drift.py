@@ -1,8 +1,9 @@
-"""Streaming drift detectors: small, deterministic, no I/O (River-style ``update``).
+"""Streaming drift detectors: small, deterministic, no I/O (River's style).
 
-Every detector has ``update(...)``, a read-only ``drift_detected``, a ``score`` (the
-statistic divided by its threshold: ``score >= 1`` means drift) and ``reset()``. None draws
-random numbers, so the same input sequence always gives the same result.
+Every detector is a :class:`DriftDetector`: ``update(x)`` with one observation, a read-only
+``drift_detected``, a ``score`` (the statistic divided by its threshold: ``score >= 1`` means
+drift) and ``reset()``. None draws random numbers, so the same input sequence always gives the
+same result (a detector that did would take a ``seed``).
 
 Sequential change-point tests (:class:`PageHinkley`, :class:`CUSUM`) latch: once they signal,
 ``drift_detected`` stays true until :meth:`reset` (the monitor resets them when a new model
@@ -14,9 +15,10 @@ window and clear when it is clean again.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from scipy import stats
@@ -27,6 +29,7 @@ from nirwatch.errors import DataError
 __all__ = [
     "CUSUM",
     "DEFAULT_ARL0",
+    "DriftDetector",
     "ExceedanceRateDetector",
     "MeanShiftDetector",
     "PageHinkley",
@@ -38,8 +41,38 @@ __all__ = [
 #: ARL0 holds for parameters within this confidence bound of the estimates (see _Standardised).
 WARMUP_CONFIDENCE = 0.95
 
+#: What one detector observes per update: a flag, a number or a small vector.
+Obs = TypeVar("Obs", contravariant=True)
 
-class ExceedanceRateDetector:
+
+class DriftDetector(ABC, Generic[Obs]):
+    """Base of every drift detector (River's ``DriftDetector``: ``update`` with one argument).
+
+    ``update(x)`` takes one observation of the monitored stream (a limit exceedance flag, a
+    predicted content, a residual, a vector of scores...) and returns nothing; the state is
+    read through the read-only properties. No I/O: the caller exports the state.
+    """
+
+    @abstractmethod
+    def update(self, x: Obs) -> None:
+        """Add one observation."""
+
+    @property
+    @abstractmethod
+    def drift_detected(self) -> bool:
+        """True while the detector signals drift."""
+
+    @property
+    @abstractmethod
+    def score(self) -> float:
+        """The test statistic over its threshold: drift at ``score >= 1``."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget every observation (a new model serves)."""
+
+
+class ExceedanceRateDetector(DriftDetector[bool]):
     """Rate of T²/Q limit exceedances in a sliding window against the rate the limits imply.
 
     Under no drift the number of exceedances ``k`` among the last ``n`` spectra is
@@ -84,11 +117,11 @@ class ExceedanceRateDetector:
         self._flags: deque[bool] = deque(maxlen=self.window)
         self._count = 0
 
-    def update(self, exceeded: bool) -> None:
+    def update(self, x: bool) -> None:
         """Add one spectrum: whether it exceeded the T² or Q limit."""
         if len(self._flags) == self.window:
             self._count -= self._flags[0]
-        flag = bool(exceeded)
+        flag = bool(x)
         self._flags.append(flag)
         self._count += flag
 
@@ -112,7 +145,11 @@ class ExceedanceRateDetector:
         return self.n >= self.min_samples and self.score >= 1.0
 
 
-class MeanShiftDetector:
+#: One sample of a vector (array, tuple or list), or a scalar for a 1-vector.
+Vector = np.ndarray | Sequence[float] | float
+
+
+class MeanShiftDetector(DriftDetector[Vector]):
     """Hotelling T² of tumbling-window means of a vector (e.g. latent scores) vs a reference.
 
     The reference mean and covariance are given (e.g. zero mean and the calibration's score
@@ -182,7 +219,7 @@ class MeanShiftDetector:
             f = float(stats.f.ppf(1.0 - self.alpha, p, nu - p + 1))
             self._limit = nu * p / (nu - p + 1) * f
 
-    def update(self, x: np.ndarray | Sequence[float] | float) -> None:
+    def update(self, x: Vector) -> None:
         """Add one sample, a vector of shape (p,) (array, tuple or list) or a scalar."""
         # Samples are buffered as given and converted once per window: a numpy conversion
         # per sample would cost more than the test itself.
@@ -215,7 +252,7 @@ class MeanShiftDetector:
         return self.n_windows > 0 and self.score >= 1.0
 
 
-class _Standardised:
+class _Standardised(DriftDetector[float]):
     """Warm-up estimate of mean and standard deviation unless both are given; a latched alarm.
 
     A sigma estimated from ``n`` warm-up samples is taken at its upper
