@@ -34,10 +34,10 @@ from monitoring.drift import (
     DEFAULT_ARL0,
     DriftDetector,
     ExceedanceRateDetector,
-    MeanShiftDetector,
     PageHinkley,
 )
 from monitoring.lab_reference import LabReferenceTracker
+from monitoring.mean_shift import MeanShiftDetector
 from nirwatch.errors import DataError
 from nirwatch.logs import log_event
 from nirwatch.messages.wire import Prediction

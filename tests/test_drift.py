@@ -12,12 +12,12 @@ from monitoring.drift import (
     CUSUM,
     DriftDetector,
     ExceedanceRateDetector,
-    MeanShiftDetector,
     PageHinkley,
     siegmund_arl,
     threshold_for_arl0,
 )
 from monitoring.lab_reference import LabReferenceTracker
+from monitoring.mean_shift import MeanShiftDetector
 from nirwatch.errors import DataError
 
 N_STATIONARY = 50_000
