@@ -16,16 +16,14 @@ import pytest
 from sklearn.cross_decomposition import PLSRegression
 
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import PLSCalibration
-from nirwatch.chemometrics.pls_search import (
-    PLSCalibrationCV,
-    Recipe,
-    _fold_kernels,
-    _FoldIndex,
+from nirwatch.chemometrics.krylov import (
+    FoldIndex,
     cv_splits,
-    default_recipes,
+    fold_kernels,
     krylov_pls_predictions,
 )
+from nirwatch.chemometrics.pls import PLSCalibration
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe, default_recipes
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.bundle_predictor import LoadedBundle
 from training.calibration import choose_blend, conformal_quantile, range_end_split
@@ -54,7 +52,7 @@ def test_krylov_pls_matches_scikit_learn() -> None:
     X = rng.normal(size=(50, 80)).cumsum(axis=1)
     y = X[:, 10] - 0.3 * X[:, 60] + rng.normal(0, 0.1, 50)
     splits = cv_splits(50, 5, 2, seed=1)
-    K, Ks, yc, ym = _fold_kernels(X @ X.T, y, _FoldIndex(splits))
+    K, Ks, yc, ym = fold_kernels(X @ X.T, y, FoldIndex(splits))
     pred, done = krylov_pls_predictions(K, Ks, yc, 12)
     assert done == 12
     for f, (tr, te) in enumerate(splits):
