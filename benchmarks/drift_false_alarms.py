@@ -123,17 +123,12 @@ class OldLabLimits:
         self.worst: dict[str, dict[str, float]] = {}
 
     def check(self, monitor: DriftMonitor) -> None:
-        for key, group in monitor._groups.items():
-            lab = group.lab
-            if lab is not None and lab.n >= lab.min_samples:
+        for key, lab in monitor.lab_trackers().items():
+            if lab.n >= lab.min_samples:
                 worst = self.worst.setdefault("/".join(key), {"rmse": 0.0, "bias": 0.0})
                 worst["rmse"] = max(worst["rmse"], lab.rmse / lab.rmse_limit)
                 worst["bias"] = max(worst["bias"], abs(lab.bias) / lab.bias_limit)
-            on = (
-                lab is not None
-                and lab.n >= 5
-                and (lab.rmse > 1.5 * lab.rmsecv or abs(lab.bias) > lab.rmsecv)
-            )
+            on = lab.n >= 5 and (lab.rmse > 1.5 * lab.rmsecv or abs(lab.bias) > lab.rmsecv)
             if on and key not in self._on:
                 self.entries[key] += 1
             (self._on.add if on else self._on.discard)(key)

@@ -37,7 +37,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nirwatch.chemometrics.augmentation import SpectralAugmenter  # noqa: E402
 from nirwatch.chemometrics.cnn import CNNConfig  # noqa: E402
 from nirwatch.chemometrics.derivative import SavitzkyGolay  # noqa: E402
-from nirwatch.chemometrics.pls import PLSCalibration, choose_components, fit_pls_cv  # noqa: E402
+from nirwatch.chemometrics.pls import (  # noqa: E402
+    PLSCalibration,
+    PLSComponentsCV,
+    choose_components,
+)
 from nirwatch.chemometrics.scatter import (  # noqa: E402
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -98,8 +102,9 @@ def augmenter_for(column: str, seed: int) -> SpectralAugmenter | None:
 
 def fit_pls_augmented_cv(
     X: np.ndarray, y: np.ndarray, steps: Sequence[Any], aug: SpectralAugmenter, seed: int
-) -> tuple[list[Any], PLSCalibration]:
-    """PLS on augmented spectra, latent variables by 10-fold CV over the *original* spectra.
+) -> tuple[list[Any], PLSCalibration, float]:
+    """PLS on augmented spectra, latent variables by 10-fold CV over the *original* spectra;
+    returns the fitted selection steps, the model and its RMSECV.
 
     Folds split the original tablets and only the training folds are augmented, so no copy of
     a held-out tablet is ever trained on (plain CV on the augmented set would leak).
@@ -135,8 +140,7 @@ def fit_pls_augmented_cv(
     a = choose_components(curve, np.zeros_like(curve), "min")
     Za, ya = augmented(X, y)
     model = PLSCalibration(steps=rest, n_components=a).fit(Za, ya)
-    model.rmsecv_ = float(curve[a - 1])
-    return [clone(s).fit() for s in select], model
+    return [clone(s).fit() for s in select], model, float(curve[a - 1])
 
 
 def run_pls(
@@ -145,10 +149,11 @@ def run_pls(
     t0 = time.perf_counter()
     aug = augmenter_for(column, seed)
     if aug is None:
-        model = fit_pls_cv(X, y, steps_for(column, wl), cv=10, random_state=seed)
-        predict: Callable[[np.ndarray], np.ndarray] = model.predict
+        search = PLSComponentsCV(steps_for(column, wl), cv=10, random_state=seed).fit(X, y)
+        predict: Callable[[np.ndarray], np.ndarray] = search.predict
+        model, rmsecv = search.best_estimator_, search.rmsecv_
     else:
-        sel, model = fit_pls_augmented_cv(X, y, steps_for(column, wl), aug, seed)
+        sel, model, rmsecv = fit_pls_augmented_cv(X, y, steps_for(column, wl), aug, seed)
 
         def predict_augmented(Xn: np.ndarray) -> np.ndarray:
             for s in sel:
@@ -157,7 +162,7 @@ def run_pls(
 
         predict = predict_augmented
 
-    info = {"rmsecv": model.rmsecv_, "lv": model.n_components_}
+    info = {"rmsecv": rmsecv, "lv": model.n_components_}
     return predict, {**info, "seconds": time.perf_counter() - t0}
 
 
@@ -173,9 +178,9 @@ def run_pls_reference(
             MultiplicativeScatterCorrection(),
             SavitzkyGolay(window_length=15, polyorder=2, deriv=1),
         ]
-        model = fit_pls_cv(X, y, steps, cv=10, random_state=seed)
-        if best is None or model.rmsecv_ < best.rmsecv_:
-            best = model
+        search = PLSComponentsCV(steps, cv=10, random_state=seed).fit(X, y)
+        if best is None or search.rmsecv_ < best.rmsecv_:
+            best = search
     assert best is not None
     info = {"rmsecv": best.rmsecv_, "lv": best.n_components_}
     return best.predict, {**info, "seconds": time.perf_counter() - t0}

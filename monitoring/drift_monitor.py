@@ -21,7 +21,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -29,11 +29,12 @@ from pydantic_settings import SettingsConfigDict
 from monitoring.drift import (
     CUSUM,
     DEFAULT_ARL0,
+    DriftDetector,
     ExceedanceRateDetector,
-    MeanShiftDetector,
     PageHinkley,
 )
 from monitoring.lab_reference import LabReferenceTracker
+from monitoring.mean_shift import MeanShiftDetector
 from nirwatch.logs import log_event
 from nirwatch.messages.lab_result import LabResult
 from nirwatch.messages.prediction import Prediction
@@ -83,16 +84,6 @@ class DriftSettings(NirwatchSettings):
     join_cache_size: int = Field(default=100_000, ge=1)
 
 
-class _Detector(Protocol):
-    @property
-    def drift_detected(self) -> bool: ...
-
-    @property
-    def score(self) -> float: ...
-
-    def reset(self) -> None: ...
-
-
 class _Group:
     """The detectors of one (instrument, product)."""
 
@@ -109,8 +100,8 @@ class _Group:
                 rmsecv, s.lab_sd, s.lab_alpha, s.lab_window, s.lab_min_samples
             )
 
-    def detectors(self) -> dict[str, _Detector]:
-        out: dict[str, _Detector] = {
+    def detectors(self) -> dict[str, DriftDetector[Any]]:
+        out: dict[str, DriftDetector[Any]] = {
             "exceedance_rate": self.exceedance,
             "mean_shift": self.mean_shift,
             "content_page_hinkley": self.content,
@@ -280,7 +271,7 @@ class DriftMonitor:
         if pair is not None:
             lab = self._group(pair[0]).lab
             if lab is not None:
-                lab.update(pair[1], pair[2])
+                lab.update(pair[1] - pair[2])  # the residual, prediction - lab value
 
     def _export(self, groups: dict[tuple[str, str], _Group]) -> None:
         m = self.metrics
@@ -295,7 +286,7 @@ class DriftMonitor:
                 m.lab_rmse_limit.labels(instrument, product).set(group.lab.rmse_limit)
                 m.lab_bias_limit.labels(instrument, product).set(group.lab.bias_limit)
 
-    def _note(self, instrument: str, product: str, name: str, det: _Detector) -> None:
+    def _note(self, instrument: str, product: str, name: str, det: DriftDetector[Any]) -> None:
         """One log line when a detector enters or leaves the drift state."""
         key = (instrument, product, name)
         if det.drift_detected == (key in self._flagged):
@@ -318,6 +309,11 @@ class DriftMonitor:
                 key: {name: det.score for name, det in group.detectors().items()}
                 for key, group in self._groups.items()
             }
+
+    def lab_trackers(self) -> dict[tuple[str, str], LabReferenceTracker]:
+        """The lab-reference detector of every group that has one, by (instrument, product)."""
+        with self._lock:
+            return {key: g.lab for key, g in self._groups.items() if g.lab is not None}
 
     def drifting(self) -> list[tuple[str, str, str]]:
         """(instrument, product, detector) of every detector now in the drift state."""

@@ -1,8 +1,11 @@
 """Lab reference tracking: predictions against the lab values that arrive later.
 
-A drift detector like those in :mod:`monitoring.drift` (``update``, read-only
+A :class:`~monitoring.drift.DriftDetector` like the others (``update(x)``, read-only
 ``drift_detected``, ``score``, ``reset``; no I/O, no random numbers), on the one signal that
-measures accuracy itself rather than a proxy for it.
+measures accuracy itself rather than a proxy for it. Its observation is the residual
+``prediction - lab value``: the RMSE and bias it tests are functions of the residuals alone,
+so one number per pair keeps the one-argument ``update`` of every detector (River's
+convention of feeding a model's errors to a univariate detector) without a pair type.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from collections import deque
 
 from scipy import stats
 
+from monitoring.drift import DriftDetector
 from nirwatch.errors import DataError
 
 __all__ = ["LabReferenceTracker"]
 
 
-class LabReferenceTracker:
+class LabReferenceTracker(DriftDetector[float]):
     """Rolling RMSE and bias of predictions against later lab values, tested at level ``alpha``.
 
     Without drift a residual ``r = prediction - lab`` is taken as N(0, σ²) with
@@ -83,9 +87,9 @@ class LabReferenceTracker:
     def reset(self) -> None:
         self._residuals: deque[float] = deque(maxlen=self.window)
 
-    def update(self, prediction: float, reference: float) -> None:
-        """Add one (prediction, lab value) pair; non-finite pairs are ignored."""
-        r = float(prediction) - float(reference)
+    def update(self, x: float) -> None:
+        """Add one residual, ``prediction - lab value``; a non-finite one is ignored."""
+        r = float(x)
         if math.isfinite(r):
             self._residuals.append(r)
 

@@ -31,8 +31,12 @@ class WireFormatError(NirwatchError):
         self.detail = detail
 
 
-class DataError(NirwatchError):
-    """Training or prediction data is unusable (NaN rows, grid mismatch, missing target...)."""
+class DataError(NirwatchError, ValueError):
+    """Training or prediction data is unusable (NaN rows, grid mismatch, missing target...).
+
+    Also a :class:`ValueError`, the error scikit-learn raises (and its estimator checks expect)
+    for invalid input, so code written for scikit-learn estimators handles ours.
+    """
 
 
 class ModelError(NirwatchError):

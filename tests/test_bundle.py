@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nirwatch.chemometrics.state import register_step
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import BundleError, ChecksumMismatchError, DataError
 from nirwatch.models import bundle as bundle_mod
 from nirwatch.models.bundle import (
@@ -24,12 +24,11 @@ from nirwatch.models.bundle import (
     data_hash,
     load_bundle,
     read_manifest,
-    register_component,
     write_bundle,
 )
 
 
-@register_step
+@register_stateful
 class Centre:
     """Subtracts the training mean spectrum."""
 
@@ -50,7 +49,7 @@ class Centre:
         return obj
 
 
-@register_component
+@register_stateful
 class LinearModel:
     """y = X @ coef + intercept; ``scale`` multiplies predictions (to fake a bad CNN)."""
 
@@ -83,7 +82,7 @@ class LinearModel:
         return obj
 
 
-@register_component
+@register_stateful
 class PCAStats:
     """T² and Q against a 2-component PCA, limits at the training maximum."""
 
@@ -91,11 +90,11 @@ class PCAStats:
         _, s, vt = np.linalg.svd(X, full_matrices=False)
         self.loadings_ = vt[:2].T
         self.var_ = (s[:2] ** 2) / (len(X) - 1)
-        t2, q = self.score(X)
+        t2, q = self.t2_q(X)
         self.t2_limit_99_, self.q_limit_99_ = float(t2.max()), float(q.max())
         return self
 
-    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def t2_q(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         T = X @ self.loadings_
         resid = X - T @ self.loadings_.T
         return (T**2 / self.var_).sum(axis=1), (resid**2).sum(axis=1)

@@ -9,7 +9,7 @@ import pytest
 
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import fit_pls_cv
+from nirwatch.chemometrics.pls import PLSComponentsCV
 from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
 from nirwatch.models.bundle import BundleContents, data_hash, load_bundle, write_bundle
 
@@ -30,7 +30,8 @@ def spectra(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_real_components_round_trip(tmp_path: Path, statistics_on_pls: bool) -> None:
     X, y = spectra(60, 0)
     steps = [MultiplicativeScatterCorrection(), SavitzkyGolay(11, 2, deriv=1)]
-    pls = fit_pls_cv(X, y, steps, max_components=8, cv=5)
+    search = PLSComponentsCV(steps, max_components=8, cv=5).fit(X, y)
+    pls = search.best_estimator_
     Z = pls.preprocess(X)
     stats = CalibrationStatistics(n_components=pls.n_components_).fit(Z)
     contents = BundleContents(
@@ -42,13 +43,13 @@ def test_real_components_round_trip(tmp_path: Path, statistics_on_pls: bool) -> 
         statistics=stats,
         statistics_steps=[] if statistics_on_pls else pls.steps_,
         statistics_on_pls=statistics_on_pls,
-        fallback_limit=3 * pls.rmsecv_,
+        fallback_limit=3 * search.rmsecv_,
     )
     loaded = load_bundle(write_bundle(contents, tmp_path / "b"))
     Xn, yn = spectra(20, 1)
     pred = loaded.predict(Xn)
     np.testing.assert_allclose(pred.pls_value, pls.predict(Xn), rtol=1e-10)
-    t2, q = stats.score(pls.preprocess(Xn))
+    t2, q = stats.t2_q(pls.preprocess(Xn))
     np.testing.assert_allclose(pred.t2, t2, rtol=1e-10)
     np.testing.assert_allclose(pred.q, q, rtol=1e-10)
     assert pred.t2_limit == stats.t2_limit_99_ and pred.q_limit == stats.q_limit_99_

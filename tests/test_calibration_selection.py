@@ -16,16 +16,14 @@ import pytest
 from sklearn.cross_decomposition import PLSRegression
 
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import PLSCalibration
-from nirwatch.chemometrics.pls_search import (
-    PLSCalibrationCV,
-    Recipe,
-    _fold_kernels,
-    _FoldIndex,
+from nirwatch.chemometrics.krylov import (
+    FoldIndex,
     cv_splits,
-    default_recipes,
+    fold_kernels,
     krylov_pls_predictions,
 )
+from nirwatch.chemometrics.pls import PLSCalibration
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe, default_recipes
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.bundle_predictor import LoadedBundle
 from training.calibration import choose_blend, conformal_quantile, range_end_split
@@ -54,7 +52,7 @@ def test_krylov_pls_matches_scikit_learn() -> None:
     X = rng.normal(size=(50, 80)).cumsum(axis=1)
     y = X[:, 10] - 0.3 * X[:, 60] + rng.normal(0, 0.1, 50)
     splits = cv_splits(50, 5, 2, seed=1)
-    K, Ks, yc, ym = _fold_kernels(X @ X.T, y, _FoldIndex(splits))
+    K, Ks, yc, ym = fold_kernels(X @ X.T, y, FoldIndex(splits))
     pred, done = krylov_pls_predictions(K, Ks, yc, 12)
     assert done == 12
     for f, (tr, te) in enumerate(splits):
@@ -84,6 +82,19 @@ def test_search_chooses_a_derivative_when_baselines_swamp_the_signal() -> None:
     plain = [i for i, r in enumerate(recipes) if r.derivative == 0]
     # The derivative recipe is far better than any recipe without one.
     assert search.rmsecv_ < 0.6 * np.nanmin(rm[plain])
+
+
+def test_a_recipe_that_refuses_the_spectra_is_left_out_of_the_search() -> None:
+    """MSC cannot scale spectra to a flat mean spectrum: that recipe is skipped (NaN row),
+    the others are still searched, as for a recipe that makes spectra non-finite."""
+    X, y = linear_set(60, 4)
+    X = X - X.mean(axis=0)  # mean spectrum all zeros
+    recipes = [Recipe(None, None, "msc"), Recipe(None, None, "none")]
+    search = PLSCalibrationCV(WL, recipes=recipes, max_components=5).fit(X, y)
+    assert search.recipe_ == recipes[1]
+    assert np.isnan(search.cv_results_["rmsecv"][0]).all()
+    assert np.isfinite(search.cv_results_["rmsecv"][1]).all()
+    assert np.sqrt(np.mean((search.predict(X) - y) ** 2)) < 0.1
 
 
 def test_nested_search_is_not_fooled_by_its_own_selection() -> None:

@@ -82,3 +82,13 @@ def test_wavelength_range(spectra: np.ndarray) -> None:
         WavelengthRange(wl[::-1]).fit()
     with pytest.raises(DataError, match="expected spectra of 650 points, got 649"):
         sel.transform(spectra[:, 1:])
+
+
+def test_wavelength_range_without_an_axis_selects_by_column_index(spectra) -> None:
+    """wavelengths=None: the column index is the axis (scikit-learn's checks use it so)."""
+    sel = WavelengthRange(start=250, stop=599).fit(spectra)
+    assert_allclose(sel.transform(spectra), spectra[:, 250:600])
+    loaded = WavelengthRange.from_state(*sel.to_state())
+    assert_allclose(loaded.transform(spectra), spectra[:, 250:600])
+    with pytest.raises(DataError, match="without wavelengths, fit needs the spectra"):
+        WavelengthRange(stop=3).fit()

@@ -37,11 +37,11 @@ def test_t2_and_q_match_sklearn_pca(preprocessed) -> None:
     stats_ = CalibrationStatistics(n_components=4).fit(Zc)
     pca = PCA(n_components=4).fit(Zc)
     scores = pca.transform(Zt)
-    t2, q = stats_.score(Zt)
+    t2, q = stats_.t2_q(Zt)
     assert_allclose(t2, (scores**2 / pca.explained_variance_).sum(axis=1), rtol=1e-8)
     residual = Zt - pca.inverse_transform(scores)
     assert_allclose(q, (residual**2).sum(axis=1), rtol=1e-8)
-    t2_32, q_32 = stats_.score(Zt.astype(np.float32))
+    t2_32, q_32 = stats_.t2_q(Zt.astype(np.float32))
     assert_allclose(t2_32, t2, rtol=1e-3)
     assert_allclose(q_32, q, rtol=1e-2)
 
@@ -78,7 +78,7 @@ def test_jackson_mudholkar_used_when_valid() -> None:
 def test_calibration_mostly_inside_and_far_spectra_outside(preprocessed) -> None:
     Zc, Zt = preprocessed
     cs = CalibrationStatistics(n_components=3).fit(Zc)
-    t2, q = cs.score(Zc)
+    t2, q = cs.t2_q(Zc)
     frac_t2, frac_q = np.mean(t2 > cs.t2_limit_99_), np.mean(q > cs.q_limit_99_)
     print(f"calibration above 99 % limits: T² {frac_t2:.3f}, Q {frac_q:.3f}")
     assert frac_t2 < 0.06 and frac_q < 0.06
@@ -87,10 +87,10 @@ def test_calibration_mostly_inside_and_far_spectra_outside(preprocessed) -> None
     p = Zc.shape[1]
     band = np.exp(-0.5 * ((np.arange(p) - 300) / 10) ** 2)
     off_plane = Zc[:5] + 20 * np.sqrt(cs.q_limit_99_ / (band**2).sum()) * band
-    assert (cs.score(off_plane)[1] > cs.q_limit_99_).all()
+    assert (cs.t2_q(off_plane)[1] > cs.q_limit_99_).all()
     # Far along the first principal axis: T² flags it, Q does not move.
     along = cs.mean_ + 10 * np.sqrt(cs.eigenvalues_[0]) * cs.loadings_[:, 0]
-    t2_far, q_far = cs.score(along[None, :])
+    t2_far, q_far = cs.t2_q(along[None, :])
     assert t2_far[0] > cs.t2_limit_99_
     assert q_far[0] == pytest.approx(0.0, abs=1e-12)
 
@@ -102,13 +102,13 @@ def test_components_by_explained_variance_and_state(preprocessed) -> None:
     assert cum[cs.n_components_ - 1] >= 0.9 > cum[cs.n_components_ - 2]
     arrays, meta = cs.to_state()
     loaded = CalibrationStatistics.from_state(arrays, json.loads(json.dumps(meta)))
-    for got, want in zip(loaded.score(Zt), cs.score(Zt), strict=True):
+    for got, want in zip(loaded.t2_q(Zt), cs.t2_q(Zt), strict=True):
         assert_allclose(got, want)
     assert loaded.q_limit_99_ == cs.q_limit_99_ and loaded.t2_limit_99_ == cs.t2_limit_99_
     with pytest.raises(DataError, match="allow 1..193"):
         CalibrationStatistics(n_components=500).fit(Zc)
     with pytest.raises(DataError, match="expected spectra of 650 points"):
-        cs.score(Zt[:, :10])
+        cs.t2_q(Zt[:, :10])
 
 
 def _gaussian_spectra(
@@ -128,7 +128,7 @@ def test_false_alarm_rate_is_one_percent_on_gaussian_data() -> None:
     """Data that meets the assumptions: new in-model spectra exceed a 99 % limit ~1 % of the time."""
     a, draw = 3, _gaussian_spectra(np.random.default_rng(11), 60, offset=1.0)
     cs = CalibrationStatistics(n_components=a).fit(draw(1000))
-    t2, q = cs.score(draw(20000))
+    t2, q = cs.t2_q(draw(20000))
     rate_t2, rate_q = np.mean(t2 > cs.t2_limit_99_), np.mean(q > cs.q_limit_99_)
     assert 0.006 < rate_t2 < 0.015 and 0.006 < rate_q < 0.015
     assert 0.04 < np.mean(t2 > cs.t2_limit_95_) < 0.065
@@ -142,7 +142,7 @@ def test_cv_q_limit_holds_its_rate_when_spectra_are_fewer_than_wavelengths() -> 
     by_eig = CalibrationStatistics(n_components=a, q_limit="eigenvalues").fit(cal)
     by_cv = CalibrationStatistics(n_components=a).fit(cal)
     assert by_eig.q_limit_method_ != "cv-box" and by_cv.q_limit_method_ == "cv-box"
-    q = by_cv.score(new)[1]
+    q = by_cv.t2_q(new)[1]
     rate_cv, rate_eig = np.mean(q > by_cv.q_limit_99_), np.mean(q > by_eig.q_limit_99_)
     assert 0.005 < rate_cv < 0.025 and 0.03 < np.mean(q > by_cv.q_limit_95_) < 0.08
     assert abs(rate_cv - 0.01) < abs(rate_eig - 0.01)  # here the eigenvalue limit is too loose

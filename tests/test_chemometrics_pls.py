@@ -15,9 +15,9 @@ from sklearn.pipeline import make_pipeline
 from nirwatch.chemometrics import MultiplicativeScatterCorrection, SavitzkyGolay
 from nirwatch.chemometrics.pls import (
     PLSCalibration,
+    PLSComponentsCV,
     choose_components,
     cross_validate_pls,
-    fit_pls_cv,
     select_preprocessing_cv,
 )
 from nirwatch.errors import DataError
@@ -45,6 +45,22 @@ def test_coefficients_match_sklearn_for_every_size(shootout) -> None:
         assert_allclose(ours.predict(Xt), oracle.predict(Xt).ravel(), rtol=1e-10)
         # Inference is a dot product on plain arrays.
         assert_allclose(ours.predict(Xt), ours.preprocess(Xt) @ ours.coef_ + ours.intercept_)
+
+
+def test_predict_from_preprocessed_spectra(shootout) -> None:
+    """One preprocessing pass can serve PLS and the T²/Q statistics (the bundle's path)."""
+    Xc, yc, Xt = shootout["Xc"], shootout["yc"], shootout["Xt"]
+    model = PLSCalibration([MultiplicativeScatterCorrection(), SavitzkyGolay(15, 2, 1)], 5)
+    model.fit(Xc, yc)
+    Z = model.preprocess(Xt)
+    assert_allclose(model.predict_preprocessed(Z), model.predict(Xt), rtol=1e-12)
+    Z32 = model.preprocess(Xt.astype(np.float32))
+    assert Z32.dtype == np.float32
+    got = model.predict_preprocessed(Z32)  # the product is float64 whatever Z's type
+    assert got.dtype == np.float64
+    assert_allclose(got, Z32.astype(np.float64) @ model.coef_ + model.intercept_, rtol=0)
+    with pytest.raises(DataError, match=r"expected preprocessed spectra of shape \(n, 650\)"):
+        model.predict_preprocessed(Xt[:, :600])
 
 
 def test_rmsecv_curve_matches_sklearn_cross_val_predict(shootout) -> None:
@@ -77,6 +93,7 @@ def test_shootout_rmsep_with_cv_chosen_preprocessing(shootout) -> None:
     }
     name, model, scores = select_preprocessing_cv(shootout["Xc"], shootout["yc"], candidates)
     assert scores[name] == min(scores.values()) == model.rmsecv_
+    assert isinstance(model.best_estimator_, PLSCalibration)
     rmsep = float(np.sqrt(np.mean((model.predict(shootout["Xt"]) - shootout["yt"]) ** 2)))
     print(f"chosen {name}, {model.n_components_} LV, RMSECV {model.rmsecv_:.2f}, RMSEP {rmsep:.2f}")
     # Literature for this set is about 4.3 mg; the reference method itself is +-1.3 mg.
@@ -84,15 +101,39 @@ def test_shootout_rmsep_with_cv_chosen_preprocessing(shootout) -> None:
     assert 2 <= model.n_components_ <= 12
 
 
-def test_state_round_trip_and_float32(shootout, tmp_path: Path) -> None:
-    model = fit_pls_cv(
-        shootout["Xc"],
-        shootout["yc"],
-        [MultiplicativeScatterCorrection(), SavitzkyGolay()],
-        max_components=10,
-        cv=5,
-        rule="1se",
+def test_components_cv_owns_its_results(shootout) -> None:
+    """The CV curve, the held-out predictions and the choice live on the search, not the model."""
+    Xc, yc = shootout["Xc"], shootout["yc"]
+    steps = [MultiplicativeScatterCorrection()]
+    search = PLSComponentsCV(steps, max_components=8, cv=5, rule="1se").fit(Xc, yc)
+    rmsecv, se = cross_validate_pls(Xc, yc, steps, 8, cv=5)
+    assert_allclose(search.cv_results_["rmsecv"], rmsecv, rtol=0)
+    assert_allclose(search.cv_results_["se"], se, rtol=0)
+    assert search.n_components_ == choose_components(rmsecv, se, "1se")
+    assert search.rmsecv_ == rmsecv[search.n_components_ - 1]
+    # The held-out predictions are those the RMSECV was computed from.
+    assert np.sqrt(np.mean((search.oof_pred_ - yc) ** 2)) == pytest.approx(
+        search.rmsecv_, rel=1e-12
     )
+    folds = KFold(5, shuffle=True, random_state=0)
+    pipe = make_pipeline(
+        MultiplicativeScatterCorrection(), PLSRegression(search.n_components_, scale=False)
+    )
+    assert_allclose(search.oof_pred_, cross_val_predict(pipe, Xc, yc, cv=folds).ravel(), rtol=1e-9)
+    model = search.best_estimator_
+    assert model.n_components_ == search.n_components_ and not hasattr(model, "rmsecv_")
+    assert_allclose(search.predict(Xc), model.predict(Xc), rtol=0)
+    assert steps[0].get_params() == MultiplicativeScatterCorrection().get_params()
+    assert not hasattr(steps[0], "reference_")  # the given steps are cloned, never fitted
+    with pytest.raises(DataError, match="rule"):
+        PLSComponentsCV(steps, rule="median").fit(Xc, yc)  # type: ignore[arg-type]
+
+
+def test_state_round_trip_and_float32(shootout, tmp_path: Path) -> None:
+    search = PLSComponentsCV(
+        [MultiplicativeScatterCorrection(), SavitzkyGolay()], max_components=10, cv=5, rule="1se"
+    ).fit(shootout["Xc"], shootout["yc"])
+    model = search.best_estimator_
     arrays, meta = model.to_state()
     np.savez(tmp_path / "pls.npz", **arrays)
     with np.load(tmp_path / "pls.npz", allow_pickle=False) as npz:
@@ -101,8 +142,7 @@ def test_state_round_trip_and_float32(shootout, tmp_path: Path) -> None:
         )
     Xt = shootout["Xt"]
     assert_allclose(loaded.predict(Xt), model.predict(Xt), rtol=1e-12)
-    assert loaded.rmsecv_ == model.rmsecv_ and loaded.cv_rule_ == "1se"
-    assert_allclose(loaded.cv_curve_, model.cv_curve_)
+    assert loaded.n_components_ == search.n_components_ and loaded.rmsec_ == model.rmsec_
     pred32 = model.predict(Xt.astype(np.float32))
     assert np.abs(pred32 - model.predict(Xt)).max() < 0.05  # mg, far below the 1.3 mg lab error
 
@@ -116,7 +156,7 @@ def test_input_errors(shootout) -> None:
     with pytest.raises(DataError, match="at most 4"):
         PLSCalibration(n_components=6).fit(Xc[:5], yc[:5])
     with pytest.raises(DataError, match="folds"):
-        fit_pls_cv(Xc[:5], yc[:5], cv=10)
+        PLSComponentsCV(cv=10).fit(Xc[:5], yc[:5])
     model = PLSCalibration(n_components=2).fit(Xc, yc)
     with pytest.raises(DataError, match="expected spectra of 650 points, got 600"):
         model.predict(Xc[:, :600])

@@ -10,7 +10,6 @@ import pytest
 from numpy.testing import assert_allclose
 
 from nirwatch.chemometrics import (
-    STEP_CLASSES,
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
     SavitzkyGolay,
@@ -19,7 +18,7 @@ from nirwatch.chemometrics import (
     dump_steps,
     load_steps,
 )
-from nirwatch.chemometrics.state import apply_steps
+from nirwatch.chemometrics.state import apply_steps, register_stateful, stateful_class
 from nirwatch.errors import DataError
 
 
@@ -64,7 +63,8 @@ def test_round_trip_through_npz(tmp_path: Path) -> None:
     assert_allclose(apply_steps(loaded, X_new), apply_steps(steps, X_new), rtol=1e-12)
 
 
-def test_registry_lists_every_step() -> None:
+def test_one_registry_holds_every_storable_class() -> None:
+    """Steps and bundle components (PLS, statistics, the CNN) resolve through one registry."""
     for name in (
         "MultiplicativeScatterCorrection",
         "ExtendedMultiplicativeScatterCorrection",
@@ -72,8 +72,15 @@ def test_registry_lists_every_step() -> None:
         "SavitzkyGolay",
         "WavelengthRange",
         "SpectralAugmenter",
+        "PLSCalibration",
+        "CalibrationStatistics",
+        "CNNPredictor",  # registered when its (torch) module is imported, on first lookup
     ):
-        assert name in STEP_CLASSES
+        assert stateful_class(name).__name__ == name
+    with pytest.raises(DataError, match="unknown class 'Popen', which nirwatch lacks"):
+        stateful_class("Popen")
+    with pytest.raises(TypeError, match="lacks from_state"):
+        register_stateful(type("NoState", (), {"to_state": lambda self: ({}, {})}))
 
 
 def test_unknown_class_and_missing_array_are_refused() -> None:

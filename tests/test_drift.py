@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from monitoring.drift import (
     CUSUM,
+    DriftDetector,
     ExceedanceRateDetector,
-    MeanShiftDetector,
     PageHinkley,
     siegmund_arl,
     threshold_for_arl0,
 )
 from monitoring.lab_reference import LabReferenceTracker
+from monitoring.mean_shift import MeanShiftDetector
 from nirwatch.errors import DataError
 
 N_STATIONARY = 50_000
@@ -184,20 +187,47 @@ def test_mean_shift_with_given_reference_and_reset() -> None:
         det.update(np.zeros(3))
 
 
+DETECTORS = [
+    lambda: ExceedanceRateDetector(window=100, min_samples=10),
+    lambda: MeanShiftDetector(window=5, n_reference=10),
+    lambda: PageHinkley(warmup=20),
+    lambda: CUSUM(warmup=20),
+    lambda: LabReferenceTracker(rmsecv=1.0),
+]
+
+
+@pytest.mark.parametrize("make", DETECTORS)
+def test_every_detector_is_a_drift_detector_with_one_update_signature(make) -> None:  # type: ignore[no-untyped-def]
+    """River's style: one public base, ``update(x)`` with one observation, a read-only
+    ``drift_detected``, ``score`` and ``reset``; no I/O and no random numbers (the same
+    input always gives the same result, so no seed is needed)."""
+    det = make()
+    assert isinstance(det, DriftDetector)
+    assert list(inspect.signature(det.update).parameters) == ["x"]
+    assert det.update(1.0) is None and det.drift_detected is False and det.score >= 0
+    with pytest.raises(AttributeError):
+        det.drift_detected = True
+    with pytest.raises(AttributeError):
+        det.score = 2.0
+    det.reset()
+    assert not det.drift_detected
+
+
 def test_lab_tracker_rmse_bias_and_limits() -> None:
+    """The observation is the residual, prediction minus lab value."""
     rng = np.random.default_rng(2)
     lab = rng.normal(200, 10, size=30)
     pred = lab + rng.normal(0, 4.0, size=30)
     det = LabReferenceTracker(rmsecv=4.0, window=30, min_samples=5)
     for p, y in zip(pred, lab, strict=True):
-        det.update(p, y)
+        det.update(p - y)
     assert det.rmse == pytest.approx(np.sqrt(np.mean((pred - lab) ** 2)))
     assert det.bias == pytest.approx(np.mean(pred - lab))
     assert not det.drift_detected
     for p, y in zip(pred + 6.0, lab, strict=True):  # biased model: 1.5 x RMSECV of bias
-        det.update(p, y)
+        det.update(p - y)
     assert det.drift_detected and abs(det.bias) > det.bias_limit
-    det.update(float("nan"), 1.0)
+    det.update(float("nan") - 1.0)
     assert det.n == 30
     det.reset()
     assert det.n == 0 and not det.drift_detected
@@ -209,11 +239,14 @@ def test_lab_tracker_limits_are_chi_square_and_normal_quantiles() -> None:
     for n in (1, 5, 30):
         det.reset()
         for _ in range(n):
-            det.update(0.0, 0.0)
+            det.update(0.0)
         assert det.rmse_limit == pytest.approx(sigma * np.sqrt(stats.chi2.isf(5e-4, n) / n))
         assert det.bias_limit == pytest.approx(stats.norm.isf(2.5e-4) * sigma / np.sqrt(n))
     # fewer pairs, wider limit: five pairs may scatter far more than thirty
-    assert det.rmse_limit < LabReferenceTracker(1.33, 1.5, 1e-3)._rmse_limits[4]
+    five = LabReferenceTracker(1.33, 1.5, 1e-3)
+    for _ in range(5):
+        five.update(0.0)
+    assert det.rmse_limit < five.rmse_limit
 
 
 @pytest.mark.parametrize("n", [5, 30])
@@ -227,7 +260,7 @@ def test_lab_tracker_false_alarm_rate_is_at_most_alpha(n: int) -> None:
     for window in residuals:
         det = LabReferenceTracker(rmsecv=1.33, lab_sd=1.5, alpha=alpha, window=n, min_samples=n)
         for r in window:
-            det.update(r, 0.0)
+            det.update(r)
         alarms += det.drift_detected
     # Bonferroni: at most alpha (each test alpha / 2); Binomial(4000, 0.01) sd is 0.16 %
     assert alarms / trials <= alpha + 0.005, alarms / trials
@@ -238,7 +271,7 @@ def test_lab_tracker_finds_a_model_error_of_twice_its_rmsecv() -> None:
     rng = np.random.default_rng(3)
     det = LabReferenceTracker(rmsecv=1.33, lab_sd=1.5, window=30)
     for r in rng.normal(0.0, np.hypot(2 * 1.33 * 1.5, 1.5), size=30):
-        det.update(r, 0.0)
+        det.update(r)
     assert det.drift_detected
 
 

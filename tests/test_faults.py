@@ -54,22 +54,22 @@ def _print_figures() -> Iterator[None]:
 def pls_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real PLS bundle (MSC + CV-chosen PLS, T²/Q statistics) on synthetic mixtures."""
     from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-    from nirwatch.chemometrics.pls import fit_pls_cv
+    from nirwatch.chemometrics.pls import PLSComponentsCV
     from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
     from nirwatch.models.bundle import BundleContents, data_hash, write_bundle
 
     rng = np.random.default_rng(0)
     y = rng.uniform(0.1, 0.9, 120) * 250
     X = mixtures(y / 250, rng).astype(np.float64)
-    pls = fit_pls_cv(X, y, [MultiplicativeScatterCorrection()], max_components=6, cv=5)
+    search = PLSComponentsCV([MultiplicativeScatterCorrection()], max_components=6, cv=5).fit(X, y)
     contents = BundleContents(
         target="api",
         unit="mg",
         wavelengths=WL,
         data_hash=data_hash(X, y),
-        pls=pls,
+        pls=search.best_estimator_,
         statistics=CalibrationStatistics().fit(X),
-        fallback_limit=3 * float(pls.rmsecv_),
+        fallback_limit=3 * search.rmsecv_,
     )
     return write_bundle(contents, tmp_path_factory.mktemp("bundle") / "pls")
 

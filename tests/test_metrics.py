@@ -43,7 +43,7 @@ def test_drift_monitor_endpoint_exports_no_worker_metric() -> None:
     assert "nirwatch_broker_up" not in names and "nirwatch_model_info" not in names
     assert registry.get_sample_value(
         "nirwatch_lab_rmse_limit", {"instrument": "probe-1", "product": "tablet-a"}
-    ) == pytest.approx(monitor._groups[("probe-1", "tablet-a")].lab.rmse_limit)  # type: ignore[union-attr]
+    ) == pytest.approx(monitor.lab_trackers()[("probe-1", "tablet-a")].rmse_limit)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
-from nirwatch.chemometrics.pls import fit_pls_cv
+from nirwatch.chemometrics.pls import PLSComponentsCV
 from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
 from nirwatch.errors import ConfigError, DataError
 from nirwatch.models.bundle import BundleContents, data_hash, write_bundle
@@ -38,7 +38,8 @@ TOKEN = "s3cret-token-0123456789abcdef"
 
 def pls_fitter(data: Dataset, out_dir: Path) -> Path:
     """A small, fast PLS-only bundle (MSC + PLS, T²/Q statistics on MSC spectra)."""
-    pls = fit_pls_cv(data.X, data.y, [MultiplicativeScatterCorrection()], max_components=8, cv=5)
+    search = PLSComponentsCV([MultiplicativeScatterCorrection()], max_components=8, cv=5)
+    search.fit(data.X, data.y)
     msc = MultiplicativeScatterCorrection().fit(data.X)
     stats = CalibrationStatistics(n_components=5).fit(msc.transform(data.X))
     contents = BundleContents(
@@ -46,11 +47,11 @@ def pls_fitter(data: Dataset, out_dir: Path) -> Path:
         unit="mg",
         wavelengths=data.wavelengths,
         data_hash=data_hash(data.X, data.y),
-        pls=pls,
+        pls=search.best_estimator_,
         statistics=stats,
         statistics_steps=[msc],
-        fallback_limit=3 * pls.rmsecv_,
-        metrics={"rmsecv": pls.rmsecv_},
+        fallback_limit=3 * search.rmsecv_,
+        metrics={"rmsecv": search.rmsecv_},
     )
     return write_bundle(contents, out_dir)
 

@@ -164,7 +164,7 @@ def fit_bundle(
     say(f"range ends: {ends['model']} extrapolates best ({_fmt(ends['rmse_at_ends'])})")
     oof = _oof_by_model(y, pls, cnn, blend)
     served = "pls" if cnn is None or weight == 0 else ("cnn" if weight == 1 else "blend")
-    scale = leverage_scale(stats.score(pls.model.preprocess(X))[0], X.shape[0])
+    scale = leverage_scale(stats.t2_q(pls.model.preprocess(X))[0], X.shape[0])
     quantiles = {
         name: conformal_quantile(y - pred, scale, s.interval_level) for name, pred in oof.items()
     }

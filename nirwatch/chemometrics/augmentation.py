@@ -17,9 +17,11 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
+@register_stateful
 class SpectralAugmenter(BaseEstimator):
     """Random offset, tilt, gain and noise copies of spectra (Bjerrum et al. 2017).
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nirwatch.chemometrics.cnn_fused import FusedEnsemble, fusable
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError, ModelError
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -253,6 +254,7 @@ def resolve_device(device: str) -> torch.device:
 DEFAULT_CHUNK_SIZE = {"cpu": 256, "cuda": 16384}
 
 
+@register_stateful
 class CNNPredictor:
     """Inference with one or several :class:`SpectralCNN` (an ensemble's mean).
 

@@ -11,11 +11,13 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 Mode = Literal["interp", "mirror", "nearest", "constant", "wrap"]
 
 
+@register_stateful
 class SavitzkyGolay(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Savitzky-Golay filter: local polynomial fit in a sliding window, with derivative.
 
@@ -60,7 +62,8 @@ class SavitzkyGolay(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise DataError(f"SavitzkyGolay: need 0 <= deriv <= polyorder, got {d}, {k}")
         if w > n_points:
             raise DataError(
-                f"SavitzkyGolay: window_length {w} exceeds the {n_points} points per spectrum"
+                f"SavitzkyGolay: window_length {w} exceeds the {n_points} points per spectrum "
+                f"(n_features={n_points})"
             )
         if self.mode not in ("interp", "mirror", "nearest", "constant", "wrap"):
             raise DataError(f"SavitzkyGolay: unknown mode {self.mode!r}")

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
@@ -77,6 +78,7 @@ def moment_matched_q_limit(mean: float, variance: float, confidence: float) -> f
     return float(g * stats.chi2.ppf(confidence, h))
 
 
+@register_stateful
 class CalibrationStatistics(BaseEstimator):
     """PCA of (preprocessed) calibration spectra with T² and Q limits at 95 % and 99 %.
 
@@ -136,7 +138,7 @@ class CalibrationStatistics(BaseEstimator):
         X = check_spectra(X, who="CalibrationStatistics").astype(np.float64)
         n, p = X.shape
         if n < 3:
-            raise DataError(f"CalibrationStatistics: need at least 3 spectra, got {n}")
+            raise DataError(f"CalibrationStatistics: need at least 3 spectra, got n_samples={n}")
         mean = X.mean(axis=0)
         _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
         eig = s**2 / (n - 1)
@@ -169,7 +171,7 @@ class CalibrationStatistics(BaseEstimator):
                 held = folds == fold
                 # The same PCA and Q as this class, fitted without the held-out fold.
                 part = CalibrationStatistics(n_components=a, q_limit="eigenvalues")
-                q_cv[held] = part.fit(X[~held]).score(X[held])[1]
+                q_cv[held] = part.fit(X[~held]).t2_q(X[held])[1]
             self.q_cv_mean_, self.q_cv_var_ = float(q_cv.mean()), float(q_cv.var(ddof=1))
         self._set_limits(a)
         return self
@@ -189,7 +191,7 @@ class CalibrationStatistics(BaseEstimator):
         self.q_limit_95_, _ = q_residual_limit(self.eigenvalues_[a:], 0.95)
         self.q_limit_99_, self.q_limit_method_ = q_residual_limit(self.eigenvalues_[a:], 0.99)
 
-    def score(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def t2_q(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """Hotelling T² and Q residual of each spectrum.
 
         Parameters

@@ -7,13 +7,8 @@ with every number of latent variables by repeated K-fold CV; each recipe gets th
 variables within one standard error of its own best (Hastie, Tibshirani & Friedman, ESL 2nd ed., sec. 7.10), then
 the recipe with the lowest RMSECV there.
 
-Why it is fast: PLS1 with ``a`` components fits ``y`` by least squares within the Krylov space
-``span{K y, K^2 y, ..., K^a y}`` of the centred Gram matrix ``K = X X'`` (Helland 1988,
-Commun. Statist. Simul. 17, 581-607). Every fold's ``K`` is a double-centred block of one Gram
-matrix of the preprocessed spectra, so a recipe costs one ``n x n`` Gram product plus a batched
-Lanczos iteration over all folds at once (n x n per fold, not n x p), and the predictions of
-every number of components come out of one triangular solve (the leading block of an upper
-triangular inverse is the inverse of the leading block).
+Why it is fast: every recipe is scored from one Gram matrix of its preprocessed spectra, all
+folds and numbers of components at once (:mod:`nirwatch.chemometrics.krylov`).
 
 Scatter references (MSC/EMSC mean spectrum) are fitted on all spectra given to ``fit`` — they
 use no reference values. The honest error of the whole search, selection included, comes from
@@ -27,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.model_selection import KFold
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from nirwatch.chemometrics.derivative import SavitzkyGolay
-from nirwatch.chemometrics.pls import PLSCalibration, _check_xy
+from nirwatch.chemometrics.krylov import FoldIndex, cv_splits, fold_kernels, krylov_pls_predictions
+from nirwatch.chemometrics.pls import PLSCalibration, check_calibration_xy
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -45,9 +40,7 @@ from nirwatch.errors import DataError, ModelError
 __all__ = [
     "PLSCalibrationCV",
     "Recipe",
-    "cv_splits",
     "default_recipes",
-    "krylov_pls_predictions",
     "spread_subset",
 ]
 
@@ -163,17 +156,6 @@ def default_recipes(wavelengths: Any) -> list[Recipe]:
     return out
 
 
-def cv_splits(n: int, folds: int, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Repeated shuffled K-fold splits (train, test) by sample."""
-    if not 2 <= folds <= n:
-        raise DataError(f"cv: need 2 <= folds <= {n} spectra, got {folds}")
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    for r in range(repeats):
-        kf = KFold(n_splits=folds, shuffle=True, random_state=seed + 7919 * r)
-        out.extend(kf.split(np.empty((n, 1))))
-    return out
-
-
 def spread_subset(y: np.ndarray, m: int) -> np.ndarray:
     """Indices of all spectra, or of ``m`` spread evenly over the sorted reference values."""
     if y.size <= m:
@@ -187,146 +169,55 @@ def default_repeats(n: int) -> int:
     return int(np.clip(round(400 / max(n, 1)), 1, 5))
 
 
-class _FoldIndex:
-    """Padded train/test index arrays for a list of splits (vectorised gathers)."""
-
-    def __init__(self, splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-        self.n_folds = len(splits)
-        self.n_train = np.array([len(tr) for tr, _ in splits])
-        self.n_test = np.array([len(te) for _, te in splits])
-        N, M = int(self.n_train.max()), int(self.n_test.max())
-        self.train = np.zeros((self.n_folds, N), dtype=np.int64)
-        self.test = np.zeros((self.n_folds, M), dtype=np.int64)
-        self.train_mask = np.zeros((self.n_folds, N), dtype=bool)
-        self.test_mask = np.zeros((self.n_folds, M), dtype=bool)
-        for f, (tr, te) in enumerate(splits):
-            self.train[f, : len(tr)] = tr
-            self.test[f, : len(te)] = te
-            self.train_mask[f, : len(tr)] = True
-            self.test_mask[f, : len(te)] = True
-
-
-def _fold_kernels(
-    G: np.ndarray, y: np.ndarray, idx: _FoldIndex
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per fold: centred train kernel (F,N,N), test kernel (F,M,N), centred y (F,N), y mean (F,).
-
-    Padded rows and columns are zero, so they add nothing to any product below.
-    """
-    wtr = idx.train_mask.astype(np.float64) / idx.n_train[:, None]
-    F, N, M = idx.n_folds, idx.train.shape[1], idx.test.shape[1]
-    Ktt = np.zeros((F, N, N))
-    Kst = np.zeros((F, M, N))
-    for f in range(F):  # per-fold blocks: np.ix_ gathers are far faster than 3-D fancy indexing
-        tr, te = idx.train[f, : idx.n_train[f]], idx.test[f, : idx.n_test[f]]
-        Ktt[f, : tr.size, : tr.size] = G[np.ix_(tr, tr)]
-        Kst[f, : te.size, : tr.size] = G[np.ix_(te, tr)]
-    col = (Ktt @ wtr[:, :, None])[:, :, 0]  # z_i . m for train rows
-    tot = np.einsum("fi,fi->f", col, wtr)  # m . m
-    K = Ktt - col[:, :, None] - col[:, None, :] + tot[:, None, None]
-    row = (Kst @ wtr[:, :, None])[:, :, 0]  # z*_i . m
-    Ks = Kst - row[:, :, None] - col[:, None, :] + tot[:, None, None]
-    tm, sm = idx.train_mask, idx.test_mask
-    K *= tm[:, :, None] & tm[:, None, :]
-    Ks *= sm[:, :, None] & tm[:, None, :]
-    ytr = y[idx.train]
-    ymean = (ytr * wtr).sum(axis=1)
-    yc = (ytr - ymean[:, None]) * tm
-    return K, Ks, yc, ymean
-
-
-def krylov_pls_predictions(
-    K: np.ndarray, Ks: np.ndarray, yc: np.ndarray, n_components: int
-) -> tuple[np.ndarray, int]:
-    """PLS1 predictions for 1..A components from centred kernels, batched over folds.
-
-    Parameters
-    ----------
-    K : (F, N, N) centred training Gram matrices (zero-padded)
-    Ks : (F, M, N) centred test-by-train kernels
-    yc : (F, N) centred training targets
-    n_components : int, A
-
-    Returns
-    -------
-    pred : ndarray (F, M, A')
-        Centred predictions (add the training mean) for 1..A' components.
-    A' : int
-        Components computed: fewer than A when the Krylov space is exhausted in some fold.
-    """
-    F, N, _ = K.shape
-    A = int(n_components)
-    Q = np.zeros((F, A, N))  # basis vectors as rows: contiguous writes and BLAS products
-    norm_y = np.linalg.norm(yc, axis=1)
-    if np.any(norm_y == 0):
-        raise DataError("PLS: a training fold has a constant target")
-    q = yc / norm_y[:, None]
-    scale = np.linalg.norm(K, axis=(1, 2)) + 1e-300
-    done = A
-    for a in range(A):
-        Q[:, a] = q
-        if a == A - 1:
-            break
-        v = (K @ q[:, :, None])[:, :, 0]
-        basis = Q[:, : a + 1]
-        for _ in range(2):  # full re-orthogonalisation, twice (Lanczos loses orthogonality)
-            v -= (basis.transpose(0, 2, 1) @ (basis @ v[:, :, None]))[:, :, 0]
-        nv = np.linalg.norm(v, axis=1)
-        if np.any(nv <= 1e-10 * scale):
-            done = a + 1  # the Krylov space is exhausted (rank of the fold's data)
-            break
-        q = v / nv[:, None]
-    Q = Q[:, :done].transpose(0, 2, 1)
-    M = K @ Q  # (F, N, A'): the fitted-value directions
-    G, H = np.linalg.qr(M)
-    c = np.einsum("fia,fi->fa", G, yc)
-    diag = np.abs(np.diagonal(H, axis1=1, axis2=2))
-    # Components whose direction adds nothing new (numerical rank) end the path.
-    tiny = diag <= 1e-10 * diag.max(axis=1, keepdims=True)
-    if tiny.any():
-        done = int(np.argmax(tiny.any(axis=0)))
-        if done == 0:
-            raise ModelError("PLS: no usable latent variable (the spectra carry no variance)")
-        Q, H, c = Q[:, :, :done], H[:, :done, :done], c[:, :done]
-    eye = np.broadcast_to(np.eye(done), H.shape)
-    Hinv = np.linalg.solve(H, eye)
-    R = Q @ Hinv  # (F, N, A'): sample-space rotations
-    scores = Ks @ R  # (F, M, A')
-    return np.cumsum(scores * c[:, None, :], axis=2), done
-
-
 def _recipe_transforms(
     X: np.ndarray, wl: np.ndarray, recipes: Sequence[Recipe]
-) -> dict[Recipe, np.ndarray]:
-    """Preprocessed spectra per recipe, each intermediate computed once."""
-    out: dict[Recipe, np.ndarray] = {}
+) -> dict[Recipe, np.ndarray | None]:
+    """Preprocessed spectra per recipe, each intermediate computed once; None for a recipe
+    whose steps refuse these spectra (e.g. MSC of spectra whose mean is flat, EMSC on a range
+    shorter than its terms): that recipe cannot serve these data, the others still can."""
+    out: dict[Recipe, np.ndarray | None] = {}
     ranged: dict[tuple[Any, Any], np.ndarray] = {}
     scattered: dict[tuple[Any, Any, str], np.ndarray] = {}
     filters: dict[tuple[int, int, int, int], SavitzkyGolay] = {}
     for r in recipes:
-        key = (r.start, r.stop)
-        if key not in ranged:
-            ranged[key] = (
-                X
-                if r.start is None and r.stop is None
-                else WavelengthRange(wl, r.start, r.stop).fit(X).transform(X)
-            )
-        skey = (*key, r.scatter)
-        if skey not in scattered:
-            step = r.scatter_step()
-            Z = ranged[key]
-            scattered[skey] = Z if step is None else step.fit(Z).transform(Z)
-        Z = scattered[skey]
-        if r.derivative:
-            fkey = (Z.shape[1], r.window, r.polyorder, r.derivative)
-            if fkey not in filters:  # building the banded operator costs more than applying it
-                filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
-            Z = filters[fkey].transform(Z)
-        out[r] = Z
+        try:
+            out[r] = _recipe_transform(X, wl, r, ranged, scattered, filters)
+        except DataError:
+            out[r] = None
     return out
 
 
-class PLSCalibrationCV(BaseEstimator):
+def _recipe_transform(
+    X: np.ndarray,
+    wl: np.ndarray,
+    r: Recipe,
+    ranged: dict[tuple[Any, Any], np.ndarray],
+    scattered: dict[tuple[Any, Any, str], np.ndarray],
+    filters: dict[tuple[int, int, int, int], SavitzkyGolay],
+) -> np.ndarray:
+    """One recipe's preprocessed spectra, reusing and filling the caches of intermediates."""
+    key = (r.start, r.stop)
+    if key not in ranged:
+        ranged[key] = (
+            X
+            if r.start is None and r.stop is None
+            else WavelengthRange(wl, r.start, r.stop).fit(X).transform(X)
+        )
+    skey = (*key, r.scatter)
+    if skey not in scattered:
+        step = r.scatter_step()
+        Z = ranged[key]
+        scattered[skey] = Z if step is None else step.fit(Z).transform(Z)
+    Z = scattered[skey]
+    if r.derivative:
+        fkey = (Z.shape[1], r.window, r.polyorder, r.derivative)
+        if fkey not in filters:  # building the banded operator costs more than applying it
+            filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
+        Z = filters[fkey].transform(Z)
+    return Z
+
+
+class PLSCalibrationCV(RegressorMixin, BaseEstimator):
     """PLS with recipe (range, scatter correction, derivative) and latent variables chosen by
     repeated K-fold CV, one-standard-error rule across the whole grid.
 
@@ -386,7 +277,7 @@ class PLSCalibrationCV(BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> Self:
         """Search the grid on X (n, p), y (n,), then refit the chosen model on all of X."""
-        X, y = _check_xy(X, y)
+        X, y = check_calibration_xy(X, y)
         n, p = X.shape
         wl = (
             np.arange(p, dtype=float)
@@ -406,7 +297,7 @@ class PLSCalibrationCV(BaseEstimator):
         sub = spread_subset(y, self.max_search_samples)
         Xs, ys = X[sub], y[sub]
         repeats = self.repeats or default_repeats(sub.size)
-        idx = _FoldIndex(cv_splits(sub.size, folds, repeats, self.random_state))
+        idx = FoldIndex(cv_splits(sub.size, folds, repeats, self.random_state))
         A = max(1, min(int(self.max_components), int(idx.n_train.min()) - 2, p))
         rmse = np.full((len(recipes), A), np.nan)
         se = np.full((len(recipes), A), np.nan)
@@ -433,7 +324,8 @@ class PLSCalibrationCV(BaseEstimator):
         else:  # held-out predictions of the chosen model for every spectrum, one K-fold pass
             with threadpool_limits(limits=1, user_api="blas"):
                 Z = _recipe_transforms(X, wl, [self.recipe_])[self.recipe_]
-                full = _FoldIndex(cv_splits(n, folds, 1, self.random_state))
+                assert Z is not None  # the search fitted this recipe on these spectra
+                full = FoldIndex(cv_splits(n, folds, 1, self.random_state))
                 pred = self._cv_predict(Z, y, full, a + 1)
             self.oof_pred_ = self._oof(pred[:, :, min(a, pred.shape[2] - 1)], full, n)
         self.best_estimator_ = PLSCalibration(
@@ -448,7 +340,7 @@ class PLSCalibrationCV(BaseEstimator):
         y: np.ndarray,
         wl: np.ndarray,
         recipes: Sequence[Recipe],
-        idx: _FoldIndex,
+        idx: FoldIndex,
         A: int,
         rmse: np.ndarray,
         se: np.ndarray,
@@ -457,7 +349,7 @@ class PLSCalibrationCV(BaseEstimator):
     ) -> None:
         """Fill ``rmse``/``se`` (C, A) and the held-out predictions per recipe."""
         for c, Z in enumerate(_recipe_transforms(X, wl, recipes).values()):
-            if not np.isfinite(Z).all():
+            if Z is None or not np.isfinite(Z).all():
                 continue  # e.g. SNV of a flat spectrum: this recipe cannot serve these data
             pred = self._cv_predict(Z, y, idx, A)  # (F, M, A')
             err = (pred - y[idx.test][:, :, None]) ** 2 * idx.test_mask[:, :, None]
@@ -468,9 +360,9 @@ class PLSCalibrationCV(BaseEstimator):
             oof[c] = pred
 
     @staticmethod
-    def _cv_predict(Z: np.ndarray, y: np.ndarray, idx: _FoldIndex, A: int) -> np.ndarray:
+    def _cv_predict(Z: np.ndarray, y: np.ndarray, idx: FoldIndex, A: int) -> np.ndarray:
         G = Z @ Z.T
-        K, Ks, yc, ymean = _fold_kernels(G, y, idx)
+        K, Ks, yc, ymean = fold_kernels(G, y, idx)
         pred, _ = krylov_pls_predictions(K, Ks, yc, A)
         return pred + ymean[:, None, None]
 
@@ -496,7 +388,7 @@ class PLSCalibrationCV(BaseEstimator):
         return best, int(per_recipe[best])
 
     @staticmethod
-    def _oof(pred: np.ndarray, idx: _FoldIndex, n: int) -> np.ndarray:
+    def _oof(pred: np.ndarray, idx: FoldIndex, n: int) -> np.ndarray:
         total, count = np.zeros(n), np.zeros(n)
         np.add.at(total, idx.test[idx.test_mask], pred[idx.test_mask])
         np.add.at(count, idx.test[idx.test_mask], 1.0)

@@ -21,6 +21,7 @@ from nirwatch.chemometrics._base import (
     check_state,
     check_vector,
 )
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
@@ -69,6 +70,12 @@ class _ReferenceScatterCorrection(OneToOneFeatureMixin, TransformerMixin, BaseEs
         if self.interferents_ is not None:
             parts.append(self.interferents_.T)
         self.design_ = np.hstack(parts)  # (p, k)
+        k = self.design_.shape[1]
+        if p < k:
+            raise DataError(
+                f"{type(self).__name__}: {k} terms per spectrum (baseline of order {order}, "
+                f"reference, interferents) need spectra of at least {k} points, got n_features={p}"
+            )
         if np.linalg.matrix_rank(self.design_) < self.design_.shape[1]:
             raise DataError(
                 f"{type(self).__name__}: the design matrix (baseline, reference, interferents) "
@@ -142,6 +149,7 @@ class _ReferenceScatterCorrection(OneToOneFeatureMixin, TransformerMixin, BaseEs
         return obj
 
 
+@register_stateful
 class MultiplicativeScatterCorrection(_ReferenceScatterCorrection):
     """Multiplicative scatter correction: ``x = c + m * reference``, corrected ``(x - c) / m``.
 
@@ -166,6 +174,7 @@ class MultiplicativeScatterCorrection(_ReferenceScatterCorrection):
         return 0
 
 
+@register_stateful
 class ExtendedMultiplicativeScatterCorrection(_ReferenceScatterCorrection):
     """Extended MSC with a polynomial baseline and optional interferent spectra.
 
@@ -223,6 +232,7 @@ class ExtendedMultiplicativeScatterCorrection(_ReferenceScatterCorrection):
         return {"order": int(self.order)}
 
 
+@register_stateful
 class StandardNormalVariate(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Standard normal variate: centre and scale each spectrum by its own mean and std.
 

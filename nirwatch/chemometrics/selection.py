@@ -9,16 +9,19 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta, check_spectra, check_state
+from nirwatch.chemometrics.state import register_stateful
 from nirwatch.errors import DataError
 
 
+@register_stateful
 class WavelengthRange(TransformerMixin, BaseEstimator):
     """Keep the points with ``start <= wavelength <= stop`` (inclusive, in nm).
 
     Parameters
     ----------
-    wavelengths : array-like (p,)
-        The wavelength axis of the input spectra, increasing.
+    wavelengths : array-like (p,), optional
+        The wavelength axis of the input spectra, increasing; None: the column index
+        (0, 1, ... p - 1) of the spectra given to ``fit`` is the axis.
     start, stop : float, optional
         Bounds; None keeps that end of the axis.
 
@@ -30,7 +33,7 @@ class WavelengthRange(TransformerMixin, BaseEstimator):
     """
 
     def __init__(
-        self, wavelengths: Any, start: float | None = None, stop: float | None = None
+        self, wavelengths: Any = None, start: float | None = None, stop: float | None = None
     ) -> None:
         self.wavelengths = wavelengths
         self.start = start
@@ -38,11 +41,18 @@ class WavelengthRange(TransformerMixin, BaseEstimator):
 
     def fit(self, X: Any = None, y: Any = None) -> Self:
         """Work out the kept columns; X (n, p), if given, must match the wavelength axis."""
-        wl = np.asarray(self.wavelengths, dtype=np.float64)
-        if wl.ndim != 1 or wl.size == 0 or not np.all(np.diff(wl) > 0):
-            raise DataError("WavelengthRange: wavelengths must be a non-empty increasing 1-D axis")
-        if X is not None:
-            check_spectra(X, wl.size, who="WavelengthRange")
+        if self.wavelengths is None:
+            if X is None:
+                raise DataError("WavelengthRange: without wavelengths, fit needs the spectra")
+            wl = np.arange(check_spectra(X, who="WavelengthRange").shape[1], dtype=np.float64)
+        else:
+            wl = np.asarray(self.wavelengths, dtype=np.float64)
+            if wl.ndim != 1 or wl.size == 0 or not np.all(np.diff(wl) > 0):
+                raise DataError(
+                    "WavelengthRange: wavelengths must be a non-empty increasing 1-D axis"
+                )
+            if X is not None:
+                check_spectra(X, wl.size, who="WavelengthRange")
         lo = -np.inf if self.start is None else float(self.start)
         hi = np.inf if self.stop is None else float(self.stop)
         idx = np.flatnonzero((wl >= lo) & (wl <= hi))
@@ -52,6 +62,7 @@ class WavelengthRange(TransformerMixin, BaseEstimator):
                 f"the axis runs from {wl[0]:g} to {wl[-1]:g} nm"
             )
         self.indices_ = idx
+        self.wavelengths_in_ = wl
         self.wavelengths_out_ = wl[idx]
         self.n_features_in_ = wl.size
         return self
@@ -70,7 +81,7 @@ class WavelengthRange(TransformerMixin, BaseEstimator):
     def to_state(self) -> tuple[StateArrays, StateMeta]:
         """The input wavelength axis as an array; bounds in the metadata."""
         check_is_fitted(self, "indices_")
-        return {"wavelengths": np.asarray(self.wavelengths, dtype=np.float64)}, {
+        return {"wavelengths": self.wavelengths_in_}, {
             "class": type(self).__name__,
             "params": {"start": self.start, "stop": self.stop},
         }

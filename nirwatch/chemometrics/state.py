@@ -1,32 +1,28 @@
-"""Name-to-class registry and pickle-free (de)serialisation of preprocessing pipelines.
+"""The one registry of storable classes, and pickle-free (de)serialisation of pipelines.
 
-Every registered class implements ``to_state() -> (arrays, meta)`` and
-``from_state(arrays, meta)``; see docs/CONTRACTS.md. A list of steps is stored as one flat
-dict of arrays (keys ``<prefix>.<i>.<name>``, ready for ``np.savez``) plus JSON-able metadata
-naming each step's class, so loading never executes stored code.
+Every class that a model bundle may hold (preprocessing steps, the PLS calibration, the T²/Q
+statistics, the CNN) implements :class:`Stateful` (``to_state() -> (arrays, meta)`` and
+``from_state(arrays, meta)``; see docs/CONTRACTS.md) and registers itself with
+:func:`register_stateful`. Loading resolves a stored class name with :func:`stateful_class`,
+which knows only registered classes, so loading never executes stored code. A list of steps is
+stored as one flat dict of arrays (keys ``<prefix>.<i>.<name>``, ready for ``np.savez``) plus
+JSON-able metadata naming each step's class.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 
 from nirwatch.chemometrics._base import StateArrays, StateMeta
-from nirwatch.chemometrics.augmentation import SpectralAugmenter
-from nirwatch.chemometrics.derivative import SavitzkyGolay
-from nirwatch.chemometrics.scatter import (
-    ExtendedMultiplicativeScatterCorrection,
-    MultiplicativeScatterCorrection,
-    StandardNormalVariate,
-)
-from nirwatch.chemometrics.selection import WavelengthRange
 from nirwatch.errors import DataError
 
 
 class Stateful(Protocol):
-    """What a step must implement to be stored in a bundle."""
+    """A fitted component that can be stored without pickle (docs/CONTRACTS.md)."""
 
     def to_state(self) -> tuple[StateArrays, StateMeta]: ...
 
@@ -36,28 +32,47 @@ class Stateful(Protocol):
 
 T = TypeVar("T", bound=type)
 
-#: Classes that :func:`load_steps` may instantiate, by class name.
-STEP_CLASSES: dict[str, Any] = {}
+#: Modules whose classes register themselves on import. :func:`stateful_class` imports them
+#: when a name is not registered yet (the CNN's module needs torch, so it is not imported
+#: eagerly); nothing outside this allowlist is ever imported on a stored name's account.
+STATEFUL_MODULES = tuple(
+    f"nirwatch.chemometrics.{m}"
+    for m in ("scatter", "derivative", "selection", "augmentation", "pls", "diagnostics", "cnn")
+)
+
+_CLASSES: dict[str, type] = {}
 
 
-def register_step(cls: T) -> T:
-    """Add a class to :data:`STEP_CLASSES` (usable as a decorator)."""
+def register_stateful(cls: T) -> T:
+    """Allow ``cls`` (by its ``__name__``) to be stored and loaded; usable as a decorator."""
     for attr in ("to_state", "from_state"):
         if not callable(getattr(cls, attr, None)):
             raise TypeError(f"{cls.__name__} lacks {attr}() and cannot be stored")
-    STEP_CLASSES[cls.__name__] = cls
+    _CLASSES[cls.__name__] = cls
     return cls
 
 
-for _cls in (
-    MultiplicativeScatterCorrection,
-    ExtendedMultiplicativeScatterCorrection,
-    StandardNormalVariate,
-    SavitzkyGolay,
-    WavelengthRange,
-    SpectralAugmenter,
-):
-    register_step(_cls)
+def stateful_class(name: str) -> Any:
+    """The registered class called ``name``.
+
+    Raises
+    ------
+    DataError
+        No registered class has that name (after importing :data:`STATEFUL_MODULES`).
+    """
+    if name not in _CLASSES:
+        for module in STATEFUL_MODULES:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # e.g. the CNN module without torch
+                continue
+            if name in _CLASSES:
+                break
+        else:
+            raise DataError(
+                f"unknown class {name!r}, which nirwatch lacks; known: {sorted(_CLASSES)}"
+            )
+    return _CLASSES[name]
 
 
 def dump_steps(steps: Sequence[Any], prefix: str = "step") -> tuple[StateArrays, StateMeta]:
@@ -77,9 +92,10 @@ def dump_steps(steps: Sequence[Any], prefix: str = "step") -> tuple[StateArrays,
     arrays: StateArrays = {}
     entries: list[dict[str, Any]] = []
     for i, step in enumerate(steps):
-        name = type(step).__name__
-        if STEP_CLASSES.get(name) is not type(step):
-            raise DataError(f"step {i} ({name}) is not a registered class: {sorted(STEP_CLASSES)}")
+        cls: type = type(step)
+        name = cls.__name__
+        if _CLASSES.get(name) is not cls:
+            raise DataError(f"step {i} ({name}) is not a registered class: {sorted(_CLASSES)}")
         step_arrays, step_meta = step.to_state()
         for key, value in step_arrays.items():
             arrays[f"{prefix}.{i}.{key}"] = np.asarray(value)
@@ -98,10 +114,11 @@ def load_steps(arrays: StateArrays, meta: StateMeta) -> list[Any]:
     prefix = meta.get("prefix", "step")
     steps = []
     for i, entry in enumerate(meta.get("steps", [])):
-        name = entry.get("class")
-        cls = STEP_CLASSES.get(name)
-        if cls is None:
-            raise DataError(f"step {i}: unknown class {name!r}; known: {sorted(STEP_CLASSES)}")
+        try:
+            cls = stateful_class(str(entry.get("class")))
+        except DataError as exc:
+            raise DataError(f"step {i}: {exc}") from None
+        name = cls.__name__
         step_arrays = {}
         for key in entry.get("arrays", []):
             full = f"{prefix}.{i}.{key}"

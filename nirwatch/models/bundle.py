@@ -16,7 +16,8 @@ manifest's ``files``)::
 
 Arrays go to ``.npz`` (read with ``allow_pickle=False``) or safetensors, metadata to JSON; each
 ``.json`` is ``{"class": <registered class name>, "meta": {...}}`` so loading resolves classes
-through an explicit registry, never by importing a name found in a file.
+through the one registry of storable classes (:func:`nirwatch.chemometrics.state.stateful_class`),
+never by importing a name found in a file.
 
 :func:`write_bundle` builds every file in memory, writes them into a hidden temporary sibling,
 fsyncs and renames it into place, so a partial bundle is never visible. :func:`load_bundle`
@@ -44,21 +45,17 @@ from typing import Any
 
 import numpy as np
 
-from nirwatch.chemometrics.state import dump_steps, load_steps
+from nirwatch.chemometrics.state import Stateful, dump_steps, load_steps, stateful_class
 from nirwatch.errors import BundleError, DataError
 from nirwatch.grid import grid_id_for
 from nirwatch.models.bundle_format import (
-    COMPONENT_MODULES,
     FORMAT,
     MANIFEST,
     SIGNATURE,
-    Stateful,
     bundle_checksum,
     check_name,
-    component_class,
     read_manifest,
     read_verified,
-    register_component,
     sha256_bytes,
     verify_bundle,
 )
@@ -68,13 +65,11 @@ from nirwatch.security import sign_bytes
 # The format and verification live in nirwatch.models.bundle_format, the predictor in
 # nirwatch.models.bundle_predictor; their public names are part of this module's API.
 __all__ = [
-    "COMPONENT_MODULES",
     "FORMAT",
     "MANIFEST",
     "SIGNATURE",
     "BundleContents",
     "LoadedBundle",
-    "Stateful",
     "bundle_checksum",
     "data_hash",
     "fsync_dir",
@@ -83,7 +78,6 @@ __all__ = [
     "new_version",
     "package_versions",
     "read_manifest",
-    "register_component",
     "sha256_bytes",
     "verify_bundle",
     "write_bundle",
@@ -98,7 +92,8 @@ class BundleContents:
 
     ``pls`` predicts from raw spectra (n, n_points); ``statistics`` scores spectra after the
     ``statistics_steps``, or, with ``statistics_on_pls``, after the PLS's own preprocessing
-    (``pls.preprocess``, computed once per batch for both); ``cnn`` predicts after the
+    (``pls.preprocess``, computed once per batch for both: PLS then predicts with
+    ``pls.predict_preprocessed``); ``cnn`` predicts after the
     ``cnn_steps``. ``fallback_limit`` is the
     largest |CNN − PLS| difference accepted before falling back to PLS (e.g. 3 × RMSECV).
     ``target_range`` is the (min, max) of the calibration's reference values: predictions
@@ -358,7 +353,7 @@ class _Files:
 
     def component(self, name: str) -> Any:
         spec = self.json(f"{name}.json")
-        cls = component_class(str(spec.get("class")))
+        cls = stateful_class(str(spec.get("class")))
         return cls.from_state(self.npz(f"{name}.npz"), spec.get("meta", {}))
 
     def pipelines(self) -> dict[str, list[Any]]:
@@ -370,7 +365,7 @@ class _Files:
         from safetensors.numpy import load
 
         spec = self.json("cnn.json")
-        cls = component_class(str(spec.get("class")))
+        cls = stateful_class(str(spec.get("class")))
         arrays = load(self.raw("cnn.safetensors"))
         return cls.from_state(arrays, spec.get("meta", {}), device=device)
 

@@ -1,4 +1,4 @@
-"""The bundle format: file names, the component class allowlist, and verification.
+"""The bundle format: file names and verification.
 
 :func:`verify_bundle` checks the HMAC (when a key is given) and every file's SHA-256 against the
 manifest; :func:`read_verified` returns the verified bytes so that a bundle is deserialised from
@@ -9,14 +9,10 @@ the public names of this module.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from nirwatch.chemometrics.state import STEP_CLASSES
 from nirwatch.errors import BundleError, ChecksumMismatchError
 from nirwatch.models.manifest_schema import validate_manifest
 from nirwatch.security import sha256_file, verify_bytes
@@ -24,46 +20,6 @@ from nirwatch.security import sha256_file, verify_bytes
 FORMAT = "nirwatch.models.bundle/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-
-
-class Stateful(Protocol):
-    """A fitted component that can be stored without pickle (docs/CONTRACTS.md)."""
-
-    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
-
-
-_CLASSES: dict[str, type] = {}
-
-
-def register_component(cls: type) -> type:
-    """Allow ``cls`` (by its ``__name__``) to be loaded from a bundle; usable as a decorator."""
-    _CLASSES[cls.__name__] = cls
-    return cls
-
-
-#: Modules whose stateful classes a bundle may name (an allowlist: nothing else is imported).
-COMPONENT_MODULES = tuple(
-    f"nirwatch.chemometrics.{m}"
-    for m in ("scatter", "derivative", "selection", "pls", "diagnostics", "cnn")
-)
-
-
-def component_class(name: str) -> Any:
-    if name in STEP_CLASSES:
-        return STEP_CLASSES[name]
-    if name not in _CLASSES:
-        for module in COMPONENT_MODULES:
-            try:
-                mod = importlib.import_module(module)
-            except ImportError:  # e.g. the CNN module without torch
-                continue
-            cls = getattr(mod, name, None)
-            if isinstance(cls, type) and hasattr(cls, "from_state"):
-                _CLASSES[name] = cls
-                break
-        else:
-            raise BundleError(f"bundle names component class {name!r}, which nirwatch lacks")
-    return _CLASSES[name]
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -135,7 +135,7 @@ class LoadedBundle:
         if self._stats_on_pls:
             # One pass of the (shared) PLS preprocessing serves both PLS and the diagnostics.
             Xs = self._pls.preprocess(X)
-            pls = Xs.astype(np.float64) @ self._pls.coef_ + self._pls.intercept_
+            pls = self._pls.predict_preprocessed(Xs)
         else:
             pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
             Xs = _apply(self._stats_steps, X)
@@ -177,7 +177,7 @@ class LoadedBundle:
         ok = np.isfinite(Xs).all(axis=1)
         t2, q = np.full(n, np.nan), np.full(n, np.nan)
         if ok.any():
-            scores = self._stats.score(Xs if ok.all() else Xs[ok])
+            scores = self._stats.t2_q(Xs if ok.all() else Xs[ok])
             t2[ok], q[ok] = (np.asarray(a, dtype=np.float64).reshape(-1) for a in scores)
         return t2, q
 
