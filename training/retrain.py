@@ -31,7 +31,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +46,7 @@ from nirwatch.chemometrics.pls_search import spread_subset
 from nirwatch.errors import ConfigError, DataError, NirwatchError
 from nirwatch.models.bundle import data_hash, load_bundle
 from nirwatch.models.registry import ModelRegistry
+from nirwatch.records.sample_join import SampleJoin
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from training.promotion import decide as decide  # re-exported: the promotion policy
 from training.promotion import out_of_model_bound as out_of_model_bound
@@ -176,34 +177,30 @@ def _is_number(text: str) -> bool:
 
 
 class LabelledBuffer:
-    """Recent spectra joined to their lab values by sample id, in bounded memory (thread-safe)."""
+    """Recent spectra joined to their lab values by sample id, in bounded memory (thread-safe).
+
+    Keeps the last ``max_size`` labelled spectra; of the unpaired, up to ``4 * max_size``
+    spectra (most never get a lab value) and ``max_size`` lab values.
+    """
 
     def __init__(self, wavelengths: np.ndarray, max_size: int = 5000) -> None:
         self.wavelengths = np.asarray(wavelengths, dtype=float)
         self.max_size = max_size
-        self._spectra: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._labs: OrderedDict[str, float] = OrderedDict()
+        self._join: SampleJoin[np.ndarray, float] = SampleJoin(4 * max_size, max_size)
         self._labelled: deque[tuple[str, np.ndarray, float]] = deque(maxlen=max_size)
         self._lock = threading.Lock()
 
     def add_spectrum(self, sample_id: str, spectrum: np.ndarray) -> None:
         with self._lock:
-            if sample_id in self._labs:
-                self._labelled.append((sample_id, spectrum, self._labs.pop(sample_id)))
-                return
-            self._spectra[sample_id] = spectrum
-            if len(self._spectra) > 4 * self.max_size:
-                self._spectra.popitem(last=False)
+            self._keep(sample_id, self._join.add_left(sample_id, spectrum))
 
     def add_lab(self, sample_id: str, value: float) -> None:
         with self._lock:
-            spectrum = self._spectra.pop(sample_id, None)
-            if spectrum is not None:
-                self._labelled.append((sample_id, spectrum, value))
-                return
-            self._labs[sample_id] = value
-            if len(self._labs) > self.max_size:
-                self._labs.popitem(last=False)
+            self._keep(sample_id, self._join.add_right(sample_id, value))
+
+    def _keep(self, sample_id: str, pair: tuple[np.ndarray, float] | None) -> None:
+        if pair is not None:
+            self._labelled.append((sample_id, *pair))
 
     def dataset(self) -> Dataset:
         with self._lock:
