@@ -22,7 +22,6 @@ Steps of :func:`retrain`:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from pydantic_settings import SettingsConfigDict
 
 from nirwatch.chemometrics.pls_search import spread_subset
 from nirwatch.errors import ConfigError, DataError, NirwatchError
+from nirwatch.io.datasets import SpectraDataset
 from nirwatch.models.bundle import data_hash, load_bundle
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.records.sample_join import SampleJoin
@@ -78,7 +78,9 @@ class RetrainSettings(NirwatchSettings):
     out_of_model_tolerance: float = Field(
         default=2.5, ge=1, description="x nominal still near it: the limits are approximate"
     )
-    calibration_data: Path | None = Field(default=None, description="CSV or npz")
+    calibration_data: Path | None = Field(
+        default=None, description="CSV or npz, read by nirwatch.io.datasets.load_spectra"
+    )
     target: str = Field(default="y", description="target column (CSV) or array (npz)")
     unit: str = ""
     model: Literal["cnn", "pls", "both"] = "both"
@@ -147,33 +149,18 @@ class Dataset:
         ids = [self.sample_ids[i] for i in idx] if len(self.sample_ids) else []
         return Dataset(self.X[idx], self.y[idx], self.wavelengths, ids)
 
+    @classmethod
+    def from_spectra(cls, data: SpectraDataset) -> Dataset:
+        """The labelled spectra of a file read by :func:`nirwatch.io.datasets.load_spectra`.
 
-def load_dataset(path: Path, target: str) -> Dataset:
-    """CSV (numeric headers = wavelengths, plus a ``target`` column) or npz (X, y, wavelengths)."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"X", target, "wavelengths"} - set(z.files)
-            if missing:
-                raise DataError(f"{path} lacks arrays {sorted(missing)} (has {z.files})")
-            return Dataset(z["X"].astype(float), z[target].astype(float), z["wavelengths"])
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or target not in rows[0]:
-        raise DataError(f"{path}: no target column {target!r}")
-    header, body = rows[0], rows[1:]
-    spectral = [i for i, h in enumerate(header) if _is_number(h)]
-    t = header.index(target)
-    X = np.array([[float(r[i]) for i in spectral] for r in body])
-    y = np.array([float(r[t]) for r in body])
-    return Dataset(X, y, np.array([float(header[i]) for i in spectral]))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        Raises
+        ------
+        DataError
+            When the file was read without a target.
+        """
+        if data.y is None:
+            raise DataError(f"{data.source}: no target: load it with one to retrain on it")
+        return cls(data.X, data.y, data.wavelengths)
 
 
 class LabelledBuffer:
