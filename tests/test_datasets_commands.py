@@ -73,7 +73,11 @@ CASES: list[tuple[Callable[[Path], Path], list[str], tuple[str, ...]]] = [
     (nan_cell, ["non-finite absorbances in 1 spectra", "lines [3]"], ()),
     (text_wavelength, ["column 6 header 'x606' is not numeric", "wavelength columns"], ()),
     (nan_npz, ["non-finite absorbances in 2 spectra", "rows [2, 5]"], ()),
-    (no_target, ["no target column 'assay'", "available columns", "potency"], ("predict", "replay")),
+    (
+        no_target,
+        ["no target column 'assay'", "available columns", "potency"],
+        ("predict", "replay"),
+    ),
 ]
 COMMANDS = ("train", "retrain-service", "predict", "replay")
 
@@ -114,7 +118,15 @@ def _argv(command: str, data: Path, tmp_path: Path, bundle: Path) -> list[str]:
         registry = str(tmp_path / "registry")
         return ["retrain-service", "--registry", registry, "--no-kafka", "--calibration", str(data)]
     if command == "predict":
-        return ["predict", "--bundle", str(bundle), "--data", str(data), "--out", str(tmp_path / "p")]
+        return [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "p"),
+        ]
     return ["replay", "--data", str(data)]
 
 
