@@ -44,7 +44,7 @@ from pydantic_settings import SettingsConfigDict
 from nirwatch.chemometrics.pls_search import spread_subset
 from nirwatch.errors import ConfigError, DataError, NirwatchError
 from nirwatch.io.datasets import SpectraDataset
-from nirwatch.models.bundle import data_hash, load_bundle
+from nirwatch.models.bundle import data_hash, json_ready, load_bundle
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.records.sample_join import SampleJoin
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
@@ -316,60 +316,14 @@ def retrain(
         "champion_before": registry.champion_version(),
     }
     try:
-        if len(recent) and recent.X.shape[1] != calibration.X.shape[1]:
-            raise DataError(
-                f"recent spectra have {recent.X.shape[1]} points, calibration "
-                f"{calibration.X.shape[1]}: not the same wavelength grid"
-            )
-        train, holdout, source = holdout_split(calibration, recent, settings)
-        report["data"] = {
-            "n_calibration": len(calibration),
-            "n_recent": len(recent),
-            "n_train": len(train),
-            "n_calibration_used": len(train)
-            - len(recent)
-            + (len(holdout) if source == "recent" else 0),
-            "recent_min_share": settings.recent_min_share,
-            "n_holdout": len(holdout),
-            "holdout_source": source,
-            "train_data_hash": data_hash(train.X, train.y),
-            "holdout_sample_ids": list(holdout.sample_ids)[:1000],
-        }
+        train, holdout = _split(calibration, recent, settings, report)
         out = workdir / f"candidate-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         bundle = fitter(train, out)
         report["fit_seconds"] = round(time.perf_counter() - t0, 3)
         version = registry.register(bundle)
         shutil.rmtree(bundle, ignore_errors=True)  # the registry holds its own verified copy
         report["candidate"] = version
-        key = registry.hmac_key
-        cand = evaluate(registry.path(version), holdout, key)
-        champ: dict[str, float] | None = None
-        champion_path = registry.champion()
-        if champion_path is not None:
-            try:
-                champ = evaluate(champion_path, holdout, key)
-            except NirwatchError as exc:  # e.g. another grid: cannot be compared
-                report["champion_error"] = str(exc)
-        report["metrics"] = {"candidate": cand, "champion": champ}
-        report["out_of_model_check"] = out_of_model_check(
-            cand,
-            settings.nominal_out_of_model,
-            settings.out_of_model_alpha,
-            settings.out_of_model_tolerance,
-        )
-        if champ is None and champion_path is not None and settings.policy == "auto":
-            promote, why = False, "champion could not be scored on the holdout: approval needed"
-        else:
-            promote, why = decide(
-                settings.policy, settings.margin, cand, champ,
-                nominal_out_of_model=settings.nominal_out_of_model,
-                alpha=settings.out_of_model_alpha,
-                tolerance=settings.out_of_model_tolerance,
-            )  # fmt: skip
-        if promote:
-            registry.promote(version)
-        report["decision"] = "promoted" if promote else "candidate"
-        report["why"] = why
+        _judge(version, holdout, registry, settings, report)
     except NirwatchError as exc:
         log.exception("retrain failed")
         report["decision"] = "failed"
@@ -381,23 +335,78 @@ def retrain(
     return report
 
 
+def _split(
+    calibration: Dataset, recent: Dataset, settings: RetrainSettings, report: dict[str, Any]
+) -> tuple[Dataset, Dataset]:
+    """Training set and holdout (:func:`holdout_split`), described in ``report["data"]``."""
+    if len(recent) and recent.X.shape[1] != calibration.X.shape[1]:
+        raise DataError(
+            f"recent spectra have {recent.X.shape[1]} points, calibration "
+            f"{calibration.X.shape[1]}: not the same wavelength grid"
+        )
+    train, holdout, source = holdout_split(calibration, recent, settings)
+    report["data"] = {
+        "n_calibration": len(calibration),
+        "n_recent": len(recent),
+        "n_train": len(train),
+        "n_calibration_used": len(train)
+        - len(recent)
+        + (len(holdout) if source == "recent" else 0),
+        "recent_min_share": settings.recent_min_share,
+        "n_holdout": len(holdout),
+        "holdout_source": source,
+        "train_data_hash": data_hash(train.X, train.y),
+        "holdout_sample_ids": list(holdout.sample_ids)[:1000],
+    }
+    return train, holdout
+
+
+def _judge(
+    version: str,
+    holdout: Dataset,
+    registry: ModelRegistry,
+    settings: RetrainSettings,
+    report: dict[str, Any],
+) -> None:
+    """Score candidate and champion on the holdout, decide, promote; all in ``report``."""
+    key = registry.hmac_key
+    cand = evaluate(registry.path(version), holdout, key)
+    champ: dict[str, float] | None = None
+    champion_path = registry.champion()
+    if champion_path is not None:
+        try:
+            champ = evaluate(champion_path, holdout, key)
+        except NirwatchError as exc:  # e.g. another grid: cannot be compared
+            report["champion_error"] = str(exc)
+    report["metrics"] = {"candidate": cand, "champion": champ}
+    report["out_of_model_check"] = out_of_model_check(
+        cand,
+        settings.nominal_out_of_model,
+        settings.out_of_model_alpha,
+        settings.out_of_model_tolerance,
+    )
+    if champ is None and champion_path is not None and settings.policy == "auto":
+        promote, why = False, "champion could not be scored on the holdout: approval needed"
+    else:
+        promote, why = decide(
+            settings.policy, settings.margin, cand, champ,
+            nominal_out_of_model=settings.nominal_out_of_model,
+            alpha=settings.out_of_model_alpha,
+            tolerance=settings.out_of_model_tolerance,
+        )  # fmt: skip
+    if promote:
+        registry.promote(version)
+    report["decision"] = "promoted" if promote else "candidate"
+    report["why"] = why
+
+
 def write_report(report: dict[str, Any], directory: Path, started: datetime) -> Path:
     """Write the report atomically as ``<directory>/retrain-<UTC time>-<id>.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"retrain-{started:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:6]}.json"
     tmp = path.with_suffix(".tmp")
-    text = json.dumps(_json_safe({**report, "path": str(path)}), indent=2, allow_nan=False)
+    # NaN and inf (e.g. the RMSE of a model that predicted nothing) become null.
+    text = json.dumps(json_ready({**report, "path": str(path)}), indent=2, allow_nan=False)
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
     return path
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN and inf (e.g. the RMSE of a model that predicted nothing) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
