@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,6 +38,7 @@ from nirwatch.logs import log_event
 from nirwatch.messages.lab_result import LabResult
 from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics
+from nirwatch.records.sample_join import SampleJoin
 from nirwatch.settings import NirwatchSettings
 
 log = logging.getLogger(__name__)
@@ -125,40 +125,13 @@ class _Group:
             self.disagreement.update(p.cnn_value - p.pls_value)
 
 
-class LabJoiner:
-    """Joins lab results to earlier predictions by sample id, in bounded memory.
+#: A prediction waiting for its lab value: its group's key and the predicted content.
+_Predicted = tuple[tuple[str, str], float]
 
-    Remembers the last ``size`` predictions (and lab results that came first); older entries
-    are dropped oldest-first, so a lab value for a forgotten sample is not joined.
-    """
 
-    def __init__(self, size: int = 100_000) -> None:
-        self.size = size
-        self._predictions: OrderedDict[str, tuple[tuple[str, str], float]] = OrderedDict()
-        self._early_labs: OrderedDict[str, float] = OrderedDict()
-
-    def add_prediction(
-        self, sample_id: str, key: tuple[str, str], value: float
-    ) -> tuple[tuple[str, str], float, float] | None:
-        """Remember a prediction; returns ``(key, prediction, lab)`` if its lab came first."""
-        lab = self._early_labs.pop(sample_id, None)
-        if lab is not None:
-            return key, value, lab
-        self._predictions[sample_id] = (key, value)
-        self._predictions.move_to_end(sample_id)
-        if len(self._predictions) > self.size:
-            self._predictions.popitem(last=False)
-        return None
-
-    def add_lab(self, result: LabResult) -> tuple[tuple[str, str], float, float] | None:
-        """Returns ``(key, prediction, lab)`` when the sample's prediction is known."""
-        found = self._predictions.pop(result.sample_id, None)
-        if found is not None:
-            return found[0], found[1], result.value
-        self._early_labs[result.sample_id] = result.value
-        if len(self._early_labs) > self.size:
-            self._early_labs.popitem(last=False)
-        return None
+def _lab_join(size: int) -> SampleJoin[_Predicted, float]:
+    """Predictions joined to lab values by sample id: ``size`` of each remembered unpaired."""
+    return SampleJoin(size)
 
 
 class DriftMonitor:
@@ -191,7 +164,7 @@ class DriftMonitor:
         self._version: str | None = None
         self._groups: dict[tuple[str, str], _Group] = {}
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
-        self._joiner = LabJoiner(self.settings.join_cache_size)
+        self._joiner = _lab_join(self.settings.join_cache_size)
         self._lock = threading.Lock()
         #: (instrument, product, detector) now in drift: a change is logged once
         self._flagged: set[tuple[str, str, str]] = set()
@@ -234,7 +207,7 @@ class DriftMonitor:
         log_event(log, "drift_model", version=version, rmsecv=self._rmsecv, detectors="reset")
         if not first:
             # lab values of the previous model's predictions must not judge the new one
-            self._joiner = LabJoiner(self.settings.join_cache_size)
+            self._joiner = _lab_join(self.settings.join_cache_size)
         self._export(self._groups)
 
     def observe(self, predictions: Iterable[Prediction]) -> None:
@@ -250,7 +223,7 @@ class DriftMonitor:
                 touched[key] = group
                 group.update(p)
                 if p.value is not None:
-                    self._lab_pair(self._joiner.add_prediction(p.sample_id, key, p.value))
+                    self._lab_pair(self._joiner.add_left(p.sample_id, (key, p.value)))
             self._export(touched)
 
     def observe_lab(self, results: Iterable[LabResult]) -> int:
@@ -259,19 +232,21 @@ class DriftMonitor:
         with self._lock:
             touched: dict[tuple[str, str], _Group] = {}
             for result in results:
-                pair = self._joiner.add_lab(result)
+                pair = self._joiner.add_right(result.sample_id, result.value)
                 if pair is not None:
                     joined += 1
-                    touched[pair[0]] = self._group(pair[0])
+                    key = pair[0][0]
+                    touched[key] = self._group(key)
                     self._lab_pair(pair)
             self._export(touched)
         return joined
 
-    def _lab_pair(self, pair: tuple[tuple[str, str], float, float] | None) -> None:
+    def _lab_pair(self, pair: tuple[_Predicted, float] | None) -> None:
         if pair is not None:
-            lab = self._group(pair[0]).lab
+            (key, predicted), measured = pair
+            lab = self._group(key).lab
             if lab is not None:
-                lab.update(pair[1] - pair[2])  # the residual, prediction - lab value
+                lab.update(predicted - measured)  # the residual, prediction - lab value
 
     def _export(self, groups: dict[tuple[str, str], _Group]) -> None:
         m = self.metrics

@@ -58,7 +58,13 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, max_label_values: int = 64) -> None:
         self.registry = registry
         self.label = BoundedLabels(max_label_values)
-        r = registry
+        # Registered in this order (the order of the /metrics page): flow, timing, model state.
+        self._flow(registry)
+        self._timing(registry)
+        self._model_state(registry)
+
+    def _flow(self, r: CollectorRegistry) -> None:
+        """What went through: consumed, predicted, dead-lettered, fallbacks, flags."""
         self.consumed = Counter(
             "nirwatch_spectra_consumed", "Spectrum messages consumed", ["instrument"], registry=r
         )
@@ -89,6 +95,9 @@ class WorkerMetrics:
             ["instrument"],
             registry=r,
         )
+
+    def _timing(self, r: CollectorRegistry) -> None:
+        """Micro-batch sizes, stage and end-to-end latencies, consumer lag."""
         self.batch_size = Histogram(
             "nirwatch_batch_size", "Spectra per micro-batch", buckets=BATCH_BUCKETS, registry=r
         )
@@ -117,6 +126,9 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+
+    def _model_state(self, r: CollectorRegistry) -> None:
+        """The model serving and its latest outputs, reloads, the broker's health."""
         self.last_prediction = Gauge(
             "nirwatch_last_prediction",
             "Most recent predicted value",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitoring.drift_monitor import DriftMonitor, DriftSettings, LabJoiner
+from monitoring.drift_monitor import DriftMonitor, DriftSettings
 from nirwatch.messages.lab_result import LabResult
 from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics
@@ -136,15 +136,19 @@ def test_lab_results_are_joined_by_sample_id_and_tracked() -> None:
     assert registry.get_sample_value("nirwatch_model_rmsecv") == 4.0
 
 
-def test_lab_joiner_is_bounded() -> None:
-    joiner = LabJoiner(size=3)
-    for i in range(5):
-        assert joiner.add_prediction(f"s{i}", ("p", "a"), float(i)) is None
-    assert joiner.add_lab(LabResult("s0", 0.0, 0.0)) is None  # evicted
-    assert joiner.add_lab(LabResult("s4", 3.0, 0.0)) == (("p", "a"), 4.0, 3.0)
-    for i in range(10):
-        joiner.add_lab(LabResult(f"x{i}", 0.0, 0.0))
-    assert len(joiner._early_labs) == 3 and len(joiner._predictions) <= 3
+def test_lab_join_is_bounded_by_join_cache_size() -> None:
+    monitor, _ = _monitor(join_cache_size=3)
+    preds = list(_predictions(np.random.default_rng(7), 5))
+    monitor.observe(preds)
+    lab = [LabResult(p.sample_id, 200.0, 0.0) for p in preds]
+    assert monitor.observe_lab(lab[:1]) == 0  # its prediction was forgotten (5 > 3)
+    assert monitor.observe_lab(lab[4:]) == 1
+    # Lab values that come first are bounded too: of five, the first two are forgotten, so
+    # their predictions wait (and pair with a resent value) while the last three pair at once.
+    early = [LabResult(f"probe-1-{i}", 200.0, 0.0) for i in range(100, 105)]
+    assert monitor.observe_lab(early) == 0
+    monitor.observe(list(_predictions(np.random.default_rng(8), 5, start=100)))
+    assert monitor.observe_lab(early) == 2
 
 
 def test_label_sets_are_bounded() -> None:

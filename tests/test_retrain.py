@@ -19,6 +19,7 @@ from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import PLSComponentsCV
 from nirwatch.chemometrics.scatter import MultiplicativeScatterCorrection
 from nirwatch.errors import ConfigError, DataError
+from nirwatch.io.datasets import load_spectra
 from nirwatch.models.bundle import BundleContents, data_hash, write_bundle
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
@@ -28,7 +29,6 @@ from training.retrain import (
     RetrainRequest,
     RetrainSettings,
     decide,
-    load_dataset,
     retrain,
 )
 from training.service import RetrainService
@@ -192,18 +192,26 @@ def test_labelled_buffer_joins_in_either_order_and_is_bounded() -> None:
     assert list(buf.dataset().sample_ids) == ["b", "c"]
 
 
-def test_load_dataset_csv_and_npz(tmp_path: Path) -> None:
+def test_calibration_files_csv_and_npz(tmp_path: Path) -> None:
+    # retrain-service reads its calibration through nirwatch.io.datasets.load_spectra
     wl = np.array([600.0, 602.0, 604.0])
     X = np.arange(6.0).reshape(2, 3)
     lines = ["id,600,602,604,api", "s1,0,1,2,10.5", "s2,3,4,5,11.5"]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
-    d = load_dataset(tmp_path / "d.csv", "api")
+    d = Dataset.from_spectra(load_spectra(tmp_path / "d.csv", target="api"))
     np.testing.assert_array_equal(d.X, X)
     assert d.y.tolist() == [10.5, 11.5] and d.wavelengths.tolist() == wl.tolist()
     np.savez(tmp_path / "d.npz", X=X, api=d.y, wavelengths=wl)
-    assert load_dataset(tmp_path / "d.npz", "api").y.tolist() == [10.5, 11.5]
+    npz = Dataset.from_spectra(load_spectra(tmp_path / "d.npz", target="api"))
+    assert npz.y.tolist() == [10.5, 11.5]
+    # the settings' default target "y" still finds an npz's y when target_name renames it
+    np.savez(tmp_path / "named.npz", X=X, y=d.y, wavelengths=wl, target_name="api")
+    named = load_spectra(tmp_path / "named.npz", target="y")
+    assert named.target == "api" and Dataset.from_spectra(named).y.tolist() == [10.5, 11.5]
     with pytest.raises(DataError, match="no target column 'assay'"):
-        load_dataset(tmp_path / "d.csv", "assay")
+        load_spectra(tmp_path / "d.csv", target="assay")
+    with pytest.raises(DataError, match="no target"):
+        Dataset.from_spectra(load_spectra(tmp_path / "d.csv"))
 
 
 def test_token_settings(tmp_path: Path) -> None:

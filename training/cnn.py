@@ -215,25 +215,61 @@ def fit_cnn(
     if train.num_threads is not None:
         torch.set_num_threads(train.num_threads)
     started = time.perf_counter()
-
     steps = list(steps) if fitted_steps else [clone(s) for s in steps]
+    Z, y_fit = _training_inputs(X_train, y_train, steps, augmenter, fitted_steps)
+    V = apply_steps(steps, X_val)
+    model, history, best_epoch = _train_network(
+        Z, y_fit, V, y_val, config, train, device, on_epoch, progress
+    )
+    predictor = CNNPredictor([model.cpu()], device=train.device)
+    return FittedCNN(
+        steps=steps,
+        predictor=predictor,
+        history=[history],
+        best_epochs=[best_epoch],
+        train_seconds=time.perf_counter() - started,
+    )
+
+
+def _training_inputs(
+    X: np.ndarray,
+    y: np.ndarray,
+    steps: list[Any],
+    augmenter: SpectralAugmenter | None,
+    fitted_steps: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The network's training inputs: wavelength selection, augmentation, the other steps.
+
+    The steps are fitted here on the un-augmented spectra unless ``fitted_steps``.
+    """
     select, rest = split_augmentation_steps(steps)
-    Z = X_train
+    Z = X
     for step in select:
         Z = step.transform(Z) if fitted_steps else step.fit_transform(Z)
     Z_fit = Z
     if not fitted_steps:
         for step in rest:
             Z_fit = step.fit_transform(Z_fit)
-    if augmenter is not None:
-        aug = clone(augmenter).fit(Z)
-        Z, y_fit = aug.augment(Z, y_train, include_original=True)
-        assert y_fit is not None
-        Z = apply_steps(rest, Z)
-    else:
-        Z, y_fit = apply_steps(rest, Z), y_train
-    V = apply_steps(steps, X_val)
+    if augmenter is None:
+        return apply_steps(rest, Z), y
+    aug = clone(augmenter).fit(Z)
+    Z, y_fit = aug.augment(Z, y, include_original=True)
+    assert y_fit is not None
+    return apply_steps(rest, Z), y_fit
 
+
+def _train_network(
+    Z: np.ndarray,
+    y_fit: np.ndarray,
+    V: np.ndarray,
+    y_val: np.ndarray,
+    config: CNNConfig,
+    train: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+    progress: TrainingProgress | None,
+) -> tuple[SpectralCNN, list[dict[str, float]], int]:
+    """A seeded network trained on ``Z`` with early stopping on ``V``; its history, best epoch."""
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(train.deterministic)
     try:
@@ -260,34 +296,17 @@ def fit_cnn(
         with shown as bar:
             if progress is None:
                 bar.start_member(0)
-            history, best_state, best_rmse, best_epoch = _loop(
-                model,
-                optimizer,
-                scheduler,
-                per_batch,
-                xt,
-                yt,
-                xv,
-                y_val,
-                train,
-                generator,
-                on_epoch,
-                bar,
-            )
+            history, best_state, _, best_epoch = _loop(
+                model, optimizer, scheduler, per_batch, xt, yt, xv, y_val, train, generator,
+                on_epoch, bar,
+            )  # fmt: skip
         if train.restore_best:
             model.load_state_dict(best_state)
         else:
             best_epoch = len(history) - 1
     finally:
         torch.use_deterministic_algorithms(prev_det)
-    predictor = CNNPredictor([model.cpu()], device=train.device)
-    return FittedCNN(
-        steps=steps,
-        predictor=predictor,
-        history=[history],
-        best_epochs=[best_epoch],
-        train_seconds=time.perf_counter() - started,
-    )
+    return model, history, best_epoch
 
 
 def _loop(

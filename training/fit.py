@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,24 +36,24 @@ import numpy as np
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.errors import DataError
 from nirwatch.models.bundle import BundleContents, data_hash, load_bundle, write_bundle
-from training.calibration import (
-    BlendChoice,
-    choose_blend,
-    conformal_quantile,
-    leverage_scale,
-    rmse,
-)
+from training.calibration import BlendChoice, conformal_quantile, leverage_scale, rmse
 from training.candidates import (
     CNNCandidate,
     PLSCandidate,
     cnn_fits,
-    evaluation,
     fit_cnn_candidate,
     fit_pls_candidate,
     range_end_check,
 )
 from training.cnn_ensemble import stratified_folds
-from training.report import ModelEvaluation, build_report
+from training.report import build_report
+from training.serving import (
+    blend_choice,
+    evaluations,
+    oof_by_model,
+    selection_record,
+    served_rmsecv,
+)
 from training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,40 @@ def fit_bundle(
         raise DataError(f"refusing to overwrite existing path {out_dir}")
     say = _reporter(progress)
     t0 = time.perf_counter()
+    fit = _fit_models(X, y, wl, s, model, say, progress)
+    contents = _contents(fit, X, y, wl, s, model, target, unit)
+    test = _served_test(contents, X_test, y_test, hmac_key)
+    contents = _with_report(contents, fit, X, y, wl, s, model, X_test, y_test, test)
+    path = write_bundle(contents, out_dir, hmac_key=hmac_key)
+    say(f"served: {fit.served}; bundle written to {path} ({time.perf_counter() - t0:.1f} s in all)")
+    return path
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The fitted candidates and what validation chose."""
+
+    pls: PLSCandidate
+    stats: CalibrationStatistics
+    cnn: CNNCandidate | None
+    blend: BlendChoice | None
+    weight: float
+    ends: dict[str, Any]
+    oof: dict[str, np.ndarray]
+    served: str
+    quantiles: dict[str, float]
+
+
+def _fit_models(
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    model: ModelChoice,
+    say: Callable[[str], None],
+    progress: bool,
+) -> _Fit:
+    """Steps 1-5 of the module docstring: PLS, CNN, blend, range ends, interval quantiles."""
     k_outer = s.cnn_members if s.cnn_members > 1 else OUTER_FOLDS
     folds = stratified_folds(y, min(k_outer, X.shape[0]), seed=s.seed)
     pls = fit_pls_candidate(X, y, wl, s, folds, say)
@@ -158,62 +193,92 @@ def fit_bundle(
         n_components=min(int(pls.search.n_components_), X.shape[0] - 2)
     ).fit(pls.model.preprocess(X))
     cnn = _maybe_cnn(X, y, wl, s, model, folds, pls, say, progress)
-    blend = _serving(model, y, folds, pls, cnn)
+    blend = blend_choice(model, y, folds, pls, cnn)
     weight = 1.0 if blend is None else blend.weight
     ends = range_end_check(X, y, wl, s, pls, cnn, weight if cnn else 0.0)
     say(f"range ends: {ends['model']} extrapolates best ({_fmt(ends['rmse_at_ends'])})")
-    oof = _oof_by_model(y, pls, cnn, blend)
+    oof = oof_by_model(y, pls, cnn, blend)
     served = "pls" if cnn is None or weight == 0 else ("cnn" if weight == 1 else "blend")
     scale = leverage_scale(stats.t2_q(pls.model.preprocess(X))[0], X.shape[0])
     quantiles = {
         name: conformal_quantile(y - pred, scale, s.interval_level) for name, pred in oof.items()
     }
-    serving = {"model": served, "cnn_weight": weight if served != "pls" else 0.0}
-    selection = _selection(y, pls, cnn, blend, oof, served, model, s)
-    contents = BundleContents(
+    return _Fit(pls, stats, cnn, blend, weight, ends, oof, served, quantiles)
+
+
+def _contents(
+    fit: _Fit,
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    model: ModelChoice,
+    target: str,
+    unit: str,
+) -> BundleContents:
+    """The bundle to serve: the served model, PLS as fallback, statistics, limits, intervals."""
+    pls, cnn, served = fit.pls, fit.cnn, fit.served
+    serves_cnn = cnn is not None and served != "pls"
+    selection = selection_record(y, pls, cnn, fit.blend, fit.oof, served, model, s)
+    return BundleContents(
         target=target,
         unit=unit,
         wavelengths=wl,
         data_hash=data_hash(X, y),
         pls=pls.model,
-        statistics=stats,
+        statistics=fit.stats,
         statistics_on_pls=True,
-        cnn=cnn.predictor if cnn is not None and served != "pls" else None,
-        cnn_steps=cnn.steps if cnn is not None and served != "pls" else [],
+        cnn=cnn.predictor if cnn is not None and serves_cnn else None,
+        cnn_steps=cnn.steps if cnn is not None and serves_cnn else [],
         fallback_limit=s.fallback_k * rmse(pls.nested_oof, y),
         target_range=(float(y.min()), float(y.max())),
         metrics={},
         training={"n_calibration": int(X.shape[0]), "model": model, "seed": s.seed}
         | ({"cnn": cnn.info} if cnn else {}),
-        serving=serving,
+        serving={"model": served, "cnn_weight": fit.weight if served != "pls" else 0.0},
         interval={
             "method": "conformal",
             "level": s.interval_level,
             "scale": "leverage",
-            "quantile": quantiles[served],
-            "quantiles": {k: v for k, v in quantiles.items() if np.isfinite(v)},
+            "quantile": fit.quantiles[served],
+            "quantiles": {k: v for k, v in fit.quantiles.items() if np.isfinite(v)},
         },
         max_interval_width=s.max_interval_width,
         extrapolation={
-            "model": ends["model"] if served != "pls" else "pls",
-            "margin": s.extrapolation_margin * _served_rmsecv(oof, served, y),
+            "model": fit.ends["model"] if served != "pls" else "pls",
+            "margin": s.extrapolation_margin * served_rmsecv(fit.oof, served, y),
         },
-        selection=selection | {"range_ends": ends},
+        selection=selection | {"range_ends": fit.ends},
     )
-    test = _served_test(contents, X_test, y_test, hmac_key)
-    evaluations = _evaluations(y, pls, cnn, oof, served, X_test, y_test, test)
-    metrics = evaluations[-1].metrics()
+
+
+def _with_report(
+    contents: BundleContents,
+    fit: _Fit,
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    model: ModelChoice,
+    X_test: Any,
+    y_test: Any,
+    test: dict[str, Any],
+) -> BundleContents:
+    """The bundle with its manifest metrics and its report (JSON and figures) added."""
+    pls, cnn, stats = fit.pls, fit.cnn, fit.stats
+    evals = evaluations(y, pls, cnn, fit.oof, fit.served, X_test, y_test, test)
+    metrics = evals[-1].metrics()
     manifest_metrics = {k: metrics.get(k) for k in ("rmsecv", "rmsep", "bias", "r2", "n_test")}
     manifest_metrics |= {
         "pls_rmsecv": rmse(pls.nested_oof, y),
-        "pls_rmsep": evaluations[0].metrics()["rmsep"],
+        "pls_rmsep": evals[0].metrics()["rmsep"],
         "interval_coverage": test.get("coverage"),
     }
     summary = {
         "n_calibration": int(X.shape[0]),
         "n_test": int(len(y_test)) if y_test is not None else 0,
         "model": model,
-        "served_by": served,
+        "served_by": fit.served,
         "selection": contents.selection,
         "interval": dict(contents.interval or {}) | {"test_coverage": test.get("coverage")},
         "fallback_limit": contents.fallback_limit,
@@ -226,21 +291,18 @@ def fit_bundle(
         "settings": s.model_dump(mode="json", exclude={"registry"}),
     }
     report = build_report(
-        target=target,
-        unit=unit,
-        evaluations=evaluations,
+        target=contents.target,
+        unit=contents.unit,
+        evaluations=evals,
         summary=summary,
         history=cnn.history if cnn else None,
         **(_cnn_figure(cnn, X, wl) if cnn else {"wavelengths": wl}),
     )
-    contents = _with(
+    return replace(
         contents,
         metrics=_finite(manifest_metrics),
         extra_files={f"report/{name}": data for name, data in report.items()},
     )
-    path = write_bundle(contents, out_dir, hmac_key=hmac_key)
-    say(f"served: {served}; bundle written to {path} ({time.perf_counter() - t0:.1f} s in all)")
-    return path
 
 
 def _check_test(X: np.ndarray, X_test: Any, y_test: Any) -> tuple[Any, Any]:
@@ -287,87 +349,6 @@ def _maybe_cnn(
     return cnn
 
 
-def _serving(
-    model: str,
-    y: np.ndarray,
-    folds: np.ndarray,
-    pls: PLSCandidate,
-    cnn: CNNCandidate | None,
-) -> BlendChoice | None:
-    """The blend choice (None: no comparison possible, the CNN or PLS serves as asked)."""
-    if cnn is None or cnn.oof is None:
-        return None
-    choice = choose_blend(y, cnn.oof, pls.nested_oof, folds)
-    if model == "cnn":  # asked for the CNN: it serves, the comparison is still reported
-        return BlendChoice(1.0, cnn.oof, [1.0] * len(choice.fold_weights), choice.rmse_by_weight)
-    return choice
-
-
-def _oof_by_model(
-    y: np.ndarray, pls: PLSCandidate, cnn: CNNCandidate | None, blend: BlendChoice | None
-) -> dict[str, np.ndarray]:
-    """Honest held-out predictions of every servable model."""
-    out = {"pls": pls.nested_oof}
-    if cnn is not None:
-        out["cnn"] = cnn.oof if cnn.oof is not None else np.full_like(y, np.nan)
-    if blend is not None and 0 < blend.weight < 1:
-        out["blend"] = blend.nested_pred
-    return out
-
-
-def _selection(
-    y: np.ndarray,
-    pls: PLSCandidate,
-    cnn: CNNCandidate | None,
-    blend: BlendChoice | None,
-    oof: dict[str, np.ndarray],
-    served: str,
-    model: str,
-    s: TrainingSettings,
-) -> dict[str, Any]:
-    """What was compared, each candidate's honest RMSECV, and why the winner won."""
-    cands: dict[str, Any] = {"pls": {"rmsecv": rmse(pls.nested_oof, y)} | pls.to_dict()}
-    if cnn is not None:
-        cands["cnn"] = {"rmsecv": rmse(cnn.oof, y) if cnn.oof is not None else None} | cnn.info
-    if blend is not None:
-        cands["blend"] = {
-            "rmsecv": rmse(blend.nested_pred, y),
-            "cnn_weight": blend.weight,
-            "outer_fold_weights": blend.fold_weights,
-            "rmsecv_by_weight": {f"{w:.2f}": e for w, e in blend.rmse_by_weight.items()},
-        }
-    if model == "pls":
-        why = "--model pls: PLS only"
-    elif cnn is None:
-        why = "no CNN: " + (
-            f"{len(y)} calibration spectra < cnn_min_samples {s.cnn_min_samples}"
-            if len(y) < s.cnn_min_samples
-            else "too few points per spectrum for its kernels"
-        )
-    elif model == "cnn":
-        why = "--model cnn: the CNN serves as asked"
-    elif blend is None:
-        why = "one CNN network (cnn_members=1) gives no out-of-fold predictions to compare"
-    else:
-        why = (
-            f"lowest out-of-fold RMSE at CNN weight {blend.weight:.2f} "
-            f"({blend.rmse_by_weight[blend.weight]:.4g}; PLS alone "
-            f"{blend.rmse_by_weight[0.0]:.4g}, CNN alone {blend.rmse_by_weight[1.0]:.4g})"
-        )
-    return {
-        "served": served,
-        "reason": why,
-        "rmsecv": rmse(oof[served], y),
-        "rmsecv_kind": "nested: every choice (recipe, components, blend weight) made inside "
-        "the outer folds"
-        if s.nested_cv
-        else "not nested (nested_cv=false): the PLS search's own out-of-fold predictions, "
-        "optimistic",
-        "outer_folds": int(max(len(blend.fold_weights) if blend else 0, 0)) or None,
-        "candidates": cands,
-    }
-
-
 def _served_test(
     contents: BundleContents, X_test: Any, y_test: Any, hmac_key: str | bytes | None
 ) -> dict[str, Any]:
@@ -381,42 +362,10 @@ def _served_test(
     return {"pred": p.value, "pls": p.pls_value, "coverage": float(np.mean(inside))}
 
 
-def _evaluations(
-    y: np.ndarray,
-    pls: PLSCandidate,
-    cnn: CNNCandidate | None,
-    oof: dict[str, np.ndarray],
-    served: str,
-    X_test: Any,
-    y_test: Any,
-    test: dict[str, Any],
-) -> list[ModelEvaluation]:
-    label = f"{int(pls.search.cv_results_['folds'])}-fold nested CV"
-    out = [evaluation("pls", y, pls.nested_oof, label, y_test, test.get("pls"), **pls.to_dict())]
-    if cnn is not None and cnn.oof is not None:
-        cnn_test = cnn.fitted.predict(X_test) if X_test is not None else None
-        out.append(evaluation("cnn", y, cnn.oof, "out-of-fold", y_test, cnn_test, **cnn.info))
-    out.append(evaluation("served", y, oof[served], f"{served}, nested CV", y_test,
-                          test.get("pred"), model=served))  # fmt: skip
-    return out
-
-
 def _cnn_figure(cnn: CNNCandidate, X: np.ndarray, wl: np.ndarray) -> dict[str, Any]:
     # The paper's figure: first conv layer's response to the mean calibration spectrum.
     activations, reference, wl_in = cnn.fitted.first_layer_response(X, wl)
     return {"activations": activations, "reference_spectrum": reference, "wavelengths": wl_in}
-
-
-def _served_rmsecv(oof: dict[str, np.ndarray], served: str, y: np.ndarray) -> float:
-    """The served model's held-out RMSE; PLS's when it has none (one CNN network, no folds)."""
-    value = rmse(oof[served], y)
-    return value if np.isfinite(value) else rmse(oof["pls"], y)
-
-
-def _with(contents: BundleContents, **changes: Any) -> BundleContents:
-    from dataclasses import replace
-
-    return replace(contents, **changes)
 
 
 def _fmt(errors: dict[str, float]) -> str:

@@ -22,7 +22,6 @@ Steps of :func:`retrain`:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,8 +43,10 @@ from pydantic_settings import SettingsConfigDict
 
 from nirwatch.chemometrics.pls_search import spread_subset
 from nirwatch.errors import ConfigError, DataError, NirwatchError
-from nirwatch.models.bundle import data_hash, load_bundle
+from nirwatch.io.datasets import SpectraDataset
+from nirwatch.models.bundle import data_hash, json_ready, load_bundle
 from nirwatch.models.registry import ModelRegistry
+from nirwatch.records.sample_join import SampleJoin
 from nirwatch.settings import NirwatchSettings, state_dir_field, under_state_dir
 from training.promotion import decide as decide  # re-exported: the promotion policy
 from training.promotion import out_of_model_bound as out_of_model_bound
@@ -77,7 +78,9 @@ class RetrainSettings(NirwatchSettings):
     out_of_model_tolerance: float = Field(
         default=2.5, ge=1, description="x nominal still near it: the limits are approximate"
     )
-    calibration_data: Path | None = Field(default=None, description="CSV or npz")
+    calibration_data: Path | None = Field(
+        default=None, description="CSV or npz, read by nirwatch.io.datasets.load_spectra"
+    )
     target: str = Field(default="y", description="target column (CSV) or array (npz)")
     unit: str = ""
     model: Literal["cnn", "pls", "both"] = "both"
@@ -146,64 +149,45 @@ class Dataset:
         ids = [self.sample_ids[i] for i in idx] if len(self.sample_ids) else []
         return Dataset(self.X[idx], self.y[idx], self.wavelengths, ids)
 
+    @classmethod
+    def from_spectra(cls, data: SpectraDataset) -> Dataset:
+        """The labelled spectra of a file read by :func:`nirwatch.io.datasets.load_spectra`.
 
-def load_dataset(path: Path, target: str) -> Dataset:
-    """CSV (numeric headers = wavelengths, plus a ``target`` column) or npz (X, y, wavelengths)."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"X", target, "wavelengths"} - set(z.files)
-            if missing:
-                raise DataError(f"{path} lacks arrays {sorted(missing)} (has {z.files})")
-            return Dataset(z["X"].astype(float), z[target].astype(float), z["wavelengths"])
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or target not in rows[0]:
-        raise DataError(f"{path}: no target column {target!r}")
-    header, body = rows[0], rows[1:]
-    spectral = [i for i, h in enumerate(header) if _is_number(h)]
-    t = header.index(target)
-    X = np.array([[float(r[i]) for i in spectral] for r in body])
-    y = np.array([float(r[t]) for r in body])
-    return Dataset(X, y, np.array([float(header[i]) for i in spectral]))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        Raises
+        ------
+        DataError
+            When the file was read without a target.
+        """
+        if data.y is None:
+            raise DataError(f"{data.source}: no target: load it with one to retrain on it")
+        return cls(data.X, data.y, data.wavelengths)
 
 
 class LabelledBuffer:
-    """Recent spectra joined to their lab values by sample id, in bounded memory (thread-safe)."""
+    """Recent spectra joined to their lab values by sample id, in bounded memory (thread-safe).
+
+    Keeps the last ``max_size`` labelled spectra; of the unpaired, up to ``4 * max_size``
+    spectra (most never get a lab value) and ``max_size`` lab values.
+    """
 
     def __init__(self, wavelengths: np.ndarray, max_size: int = 5000) -> None:
         self.wavelengths = np.asarray(wavelengths, dtype=float)
         self.max_size = max_size
-        self._spectra: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._labs: OrderedDict[str, float] = OrderedDict()
+        self._join: SampleJoin[np.ndarray, float] = SampleJoin(4 * max_size, max_size)
         self._labelled: deque[tuple[str, np.ndarray, float]] = deque(maxlen=max_size)
         self._lock = threading.Lock()
 
     def add_spectrum(self, sample_id: str, spectrum: np.ndarray) -> None:
         with self._lock:
-            if sample_id in self._labs:
-                self._labelled.append((sample_id, spectrum, self._labs.pop(sample_id)))
-                return
-            self._spectra[sample_id] = spectrum
-            if len(self._spectra) > 4 * self.max_size:
-                self._spectra.popitem(last=False)
+            self._keep(sample_id, self._join.add_left(sample_id, spectrum))
 
     def add_lab(self, sample_id: str, value: float) -> None:
         with self._lock:
-            spectrum = self._spectra.pop(sample_id, None)
-            if spectrum is not None:
-                self._labelled.append((sample_id, spectrum, value))
-                return
-            self._labs[sample_id] = value
-            if len(self._labs) > self.max_size:
-                self._labs.popitem(last=False)
+            self._keep(sample_id, self._join.add_right(sample_id, value))
+
+    def _keep(self, sample_id: str, pair: tuple[np.ndarray, float] | None) -> None:
+        if pair is not None:
+            self._labelled.append((sample_id, *pair))
 
     def dataset(self) -> Dataset:
         with self._lock:
@@ -332,60 +316,14 @@ def retrain(
         "champion_before": registry.champion_version(),
     }
     try:
-        if len(recent) and recent.X.shape[1] != calibration.X.shape[1]:
-            raise DataError(
-                f"recent spectra have {recent.X.shape[1]} points, calibration "
-                f"{calibration.X.shape[1]}: not the same wavelength grid"
-            )
-        train, holdout, source = holdout_split(calibration, recent, settings)
-        report["data"] = {
-            "n_calibration": len(calibration),
-            "n_recent": len(recent),
-            "n_train": len(train),
-            "n_calibration_used": len(train)
-            - len(recent)
-            + (len(holdout) if source == "recent" else 0),
-            "recent_min_share": settings.recent_min_share,
-            "n_holdout": len(holdout),
-            "holdout_source": source,
-            "train_data_hash": data_hash(train.X, train.y),
-            "holdout_sample_ids": list(holdout.sample_ids)[:1000],
-        }
+        train, holdout = _split(calibration, recent, settings, report)
         out = workdir / f"candidate-{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         bundle = fitter(train, out)
         report["fit_seconds"] = round(time.perf_counter() - t0, 3)
         version = registry.register(bundle)
         shutil.rmtree(bundle, ignore_errors=True)  # the registry holds its own verified copy
         report["candidate"] = version
-        key = registry.hmac_key
-        cand = evaluate(registry.path(version), holdout, key)
-        champ: dict[str, float] | None = None
-        champion_path = registry.champion()
-        if champion_path is not None:
-            try:
-                champ = evaluate(champion_path, holdout, key)
-            except NirwatchError as exc:  # e.g. another grid: cannot be compared
-                report["champion_error"] = str(exc)
-        report["metrics"] = {"candidate": cand, "champion": champ}
-        report["out_of_model_check"] = out_of_model_check(
-            cand,
-            settings.nominal_out_of_model,
-            settings.out_of_model_alpha,
-            settings.out_of_model_tolerance,
-        )
-        if champ is None and champion_path is not None and settings.policy == "auto":
-            promote, why = False, "champion could not be scored on the holdout: approval needed"
-        else:
-            promote, why = decide(
-                settings.policy, settings.margin, cand, champ,
-                nominal_out_of_model=settings.nominal_out_of_model,
-                alpha=settings.out_of_model_alpha,
-                tolerance=settings.out_of_model_tolerance,
-            )  # fmt: skip
-        if promote:
-            registry.promote(version)
-        report["decision"] = "promoted" if promote else "candidate"
-        report["why"] = why
+        _judge(version, holdout, registry, settings, report)
     except NirwatchError as exc:
         log.exception("retrain failed")
         report["decision"] = "failed"
@@ -397,23 +335,78 @@ def retrain(
     return report
 
 
+def _split(
+    calibration: Dataset, recent: Dataset, settings: RetrainSettings, report: dict[str, Any]
+) -> tuple[Dataset, Dataset]:
+    """Training set and holdout (:func:`holdout_split`), described in ``report["data"]``."""
+    if len(recent) and recent.X.shape[1] != calibration.X.shape[1]:
+        raise DataError(
+            f"recent spectra have {recent.X.shape[1]} points, calibration "
+            f"{calibration.X.shape[1]}: not the same wavelength grid"
+        )
+    train, holdout, source = holdout_split(calibration, recent, settings)
+    report["data"] = {
+        "n_calibration": len(calibration),
+        "n_recent": len(recent),
+        "n_train": len(train),
+        "n_calibration_used": len(train)
+        - len(recent)
+        + (len(holdout) if source == "recent" else 0),
+        "recent_min_share": settings.recent_min_share,
+        "n_holdout": len(holdout),
+        "holdout_source": source,
+        "train_data_hash": data_hash(train.X, train.y),
+        "holdout_sample_ids": list(holdout.sample_ids)[:1000],
+    }
+    return train, holdout
+
+
+def _judge(
+    version: str,
+    holdout: Dataset,
+    registry: ModelRegistry,
+    settings: RetrainSettings,
+    report: dict[str, Any],
+) -> None:
+    """Score candidate and champion on the holdout, decide, promote; all in ``report``."""
+    key = registry.hmac_key
+    cand = evaluate(registry.path(version), holdout, key)
+    champ: dict[str, float] | None = None
+    champion_path = registry.champion()
+    if champion_path is not None:
+        try:
+            champ = evaluate(champion_path, holdout, key)
+        except NirwatchError as exc:  # e.g. another grid: cannot be compared
+            report["champion_error"] = str(exc)
+    report["metrics"] = {"candidate": cand, "champion": champ}
+    report["out_of_model_check"] = out_of_model_check(
+        cand,
+        settings.nominal_out_of_model,
+        settings.out_of_model_alpha,
+        settings.out_of_model_tolerance,
+    )
+    if champ is None and champion_path is not None and settings.policy == "auto":
+        promote, why = False, "champion could not be scored on the holdout: approval needed"
+    else:
+        promote, why = decide(
+            settings.policy, settings.margin, cand, champ,
+            nominal_out_of_model=settings.nominal_out_of_model,
+            alpha=settings.out_of_model_alpha,
+            tolerance=settings.out_of_model_tolerance,
+        )  # fmt: skip
+    if promote:
+        registry.promote(version)
+    report["decision"] = "promoted" if promote else "candidate"
+    report["why"] = why
+
+
 def write_report(report: dict[str, Any], directory: Path, started: datetime) -> Path:
     """Write the report atomically as ``<directory>/retrain-<UTC time>-<id>.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"retrain-{started:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:6]}.json"
     tmp = path.with_suffix(".tmp")
-    text = json.dumps(_json_safe({**report, "path": str(path)}), indent=2, allow_nan=False)
+    # NaN and inf (e.g. the RMSE of a model that predicted nothing) become null.
+    text = json.dumps(json_ready({**report, "path": str(path)}), indent=2, allow_nan=False)
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
     return path
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN and inf (e.g. the RMSE of a model that predicted nothing) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj

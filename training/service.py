@@ -33,6 +33,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nirwatch.errors import ConfigError
+from nirwatch.io.datasets import load_spectra
 from nirwatch.logs import log_event
 from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import port_error
@@ -46,7 +47,6 @@ from training.retrain import (
     RetrainRequest,
     RetrainSettings,
     fit_bundle_fitter,
-    load_dataset,
     retrain,
 )
 from training.settings import TrainingSettings
@@ -363,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
 def _calibration(args: argparse.Namespace, settings: RetrainSettings) -> Dataset:
     data_path = args.calibration or settings.calibration_data
     if data_path is not None:
-        return load_dataset(Path(data_path), settings.target)
+        return Dataset.from_spectra(load_spectra(data_path, target=settings.target))
     if args.simulated_calibration:
         from nirwatch.simulation.simulator import calibration_set
 

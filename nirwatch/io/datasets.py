@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -91,6 +91,106 @@ def check_same_grid(a: SpectraDataset, b: SpectraDataset) -> None:
     raise DataError(f"wavelength grids differ: {detail}")
 
 
+def load_spectra(
+    path: str | Path,
+    *,
+    target: str | None = None,
+    split_column: str | None = None,
+    split_values: Collection[str] | None = None,
+    min_samples: int = 1,
+) -> SpectraDataset:
+    """Load spectra from a CSV, npz or JCAMP-DX file: the one reader of every command.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv`` (numeric wavelength headers), ``.npz`` (keys X, wavelengths, y, ...) or
+        JCAMP-DX (``.jdx``, ``.dx``, ``.jcamp``; spectra without targets).
+    target : str, optional
+        Target column (CSV) or key (npz). For npz files ``y`` is the target when it is present
+        and ``target`` is not given or is ``"y"`` (named by an optional ``target_name`` key).
+    split_column, split_values : optional
+        Keep only rows whose ``split_column`` is one of ``split_values``, e.g.
+        ``"SampleType", {"Train", "Validate"}``.
+    min_samples : int, default 1
+        Fewest rows (after the split) accepted.
+
+    Raises
+    ------
+    DataError
+        Non-numeric or non-increasing wavelength headers, NaN in spectra or target (naming the
+        rows), missing target or split column (listing the available ones), a constant target,
+        fewer than ``min_samples`` rows.
+    """
+    table = _read_table_file(Path(path), target)
+    source = table.source
+    where = ""
+    if split_column is not None:
+        if not split_values:
+            raise DataError("split_values must name at least one value of the split column")
+        table = table.rows(_select(table.metadata, split_column, split_values, source))
+        where = f" with {split_column} in {sorted(map(str, split_values))}"
+    if table.X.shape[0] < min_samples:
+        raise DataError(
+            f"{source}: {table.X.shape[0]} spectra{where}; at least {min_samples} are needed"
+        )
+    bad = np.flatnonzero(~np.isfinite(table.X).all(axis=1))
+    if bad.size:
+        raise DataError(
+            f"{source}: missing or non-finite absorbances in {bad.size} spectra, {table.where(bad)}"
+        )
+    y = None if table.target is None else _target(table, where)
+    return SpectraDataset(
+        X=table.X,
+        wavelengths=table.wavelengths,
+        metadata=table.metadata,
+        target=table.target,
+        y=y,
+        source=source,
+    )
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A file as read, before the checks: rows are numbered as the file's format counts them."""
+
+    source: str
+    X: np.ndarray
+    wavelengths: np.ndarray
+    metadata: dict[str, np.ndarray]
+    numbers: np.ndarray
+    row_name: str
+    target: str | None
+
+    def rows(self, keep: np.ndarray) -> _Table:
+        metadata = {k: v[keep] for k, v in self.metadata.items()}
+        return replace(self, X=self.X[keep], metadata=metadata, numbers=self.numbers[keep])
+
+    def where(self, bad: np.ndarray) -> str:
+        """The first 20 of the ``bad`` rows as the file numbers them, e.g. ``lines [3, 7]``."""
+        return f"{self.row_name} {self.numbers[bad][:20].tolist()}"
+
+
+def _read_table_file(path: Path, target: str | None) -> _Table:
+    source = str(path)
+    if not path.exists():
+        raise DataError(f"{source}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        X, wl, metadata, lines = read_csv(path)
+        return _Table(source, X, wl, metadata, np.asarray(lines), "lines", target)
+    if suffix == ".npz":
+        X, wl, metadata, rows, default_target = read_npz(path)
+        if target is None or (target == "y" and default_target is not None):
+            target = default_target  # "y" still names the target when target_name renamed it
+        return _Table(source, X, wl, metadata, np.asarray(rows), "rows", target)
+    if suffix in JCAMP_SUFFIXES:
+        X, wl, metadata, _ = read_jcamp(path)  # spectra only: targets come from elsewhere
+        numbers = np.arange(1, X.shape[0] + 1)
+        return _Table(source, X, wl, metadata, numbers, "spectra", target)
+    raise DataError(f"{source}: expected a .csv, .npz or JCAMP-DX file, got {suffix!r}")
+
+
 def _select(
     metadata: dict[str, np.ndarray], split_column: str, split_values: Collection[str], source: str
 ) -> np.ndarray:
@@ -108,95 +208,27 @@ def _select(
     return np.isin(col, sorted(wanted))
 
 
-def load_spectra(
-    path: str | Path,
-    *,
-    target: str | None = None,
-    split_column: str | None = None,
-    split_values: Collection[str] | None = None,
-    min_samples: int = 1,
-) -> SpectraDataset:
-    """Load spectra from a CSV or npz file.
-
-    Parameters
-    ----------
-    path : str or Path
-        ``.csv`` (numeric wavelength headers), ``.npz`` (keys X, wavelengths, y, ...) or
-        JCAMP-DX (``.jdx``, ``.dx``, ``.jcamp``; spectra without targets).
-    target : str, optional
-        Target column (CSV) or key (npz). For npz files ``y`` is the target when it is present
-        and ``target`` is not given (named by an optional ``target_name`` key).
-    split_column, split_values : optional
-        Keep only rows whose ``split_column`` is one of ``split_values``, e.g.
-        ``"SampleType", {"Train", "Validate"}``.
-    min_samples : int, default 1
-        Fewest rows (after the split) accepted.
-
-    Raises
-    ------
-    DataError
-        Non-numeric or non-increasing wavelength headers, NaN in spectra or target (naming the
-        rows), missing target or split column (listing the available ones), a constant target,
-        fewer than ``min_samples`` rows.
-    """
-    path = Path(path)
-    source = str(path)
-    if not path.exists():
-        raise DataError(f"{source}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        X, wl, metadata, lines = read_csv(path)
-        row_name = "lines"
-    elif suffix == ".npz":
-        X, wl, metadata, lines, default_target = read_npz(path)
-        row_name = "rows"
-        target = target if target is not None else default_target
-    elif suffix in JCAMP_SUFFIXES:
-        X, wl, metadata, _ = read_jcamp(path)  # spectra only: targets come from elsewhere
-        lines = list(range(1, X.shape[0] + 1))
-        row_name = "spectra"
-    else:
-        raise DataError(f"{source}: expected a .csv, .npz or JCAMP-DX file, got {suffix!r}")
-    line_arr = np.asarray(lines)
-    keep = np.ones(X.shape[0], dtype=bool)
-    where = ""
-    if split_column is not None:
-        if not split_values:
-            raise DataError("split_values must name at least one value of the split column")
-        keep = _select(metadata, split_column, split_values, source)
-        where = f" with {split_column} in {sorted(map(str, split_values))}"
-    X, line_arr = X[keep], line_arr[keep]
-    metadata = {k: v[keep] for k, v in metadata.items()}
-    if X.shape[0] < min_samples:
-        raise DataError(f"{source}: {X.shape[0]} spectra{where}; at least {min_samples} are needed")
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+def _target(table: _Table, where: str) -> np.ndarray:
+    """The target column, checked: present, numeric, finite, not constant."""
+    source, target, metadata = table.source, table.target, table.metadata
+    if target not in metadata:
+        raise DataError(
+            f"{source}: no target column {target!r}; available columns: {sorted(metadata)}"
+        )
+    y = metadata[target]
+    if y.dtype.kind != "f":
+        raise DataError(f"{source}: target {target!r} is not numeric (e.g. {y[0]!r})")
+    bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
         raise DataError(
-            f"{source}: missing or non-finite absorbances in {bad.size} spectra, {row_name} "
-            f"{line_arr[bad][:20].tolist()}"
+            f"{source}: target {target!r} missing in {bad.size} rows, {table.where(bad)}"
         )
-    y = None
-    if target is not None:
-        if target not in metadata:
-            raise DataError(
-                f"{source}: no target column {target!r}; available columns: {sorted(metadata)}"
-            )
-        y_raw = metadata[target]
-        if y_raw.dtype.kind != "f":
-            raise DataError(f"{source}: target {target!r} is not numeric (e.g. {y_raw[0]!r})")
-        y = y_raw
-        bad = np.flatnonzero(~np.isfinite(y))
-        if bad.size:
-            raise DataError(
-                f"{source}: target {target!r} missing in {bad.size} rows, {row_name} "
-                f"{line_arr[bad][:20].tolist()}"
-            )
-        if y.size and np.ptp(y) == 0:
-            raise DataError(
-                f"{source}: target {target!r} is constant ({y[0]:g}) over {y.size} rows{where}; "
-                "nothing to calibrate"
-            )
-    return SpectraDataset(X=X, wavelengths=wl, metadata=metadata, target=target, y=y, source=source)
+    if y.size and np.ptp(y) == 0:
+        raise DataError(
+            f"{source}: target {target!r} is constant ({y[0]:g}) over {y.size} rows{where}; "
+            "nothing to calibrate"
+        )
+    return y
 
 
 #: The fermentation test spectra carry no time stamps; 1629 spectra over the 33.9 h spanned by
