@@ -65,6 +65,22 @@ def test_plain_lines_carry_every_column_and_are_not_cut_at_80() -> None:
     assert printed == [LEGEND, *lines]  # the legend, then the lines once at the end, uncut
 
 
+def test_plain_view_prints_a_changed_note_at_once() -> None:
+    # The background CNN's progress must reach a log even when a member trains between two
+    # of the plain view's 5-second ticks.
+    notes = ["CNN member 1/2: training (at most 10 epochs)."]
+    out = io.StringIO()
+    view = PlainView(Console(file=out), lambda: ["totals"], every_s=3600, notes=lambda: notes)
+    view.update()
+    view.update()  # unchanged: not printed twice
+    notes = ["CNN member 2/2: epoch 3/10, val RMSE 2.1."]
+    view.update()
+    assert out.getvalue().splitlines() == [
+        "  CNN member 1/2: training (at most 10 epochs).",
+        "  CNN member 2/2: epoch 3/10, val RMSE 2.1.",
+    ]
+
+
 def test_recent_out_of_model_counts_the_latest_20_per_probe() -> None:
     assert _state().recent_out_of_model() == (20 + 15, 40)
 

@@ -185,7 +185,11 @@ def _watch(d: DemoParts, stop: threading.Event, errors: list[BaseException]) -> 
     live = (
         LiveView(d.console, lambda: render(d.state, header, d.counts(), d.loop, d.notes()))
         if d.console.is_terminal
-        else PlainView(d.console, lambda: plain_lines(d.state, d.counts(), d.loop, d.notes()))
+        else PlainView(
+            d.console,
+            lambda: plain_lines(d.state, d.counts(), d.loop, d.notes()),
+            notes=d.notes,
+        )
     )
     with live:
         # Probes start once the worker owns partitions, so latencies are steady-state.

@@ -228,13 +228,22 @@ class LiveView:
 
 
 class PlainView:
-    """Plain lines every ``every_s`` seconds and once at the end (output is not a terminal)."""
+    """Plain lines every ``every_s`` seconds and once at the end (output is not a terminal).
+
+    ``notes`` (e.g. the background CNN's progress) are also printed as soon as they change:
+    a log shows each training step, not only the ones that fall on a 5-second tick.
+    """
 
     def __init__(
-        self, console: Console, lines: Callable[[], list[str]], every_s: float = 5.0
+        self,
+        console: Console,
+        lines: Callable[[], list[str]],
+        every_s: float = 5.0,
+        notes: Callable[[], Sequence[str]] | None = None,
     ) -> None:
-        self.console, self.lines, self.every_s = console, lines, every_s
+        self.console, self.lines, self.every_s, self.notes = console, lines, every_s, notes
         self._last = time.monotonic()
+        self._notes: list[str] = []
 
     def __enter__(self) -> PlainView:
         self.console.print(LEGEND, soft_wrap=True, highlight=False)
@@ -249,6 +258,10 @@ class PlainView:
     def update(self) -> None:
         if time.monotonic() - self._last >= self.every_s:
             self._print()
+        elif self.notes is not None and (notes := list(self.notes())) != self._notes:
+            self._notes = notes
+            for line in notes:
+                self.console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
 
     def _print(self) -> None:
         self._last = time.monotonic()
