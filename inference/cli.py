@@ -10,8 +10,6 @@ import argparse
 import functools
 import gc
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from nirwatch.metrics import WorkerMetrics
 from nirwatch.ports import start_metrics_server
 from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import load_settings, require_bootstrap
+from nirwatch.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +63,6 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=None,
         help="do not append publications to the audit trail (NIRWATCH_AUDIT_*)",
     )
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT only set ``stop``: the worker drains its batch and exits cleanly."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
 
 
 def predictor_source(settings: WorkerSettings, metrics: WorkerMetrics) -> PredictorSource:
@@ -130,35 +123,34 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
-    # Opened first: an unwritable audit path stops the worker at start, naming the variable
-    # (closed below; if the start fails, exiting closes the SQLite file, its WAL stays valid).
-    audit = open_audit_trail(audit_settings) if audit_settings is not None else None
-    if audit_settings is not None:
-        where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
-        log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
-    server = None
-    if settings.metrics_port:
-        server = start_metrics_server(
-            registry, settings.metrics_host, settings.metrics_port, "--metrics-port "
-            "or NIRWATCH_WORKER_METRICS_PORT (0: no endpoint)",
-        )  # fmt: skip
-        print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
-    try:
-        source = predictor_source(settings, metrics)
-        print(f"worker consuming {settings.kafka.topic_spectra} on {bootstrap}")
-        worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
-        freeze_startup_objects()
+    with stop_on_signals() as stop:
+        registry = CollectorRegistry()
+        metrics = WorkerMetrics(registry)
+        # Opened first: an unwritable audit path stops the worker at start, naming the variable
+        # (closed below; if the start fails, exiting closes the SQLite file, its WAL stays valid).
+        audit = open_audit_trail(audit_settings) if audit_settings is not None else None
+        if audit_settings is not None:
+            where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
+            log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
+        server = None
+        if settings.metrics_port:
+            server = start_metrics_server(
+                registry, settings.metrics_host, settings.metrics_port, "--metrics-port "
+                "or NIRWATCH_WORKER_METRICS_PORT (0: no endpoint)",
+            )  # fmt: skip
+            print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
         try:
-            worker.run()
+            source = predictor_source(settings, metrics)
+            print(f"worker consuming {settings.kafka.topic_spectra} on {bootstrap}")
+            worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
+            freeze_startup_objects()
+            try:
+                worker.run()
+            finally:
+                if audit is not None:
+                    audit.close()
+            print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
         finally:
-            if audit is not None:
-                audit.close()
-        print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
-    finally:
-        if server is not None:
-            server.shutdown()
+            if server is not None:
+                server.shutdown()
     return 0

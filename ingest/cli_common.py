@@ -1,21 +1,13 @@
-"""Shared plumbing of the ingest commands: settings, broker, topics, signals, options."""
+"""Shared plumbing of the ingest commands: settings, broker, topics, options."""
 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 from ingest.settings import IngestSettings
 from nirwatch.settings import load_settings, require_bootstrap
 from nirwatch.transport.kafka import ensure_topics
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT only set ``stop``; the run loop finishes its message and exits."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
 
 
 def add_batch_option(p: argparse.ArgumentParser) -> None:

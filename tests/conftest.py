@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +46,18 @@ def shootout_csv() -> Path:
     if not SHOOTOUT.exists():
         pytest.skip(f"shootout data not found at {SHOOTOUT}")
     return SHOOTOUT
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """Fails the test when the code under test left its SIGINT/SIGTERM handlers installed.
+
+    Commands install theirs with :func:`nirwatch.signals.stop_on_signals`, which restores the
+    previous ones; the handlers are restored here either way, so one leak fails one test only.
+    """
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    left = {s.name: signal.getsignal(s) for s, h in handlers.items() if signal.getsignal(s) != h}
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    assert not left, f"signal handlers left installed: {left}"

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from nirwatch.settings import KafkaSettings
 
 @pytest.fixture
 def demo_env(
-    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch, signal_handlers_kept: None
 ) -> Iterator[KafkaSettings]:
     """The demo pointed at the test broker and the test's own topics."""
     assert kafka_settings.bootstrap
@@ -23,10 +22,7 @@ def demo_env(
             f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
         )
     monkeypatch.setenv("NIRWATCH_KAFKA_PARTITIONS", "3")
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield kafka_settings
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 @pytest.mark.kafka

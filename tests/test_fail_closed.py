@@ -7,7 +7,6 @@ not a traceback. No test here needs a broker: each must fail before reaching one
 
 from __future__ import annotations
 
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,9 @@ import pytest
 
 from nirwatch.apps.cli import main
 from nirwatch.transport import broker
+
+#: every command here gives the process its signal handlers back when it stops
+pytestmark = pytest.mark.usefixtures("signal_handlers_kept")
 
 
 @pytest.fixture
@@ -29,10 +31,7 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(broker.EmbeddedBroker, "start", refuse)
     monkeypatch.setattr(broker, "docker_available", lambda: False)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import csv
-import signal
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -153,7 +152,7 @@ def test_replay_keeps_file_order_per_instrument_and_rate(
 
 @pytest.fixture
 def cli_env(
-    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch, signal_handlers_kept: None
 ) -> Iterator[KafkaSettings]:
     assert kafka_settings.bootstrap
     monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
@@ -161,10 +160,7 @@ def cli_env(
         monkeypatch.setenv(
             f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
         )
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield kafka_settings
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 @pytest.mark.kafka

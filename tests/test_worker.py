@@ -7,7 +7,6 @@ import hashlib
 import json
 import signal
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,12 @@ from test_worker_support import (
     worker_settings,
 )
 
-from inference.cli import install_stop_handlers
 from nirwatch.messages.deadletter import read_dead_letters
 from nirwatch.messages.wire import MAGIC, encode_spectrum
 from nirwatch.models.predictor import BatchPrediction
 from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import KafkaSettings
+from nirwatch.signals import stop_on_signals
 from nirwatch.transport.broker import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.kafka
@@ -200,10 +199,7 @@ def test_sigterm_drains_the_batch_in_hand_and_commits(kafka_settings: KafkaSetti
     produce(kafka_settings, [(k, v) for k, v, _ in sent])
     # The worker would hold this batch for a minute waiting for more: only the stop drains it.
     settings = worker_settings(kafka_settings, max_batch_size=1000, max_wait_ms=60_000)
-    stop = threading.Event()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        install_stop_handlers(stop)
+    with stop_on_signals() as stop:
         w = start_worker(settings, stop=stop)
         wait_until(lambda: w.worker.holding == 50, what="the worker to hold all 50")
         assert read_predictions(kafka_settings, expected=1, timeout_s=1) == []
@@ -211,9 +207,6 @@ def test_sigterm_drains_the_batch_in_hand_and_commits(kafka_settings: KafkaSetti
         assert stop.is_set()
         w.thread.join(30)
         assert not w.thread.is_alive() and not w.errors
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     preds = read_predictions(kafka_settings, expected=50)
     assert len(preds) == 50
     assert committed_total(kafka_settings, settings.group_id) == 50

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import threading
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import port_error
 from nirwatch.security import check_bearer_token
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
+from nirwatch.signals import stop_on_signals
 from nirwatch.statedirs import writable_dir
 from training.retrain import (
     Dataset,
@@ -343,11 +343,8 @@ def run(args: argparse.Namespace) -> int:
         service.request(RetrainRequest("manual", "nirwatch retrain-service --once"))
         service.wait_idle(timeout=24 * 3600)
     else:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with stop_on_signals(stop):  # SIGTERM or Ctrl-C
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     stop.set()
     service.stop()
     last = service.reports[-1] if service.reports else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from nirwatch.apps.demo_cnn import DEFAULT_EPOCHS, DEFAULT_MEMBERS, BackgroundCN
 from nirwatch.apps.demo_drift import DriftLoop, start_thread
 from nirwatch.apps.demo_view import RECENT, DemoState, LiveView, PlainView, plain_lines, render
 from nirwatch.errors import NirwatchError
+from nirwatch.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from nirwatch.messages.wire import Prediction
@@ -192,8 +192,6 @@ def run(args: argparse.Namespace) -> int:
     # core for every small matrix made a PLS fit 10x slower on a busy 2-core machine.
     threadpool_limits(1)
     stop = threading.Event()  # Ctrl-C / SIGTERM: stop the probes, drain, summarise
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     console = Console()
     if not console.is_terminal:  # a log: lines as long as they are, not wrapped at 80 columns
         console = Console(soft_wrap=True)
@@ -204,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     metrics_port = args.metrics_port or free_port()
     errors: list[BaseException] = []
 
-    with kafka_bootstrap(ingest.kafka.bootstrap) as bootstrap:
+    with stop_on_signals(stop), kafka_bootstrap(ingest.kafka.bootstrap) as bootstrap:
         kafka = ingest.kafka.model_copy(update={"bootstrap": bootstrap})
         ingest = ingest.model_copy(update={"kafka": kafka})
         ensure_topics(
