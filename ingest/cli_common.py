@@ -23,7 +23,8 @@ def add_batch_option(p: argparse.ArgumentParser) -> None:
 def ingest_settings(command: str, args: argparse.Namespace | None = None) -> IngestSettings:
     """Settings read once, with the spectra, dead-letter and lab-results topics created.
 
-    Command-line ``--batch``/``--product`` override ``NIRWATCH_INGEST_BATCH``/``_PRODUCT``.
+    Command-line ``--batch``/``--product`` (and file-drop's ``--metrics-host``/``--metrics-port``)
+    override ``NIRWATCH_INGEST_BATCH``/``_PRODUCT`` (``_METRICS_HOST``/``_METRICS_PORT``).
 
     Raises
     ------
@@ -31,7 +32,7 @@ def ingest_settings(command: str, args: argparse.Namespace | None = None) -> Ing
         Without ``NIRWATCH_KAFKA_BOOTSTRAP``: an adapter never starts a broker of its own.
     """
     overrides: dict[str, Any] = {}
-    for name in ("batch", "product"):
+    for name in ("batch", "product", "metrics_host", "metrics_port"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

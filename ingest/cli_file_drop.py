@@ -30,6 +30,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="seconds a file's size and time must stay unchanged before it is taken (default 2)",
     )
     p.add_argument("--once", action="store_true", help="take what is there, then exit")
+    p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 0: none)")
     add_batch_option(p)
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 registry,
                 settings.metrics_host,
                 settings.metrics_port,
-                "NIRWATCH_INGEST_METRICS_PORT",
+                "--metrics-port or NIRWATCH_INGEST_METRICS_PORT (0: no endpoint)",
             )
             print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
         print(

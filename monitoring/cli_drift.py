@@ -46,7 +46,9 @@ def registry_rmsecv(registry: ModelRegistry) -> Callable[[str], float | None]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 9109)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus endpoint port (default 9109; 0: none)"
+    )
     parser.add_argument(
         "--rmsecv",
         type=float,
@@ -75,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
         )
         server = start_metrics_server(
             registry, settings.metrics_host, settings.metrics_port,
-            "--metrics-port or NIRWATCH_DRIFT_METRICS_PORT",
+            "--metrics-port or NIRWATCH_DRIFT_METRICS_PORT (0: no endpoint)",
         )  # fmt: skip
-        print(f"drift metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+        url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if server else None
+        print(f"drift metrics: {url or 'off (metrics port 0)'}")
         if args.rmsecv is None and rmsecv_for is None:
             log_event(
                 log, "lab_checks_off", level=logging.WARNING,
@@ -85,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
         log_event(
             log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=args.group_id,
-            metrics=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+            metrics=url,
             registry=reg.dir, rmsecv=args.rmsecv,
         )  # fmt: skip
         try:
             run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
         finally:
-            server.shutdown()
+            if server is not None:
+                server.shutdown()
     return 0

@@ -13,6 +13,7 @@ Module-level imports also form no cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +163,25 @@ def test_the_graph_sees_real_imports() -> None:
     assert "nirwatch.errors" in g["nirwatch.models.bundle"]
     assert "nirwatch.models.bundle_format" in g["nirwatch.models.bundle"]
     assert any(dep.startswith("nirwatch") for dep in g["inference.worker"])
+
+
+def test_the_service_package_names_are_ours_alone() -> None:
+    """README, Layout: the services install as top-level packages under generic names, which
+    is safe only while no other installed distribution provides them and each import of them
+    resolves to this repository."""
+    import importlib.util
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    for name in PACKAGES:
+        others = set(providers.get(name, [])) - {"nirwatch"}
+        assert not others, f"{name} is also provided by {sorted(others)}"
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        assert Path(spec.origin).resolve().is_relative_to(ROOT), f"{name} from {spec.origin}"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"^include = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert include is not None
+    assert sorted(include.group(1).replace('"', "").replace("*", "").split(", ")) == sorted(
+        PACKAGES
+    )

@@ -93,13 +93,13 @@ def test_service_without_broker_refuses_to_start(
     assert not (tmp_path / "reports").exists()  # retrain-service trained nothing
 
 
-def test_retrain_bootstrap_and_no_kafka_need_no_broker(
+def test_retrain_initial_model_and_no_kafka_need_no_broker(
     no_broker: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first champion by hand (the compose init step) needs no broker."""
     argv = _argv("retrain-service", tmp_path, monkeypatch)
     monkeypatch.setenv("NIRWATCH_RETRAIN_POLICY", "auto")
-    assert main([*argv[:1], "--bootstrap", *argv[2:]]) == 0
+    assert main([*argv[:1], "--initial-model", *argv[2:]]) == 0
     assert (tmp_path / "registry" / "champion.json").exists()
 
 

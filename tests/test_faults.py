@@ -109,7 +109,7 @@ class WorkerProcess:
             str(self.bundle),
         ]
         cmd += ["--group-id", self.group_id, "--metrics-port", str(self.metrics_port)]
-        cmd += ["--batch-size", "256", "--max-wait-ms", "20", "--device", "cpu"]
+        cmd += ["--micro-batch-size", "256", "--max-wait-ms", "20", "--device", "cpu"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
         wait_until(lambda: self.metrics() is not None, 60, f"worker metrics ({self.log_tail()})")

@@ -33,7 +33,7 @@ INSTRUMENTS = [f"probe-{i}" for i in range(6)]
 def _drain(kafka: KafkaSettings, messages: list[tuple[str | None, bytes | None]]) -> float:
     """Seconds for a fresh worker to commit a pre-filled backlog."""
     produce(kafka, messages)
-    settings = worker_settings(kafka, max_batch_size=1000)
+    settings = worker_settings(kafka, micro_batch_size=1000)
     w = start_worker(settings)
     t0 = time.monotonic()
     wait_until(lambda: committed_total(kafka, settings.group_id) == len(messages), 180, "the drain")

@@ -1,4 +1,4 @@
-"""``nirwatch retrain-service`` as a command: --bootstrap and --once through main()."""
+"""``nirwatch retrain-service`` as a command: --initial-model and --once through main()."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def _nirwatch(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
-def test_bootstrap_then_once(tmp_path: Path) -> None:
+def test_initial_model_then_once(tmp_path: Path) -> None:
     out = _nirwatch(
-        tmp_path, "--bootstrap", "--no-kafka", "--simulated-calibration", "80",
+        tmp_path, "--initial-model", "--no-kafka", "--simulated-calibration", "80",
         NIRWATCH_RETRAIN_POLICY="auto",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -44,7 +44,7 @@ def test_bootstrap_then_once(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.champion_version() == first["candidate"]
 
-    again = _nirwatch(tmp_path, "--bootstrap", "--no-kafka", "--simulated-calibration", "80")
+    again = _nirwatch(tmp_path, "--initial-model", "--no-kafka", "--simulated-calibration", "80")
     assert again.returncode == 0 and "already serves" in again.stdout
 
     # --once needs the webhook token (the service starts), approval policy keeps the champion

@@ -198,7 +198,7 @@ def test_sigterm_drains_the_batch_in_hand_and_commits(kafka_settings: KafkaSetti
     sent = spectra_messages(50, INSTRUMENTS)
     produce(kafka_settings, [(k, v) for k, v, _ in sent])
     # The worker would hold this batch for a minute waiting for more: only the stop drains it.
-    settings = worker_settings(kafka_settings, max_batch_size=1000, max_wait_ms=60_000)
+    settings = worker_settings(kafka_settings, micro_batch_size=1000, max_wait_ms=60_000)
     with stop_on_signals() as stop:
         w = start_worker(settings, stop=stop)
         wait_until(lambda: w.worker.holding == 50, what="the worker to hold all 50")
@@ -289,7 +289,7 @@ def test_fallback_reasons_nan_and_out_of_model_are_published_and_counted(
     produce(kafka_settings, [(k, v) for k, v, _ in normal + far])
     predictor = ScriptedPredictor(LinearPredictor(), script)
     w = start_worker(
-        worker_settings(kafka_settings, max_batch_size=1000), SwitchableSource(predictor)
+        worker_settings(kafka_settings, micro_batch_size=1000), SwitchableSource(predictor)
     )
     preds = read_predictions(kafka_settings, expected=35)
     w.halt()

@@ -254,7 +254,7 @@ def worker_settings(kafka: KafkaSettings, **kw: Any) -> WorkerSettings:
     opts: dict[str, Any] = {
         "kafka": kafka,
         "group_id": f"g-{uuid.uuid4().hex[:8]}",
-        "max_batch_size": 64,
+        "micro_batch_size": 64,
         "max_wait_ms": 20,
         "idle_poll_ms": 100,
         "session_timeout_ms": 2000,

@@ -53,7 +53,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=2.0, help="spectra/s per probe (2)")
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="model registry")
     p.add_argument("--model", choices=("pls", "both"), default="pls", help="model to fit")
-    p.add_argument("--metrics-port", type=int, default=9108, help="worker metrics (0: any)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9108,
+        help="worker metrics (default 9108, any free port if taken; 0: none)",
+    )
     p.add_argument(
         "--cnn-epochs",
         type=int,
@@ -170,7 +175,7 @@ def _drain(consumer: Any, state: DemoState, loop: DriftLoop, timeout_ms: int) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from rich.console import Console
     from threadpoolctl import threadpool_limits
 
@@ -185,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from nirwatch.models.registry import ModelRegistry, RegistrySettings
     from nirwatch.settings import load_settings
     from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator
-    from nirwatch.transport.broker import free_port, kafka_bootstrap
+    from nirwatch.transport.broker import kafka_bootstrap
     from nirwatch.transport.kafka import ensure_topics
 
     # Worker, probes, broker and training share a few cores: BLAS spinning up a thread per
@@ -199,7 +204,6 @@ def run(args: argparse.Namespace) -> int:
     reg_settings = load_settings(RegistrySettings)
     hmac_key = reg_settings.key()
     version = ensure_model(args.registry, args.model, hmac_key)
-    metrics_port = args.metrics_port or free_port()
     errors: list[BaseException] = []
 
     with stop_on_signals(stop), kafka_bootstrap(ingest.kafka.bootstrap) as bootstrap:
@@ -218,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
             WorkerSettings,
             kafka=kafka,
             registry_dir=args.registry,
-            metrics_port=metrics_port,
+            metrics_port=args.metrics_port,
             session_timeout_ms=DEMO_SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=DEMO_SESSION_TIMEOUT_MS // 4,
             group_id="nirwatch-demo",
@@ -237,12 +241,7 @@ def run(args: argparse.Namespace) -> int:
             worker_settings.reload_interval_s,
         )
         source.current()
-        try:
-            server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
-        except OSError:  # port taken (another demo or worker): any free one will do
-            metrics_port = free_port()
-            server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        server, metrics_url = demo_metrics_server(args.metrics_port, registry)
 
         probes = [ProbeSpec(f"probe-{i + 1}", args.rate) for i in range(args.probes)]
         drift = Drift(args.drift, onset_s=args.drift_at) if args.scenario == "drift" else None
@@ -338,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
             consumer.close()
             producer.close(timeout=5)
             audit.close()
-            server.shutdown()
+            if server is not None:
+                server.shutdown()
     c = counts()
     first = "-" if state.first_prediction_s is None else f"{state.first_prediction_s:.1f} s"
     console.print()
@@ -361,3 +361,24 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         raise NirwatchError(f"demo stopped: {errors[0]!r}")
     return 0
+
+
+def demo_metrics_server(port: int, registry: Any) -> tuple[Any | None, str]:
+    """The demo worker's metrics endpoint on loopback, and what the table shows for it.
+
+    Port 0 is no endpoint, as for every command (:data:`nirwatch.ports.NO_METRICS_PORT`); a
+    taken port (another demo or a worker) falls back to any free one.
+    """
+    from prometheus_client import start_http_server
+
+    from nirwatch.ports import NO_METRICS_PORT
+    from nirwatch.transport.broker import free_port
+
+    if port == NO_METRICS_PORT:
+        return None, "off (--metrics-port 0)"
+    try:
+        server, _ = start_http_server(port, "127.0.0.1", registry)
+    except OSError:
+        port = free_port()
+        server, _ = start_http_server(port, "127.0.0.1", registry)
+    return server, f"http://127.0.0.1:{port}/metrics"
