@@ -55,7 +55,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     add_renamed_option(p, "--batch-size", "--micro-batch-size")
     p.add_argument("--max-wait-ms", type=int, help="max wait after a micro-batch's first spectrum")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the CNN runs")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where the CNN runs (default auto)"
+    )
     p.add_argument("--torch-threads", type=int, help="CPU threads for the CNN (0: torch default)")
     p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
     p.add_argument(

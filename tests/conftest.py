@@ -61,3 +61,17 @@ def signal_handlers_kept() -> Iterator[None]:
     for s, h in handlers.items():
         signal.signal(s, h)
     assert not left, f"signal handlers left installed: {left}"
+
+
+@pytest.fixture
+def cli_env(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch, signal_handlers_kept: None
+) -> Iterator[KafkaSettings]:
+    """Commands run through ``main()`` use the test broker and the test's own topics."""
+    assert kafka_settings.bootstrap
+    monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
+    for topic in ("spectra", "dead_letter", "lab_results", "predictions"):
+        monkeypatch.setenv(
+            f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
+        )
+    yield kafka_settings

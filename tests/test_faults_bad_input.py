@@ -12,14 +12,13 @@ import sys
 import time
 
 import numpy as np
-from test_worker import _malformed
-from test_worker_support import (
+from support import read_predictions, wait_until
+from worker_support import (
     committed_total,
+    malformed,
     produce,
-    read_predictions,
     spectra_messages,
     start_worker,
-    wait_until,
     worker_settings,
 )
 
@@ -53,7 +52,7 @@ def test_bad_messages_are_dead_lettered_while_good_ones_flow_at_full_rate(
     t_clean = _drain(clean_kafka, [(k, v) for k, v, _ in clean])
 
     good = spectra_messages(N_GOOD, INSTRUMENTS, seed=6)
-    kinds = list(_malformed(good[0][1]).items())
+    kinds = list(malformed(good[0][1]).items())
     rng = np.random.default_rng(0)
     messages: list[tuple[str | None, bytes | None]] = []
     sent_bad: collections.Counter[str] = collections.Counter()

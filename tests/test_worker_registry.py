@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from test_worker_support import (
+from support import read_predictions, wait_until
+from worker_support import (
     SwitchableSource,
     produce,
-    read_predictions,
     spectra_messages,
     start_worker,
-    wait_until,
     worker_settings,
 )
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
-from test_worker_support import LinearPredictor, make_header, mixtures
+from worker_support import LinearPredictor, make_header, mixtures
 
 from inference.batching import IdleFetchWait, MicroBatch, RevocationTracker
 from inference.partitioner import CachedKeyPartitioner

@@ -43,9 +43,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--registry", type=Path, help="register the bundle as a candidate in this registry"
     )
     add_renamed_option(parser, "--register", "--registry")
-    parser.add_argument("--epochs", type=int, help="override NIRWATCH_TRAIN_EPOCHS")
-    parser.add_argument("--seed", type=int, help="override NIRWATCH_TRAIN_SEED")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the device")
+    parser.add_argument("--epochs", type=int, help="CNN epochs (default NIRWATCH_TRAIN_EPOCHS)")
+    parser.add_argument("--seed", type=int, help="random seed (default NIRWATCH_TRAIN_SEED)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the CNN trains (default NIRWATCH_TRAIN_DEVICE, auto)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
