@@ -104,7 +104,12 @@ class WorkerProcess:
             port = free_port()
             cmd = [sys.executable, "-m", "nirwatch.apps.cli", "worker", "--bundle", str(bundle)]
             cmd += ["--metrics-port", str(port), "--device", args.device]
-            cmd += ["--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+            cmd += [
+                "--micro-batch-size",
+                str(args.batch_size),
+                "--max-wait-ms",
+                str(args.max_wait_ms),
+            ]
             cmd += ["--group-id", group]
             cmd += [] if args.audit else ["--no-audit"]
             if args.torch_threads is not None:

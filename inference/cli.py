@@ -10,8 +10,6 @@ import argparse
 import functools
 import gc
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,9 @@ from nirwatch.logs import log_event
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.ports import start_metrics_server
 from nirwatch.records.audit import AuditSettings, open_audit_trail
+from nirwatch.renames import add_renamed_option
 from nirwatch.settings import load_settings, require_bootstrap
+from nirwatch.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _OVERRIDES = {
     "registry": "registry_dir",
     "bundle": "bundle_path",
-    "batch_size": "max_batch_size",
+    "micro_batch_size": "micro_batch_size",
     "max_wait_ms": "max_wait_ms",
     "device": "device",
     "metrics_host": "metrics_host",
@@ -50,12 +50,19 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--registry", type=Path, help="registry root: serve and hot-reload its champion"
     )
     src.add_argument("--bundle", type=Path, help="serve this one bundle directory")
-    p.add_argument("--batch-size", type=int, help="max spectra per micro-batch (default 2000)")
-    p.add_argument("--max-wait-ms", type=int, help="max wait after a batch's first spectrum")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the CNN runs")
+    p.add_argument(
+        "--micro-batch-size", type=int, help="most spectra per micro-batch (default 2000)"
+    )
+    add_renamed_option(p, "--batch-size", "--micro-batch-size")
+    p.add_argument("--max-wait-ms", type=int, help="max wait after a micro-batch's first spectrum")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where the CNN runs (default auto)"
+    )
     p.add_argument("--torch-threads", type=int, help="CPU threads for the CNN (0: torch default)")
     p.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0: none)")
+    p.add_argument(
+        "--metrics-port", type=int, help="Prometheus endpoint port (default 9108; 0: none)"
+    )
     p.add_argument("--group-id", help="Kafka consumer group (default nirwatch-worker)")
     p.add_argument(
         "--no-audit",
@@ -64,12 +71,6 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=None,
         help="do not append publications to the audit trail (NIRWATCH_AUDIT_*)",
     )
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT only set ``stop``: the worker drains its batch and exits cleanly."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
 
 
 def predictor_source(settings: WorkerSettings, metrics: WorkerMetrics) -> PredictorSource:
@@ -130,35 +131,33 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
-    # Opened first: an unwritable audit path stops the worker at start, naming the variable
-    # (closed below; if the start fails, exiting closes the SQLite file, its WAL stays valid).
-    audit = open_audit_trail(audit_settings) if audit_settings is not None else None
-    if audit_settings is not None:
-        where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
-        log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
-    server = None
-    if settings.metrics_port:
+    with stop_on_signals() as stop:
+        registry = CollectorRegistry()
+        metrics = WorkerMetrics(registry)
+        # Opened first: an unwritable audit path stops the worker at start, naming the variable
+        # (closed below; if the start fails, exiting closes the SQLite file, its WAL stays valid).
+        audit = open_audit_trail(audit_settings) if audit_settings is not None else None
+        if audit_settings is not None:
+            where = audit_settings.path if audit_settings.backend == "sqlite" else "PostgreSQL"
+            log_event(log, "audit_trail", backend=audit_settings.backend, path=where)
         server = start_metrics_server(
             registry, settings.metrics_host, settings.metrics_port, "--metrics-port "
             "or NIRWATCH_WORKER_METRICS_PORT (0: no endpoint)",
         )  # fmt: skip
-        print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
-    try:
-        source = predictor_source(settings, metrics)
-        print(f"worker consuming {settings.kafka.topic_spectra} on {bootstrap}")
-        worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
-        freeze_startup_objects()
-        try:
-            worker.run()
-        finally:
-            if audit is not None:
-                audit.close()
-        print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
-    finally:
         if server is not None:
-            server.shutdown()
+            print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+        try:
+            source = predictor_source(settings, metrics)
+            print(f"worker consuming {settings.kafka.topic_spectra} on {bootstrap}")
+            worker = InferenceWorker(settings, source, metrics, stop, audit=audit)
+            freeze_startup_objects()
+            try:
+                worker.run()
+            finally:
+                if audit is not None:
+                    audit.close()
+            print(f"worker stopped: {worker.published} predictions in {worker.batches} batches")
+        finally:
+            if server is not None:
+                server.shutdown()
     return 0

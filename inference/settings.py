@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -21,13 +21,17 @@ class WorkerSettings(NirwatchSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_WORKER_", frozen=True, extra="ignore")
+    #: "batch" alone is a production batch (README, Vocabulary)
+    renamed_env: ClassVar[dict[str, str]] = {"NIRWATCH_WORKER_MAX_BATCH_SIZE": "micro_batch_size"}
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     group_id: str = Field(default="nirwatch-worker", min_length=1)
-    max_batch_size: int = Field(default=2000, ge=1, le=50_000, description="spectra per batch")
+    micro_batch_size: int = Field(
+        default=2000, ge=1, le=50_000, description="most spectra per micro-batch"
+    )
     max_wait_ms: int = Field(
-        default=10, ge=0, le=60_000, description="wait after a batch's first record"
+        default=10, ge=0, le=60_000, description="wait after a micro-batch's first record"
     )
     idle_poll_ms: int = Field(
         default=200, ge=1, le=10_000, description="poll timeout while idle (stop checks)"

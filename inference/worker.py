@@ -130,7 +130,7 @@ class InferenceWorker:
         consumer = make_consumer(
             k,
             s.group_id,
-            max_poll_records=s.max_batch_size,
+            max_poll_records=s.micro_batch_size,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
@@ -156,7 +156,7 @@ class InferenceWorker:
                 try:
                     batch = poll_micro_batch(
                         consumer,
-                        self.settings.max_batch_size,
+                        self.settings.micro_batch_size,
                         self.settings.max_wait_ms / 1000,
                         self.settings.idle_poll_ms,
                         self.stop,

@@ -1,21 +1,13 @@
-"""Shared plumbing of the ingest commands: settings, broker, topics, signals, options."""
+"""Shared plumbing of the ingest commands: settings, broker, topics, options."""
 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
 from ingest.settings import IngestSettings
 from nirwatch.settings import load_settings, require_bootstrap
 from nirwatch.transport.kafka import ensure_topics
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT only set ``stop``; the run loop finishes its message and exits."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
 
 
 def add_batch_option(p: argparse.ArgumentParser) -> None:
@@ -31,7 +23,8 @@ def add_batch_option(p: argparse.ArgumentParser) -> None:
 def ingest_settings(command: str, args: argparse.Namespace | None = None) -> IngestSettings:
     """Settings read once, with the spectra, dead-letter and lab-results topics created.
 
-    Command-line ``--batch``/``--product`` override ``NIRWATCH_INGEST_BATCH``/``_PRODUCT``.
+    Command-line ``--batch``/``--product`` (and file-drop's ``--metrics-host``/``--metrics-port``)
+    override ``NIRWATCH_INGEST_BATCH``/``_PRODUCT`` (``_METRICS_HOST``/``_METRICS_PORT``).
 
     Raises
     ------
@@ -39,7 +32,7 @@ def ingest_settings(command: str, args: argparse.Namespace | None = None) -> Ing
         Without ``NIRWATCH_KAFKA_BOOTSTRAP``: an adapter never starts a broker of its own.
     """
     overrides: dict[str, Any] = {}
-    for name in ("batch", "product"):
+    for name in ("batch", "product", "metrics_host", "metrics_port"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

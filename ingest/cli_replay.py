@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import threading
 
-from ingest.cli_common import add_batch_option, ingest_settings, install_stop_handlers
+from ingest.cli_common import add_batch_option, ingest_settings
 from ingest.producer import SpectrumProducer
 from ingest.replay import FERMENTATION, load_dataset, replay_rows
 from ingest.streaming import stream_rows
+from nirwatch.signals import stop_on_signals
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,38 +30,37 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    settings = ingest_settings("replay", args)
-    ds = load_dataset(args.data)
-    instruments = args.instrument or [ds.name]
-    # The fermentation set is not a tablet: its own product name unless one is given.
-    fermentation = args.data == FERMENTATION and args.product is None
-    if args.duration is not None:
-        timer = threading.Timer(args.duration, stop.set)
-        timer.daemon = True
-        timer.start()
-    print(
-        f"replaying {len(ds)} spectra of {ds.name} (grid {ds.grid}) as {', '.join(instruments)}"
-        f" at {args.rate:g}/s{' in a loop' if args.loop else ''} -> "
-        f"{settings.kafka.topic_spectra} on {settings.kafka.bootstrap}"
-    )
-    with SpectrumProducer(settings, source=f"replay:{ds.name}") as producer:
-        stats = stream_rows(
-            replay_rows(ds, instruments, loop=args.loop),
-            ds.grid,
-            producer,
-            rate_hz=args.rate,
-            stop=stop,
-            max_lag_s=settings.max_lag_s,
-            product=FERMENTATION if fermentation else settings.product,
-            batch=settings.batch,
-            lab_target=args.lab_target,
-            lab_unit=args.lab_unit,
+    with stop_on_signals() as stop:
+        settings = ingest_settings("replay", args)
+        ds = load_dataset(args.data)
+        instruments = args.instrument or [ds.name]
+        # The fermentation set is not a tablet: its own product name unless one is given.
+        fermentation = args.data == FERMENTATION and args.product is None
+        if args.duration is not None:
+            timer = threading.Timer(args.duration, stop.set)
+            timer.daemon = True
+            timer.start()
+        print(
+            f"replaying {len(ds)} spectra of {ds.name} (grid {ds.grid}) as {', '.join(instruments)}"
+            f" at {args.rate:g}/s{' in a loop' if args.loop else ''} -> "
+            f"{settings.kafka.topic_spectra} on {settings.kafka.bootstrap}"
         )
-    print(
-        f"sent {stats.sent} spectra in {stats.elapsed_s:.1f} s ({stats.rate:.1f}/s), "
-        f"{stats.dead_lettered} dead-lettered, {stats.lab_results} lab results, "
-        f"{producer.failed} failed sends"
-    )
+        with SpectrumProducer(settings, source=f"replay:{ds.name}") as producer:
+            stats = stream_rows(
+                replay_rows(ds, instruments, loop=args.loop),
+                ds.grid,
+                producer,
+                rate_hz=args.rate,
+                stop=stop,
+                max_lag_s=settings.max_lag_s,
+                product=FERMENTATION if fermentation else settings.product,
+                batch=settings.batch,
+                lab_target=args.lab_target,
+                lab_unit=args.lab_unit,
+            )
+        print(
+            f"sent {stats.sent} spectra in {stats.elapsed_s:.1f} s ({stats.rate:.1f}/s), "
+            f"{stats.dead_lettered} dead-lettered, {stats.lab_results} lab results, "
+            f"{producer.failed} failed sends"
+        )
     return 0

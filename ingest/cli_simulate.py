@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import threading
 
-from ingest.cli_common import add_batch_option, ingest_settings, install_stop_handlers
+from ingest.cli_common import add_batch_option, ingest_settings
 from ingest.producer import SpectrumProducer
 from ingest.streaming import stream_simulator
+from nirwatch.signals import stop_on_signals
 from nirwatch.simulation.simulator import DRIFT_KINDS, Drift, ProbeSpec, TabletLineSimulator
 
 
@@ -42,30 +42,29 @@ def build_simulator(args: argparse.Namespace, seed: int) -> TabletLineSimulator:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    settings = ingest_settings("simulate", args)
-    sim = build_simulator(args, args.seed if args.seed is not None else settings.seed)
-    drift = f", drift {args.drift} at {args.drift_at:g} s" if args.drift else ""
-    print(
-        f"simulating {args.probes} probe(s) at {args.rate:g} spectra/s each{drift} "
-        f"-> {settings.kafka.topic_spectra} on {settings.kafka.bootstrap}"
-    )
-    with SpectrumProducer(settings, source="simulator", expected_grid=sim.grid) as producer:
-        stats = stream_simulator(
-            sim,
-            producer,
-            stop=stop,
-            duration_s=args.duration,
-            max_lag_s=settings.max_lag_s,
-            product=settings.product,
-            batch=settings.batch,
-            lab_every=args.lab_every if args.lab_results else 0,
-            lab_delay_s=args.lab_delay,
+    with stop_on_signals() as stop:
+        settings = ingest_settings("simulate", args)
+        sim = build_simulator(args, args.seed if args.seed is not None else settings.seed)
+        drift = f", drift {args.drift} at {args.drift_at:g} s" if args.drift else ""
+        print(
+            f"simulating {args.probes} probe(s) at {args.rate:g} spectra/s each{drift} "
+            f"-> {settings.kafka.topic_spectra} on {settings.kafka.bootstrap}"
         )
-    print(
-        f"sent {stats.sent} spectra in {stats.elapsed_s:.1f} s ({stats.rate:.1f}/s), "
-        f"{stats.dead_lettered} dead-lettered, {stats.lab_results} lab results, "
-        f"{producer.failed} failed sends"
-    )
+        with SpectrumProducer(settings, source="simulator", expected_grid=sim.grid) as producer:
+            stats = stream_simulator(
+                sim,
+                producer,
+                stop=stop,
+                duration_s=args.duration,
+                max_lag_s=settings.max_lag_s,
+                product=settings.product,
+                batch=settings.batch,
+                lab_every=args.lab_every if args.lab_results else 0,
+                lab_delay_s=args.lab_delay,
+            )
+        print(
+            f"sent {stats.sent} spectra in {stats.elapsed_s:.1f} s ({stats.rate:.1f}/s), "
+            f"{stats.dead_lettered} dead-lettered, {stats.lab_results} lab results, "
+            f"{producer.failed} failed sends"
+        )
     return 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
@@ -26,6 +24,7 @@ from nirwatch.models.bundle import read_manifest
 from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import start_metrics_server
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
+from nirwatch.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,9 @@ def registry_rmsecv(registry: ModelRegistry) -> Callable[[str], float | None]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 9109)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus endpoint port (default 9109; 0: none)"
+    )
     parser.add_argument(
         "--rmsecv",
         type=float,
@@ -65,34 +66,34 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(DriftSettings, **overrides)
     kafka = load_settings(KafkaSettings)
     require_bootstrap(kafka, "drift-monitor")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    registry = CollectorRegistry()
-    reg = load_settings(RegistrySettings)
-    rmsecv_for = None
-    if args.rmsecv is None and reg.dir is not None:
-        rmsecv_for = registry_rmsecv(ModelRegistry(reg.dir, hmac_key=reg.key()))
-    monitor = DriftMonitor(
-        DriftMetrics(registry), settings, rmsecv=args.rmsecv, rmsecv_for=rmsecv_for
-    )
-    server = start_metrics_server(
-        registry, settings.metrics_host, settings.metrics_port,
-        "--metrics-port or NIRWATCH_DRIFT_METRICS_PORT",
-    )  # fmt: skip
-    print(f"drift metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics")
-    if args.rmsecv is None and rmsecv_for is None:
-        log_event(
-            log, "lab_checks_off", level=logging.WARNING,
-            why="no RMSECV: set NIRWATCH_REGISTRY_DIR (each model's RMSECV) or pass --rmsecv",
+    with stop_on_signals() as stop:
+        registry = CollectorRegistry()
+        reg = load_settings(RegistrySettings)
+        rmsecv_for = None
+        if args.rmsecv is None and reg.dir is not None:
+            rmsecv_for = registry_rmsecv(ModelRegistry(reg.dir, hmac_key=reg.key()))
+        monitor = DriftMonitor(
+            DriftMetrics(registry), settings, rmsecv=args.rmsecv, rmsecv_for=rmsecv_for
+        )
+        server = start_metrics_server(
+            registry, settings.metrics_host, settings.metrics_port,
+            "--metrics-port or NIRWATCH_DRIFT_METRICS_PORT (0: no endpoint)",
         )  # fmt: skip
-    log_event(
-        log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=args.group_id,
-        metrics=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-        registry=reg.dir, rmsecv=args.rmsecv,
-    )  # fmt: skip
-    try:
-        run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
-    finally:
-        server.shutdown()
+        url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if server else None
+        print(f"drift metrics: {url or 'off (metrics port 0)'}")
+        if args.rmsecv is None and rmsecv_for is None:
+            log_event(
+                log, "lab_checks_off", level=logging.WARNING,
+                why="no RMSECV: set NIRWATCH_REGISTRY_DIR (each model's RMSECV) or pass --rmsecv",
+            )  # fmt: skip
+        log_event(
+            log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=args.group_id,
+            metrics=url,
+            registry=reg.dir, rmsecv=args.rmsecv,
+        )  # fmt: skip
+        try:
+            run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
+        finally:
+            if server is not None:
+                server.shutdown()
     return 0

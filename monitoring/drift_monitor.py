@@ -80,7 +80,7 @@ class DriftSettings(NirwatchSettings):
     )
     max_groups: int = Field(default=64, ge=1)
     metrics_host: str = Field(default="127.0.0.1", description="nirwatch drift-monitor endpoint")
-    metrics_port: int = Field(default=9109, ge=1, le=65535)
+    metrics_port: int = Field(default=9109, ge=0, le=65535, description="0: no HTTP endpoint")
     join_cache_size: int = Field(default=100_000, ge=1)
 
 

@@ -38,13 +38,20 @@ def check_port_free(host: str, port: int, hint: str) -> None:
             raise port_error(exc, host, port, hint) from None
 
 
-def start_metrics_server(registry: Any, host: str, port: int, setting: str) -> Any:
+#: what a metrics port of 0 means, for every command: no endpoint (never "any free port")
+NO_METRICS_PORT = 0
+
+
+def start_metrics_server(registry: Any, host: str, port: int, setting: str) -> Any | None:
     """``prometheus_client.start_http_server`` with a one-line error for a taken port.
 
-    Returns the server (call ``shutdown()`` on it when the service stops).
+    Returns the server (call ``shutdown()`` on it when the service stops), or None for port
+    0: no endpoint, the one meaning of 0 for every ``--metrics-port`` and ``*_METRICS_PORT``.
     """
     from prometheus_client import start_http_server
 
+    if port == NO_METRICS_PORT:
+        return None
     try:
         server, _ = start_http_server(port, host, registry)
     except OSError as exc:

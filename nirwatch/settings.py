@@ -8,12 +8,13 @@ Each service owns one frozen settings object (``NIRWATCH_`` env prefix) that it 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from nirwatch.errors import BrokerNotConfiguredError, ConfigError
+from nirwatch.renames import renamed_env_sources
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -40,9 +41,26 @@ def under_state_dir(data: Any, field: str, name: str) -> Any:
 
 
 class NirwatchSettings(BaseSettings):
-    """Base class: frozen, ``NIRWATCH_`` prefix, unknown variables ignored."""
+    """Base class: frozen, ``NIRWATCH_`` prefix, unknown variables ignored.
+
+    ``renamed_env`` maps a variable's old name to its field: still read, below the new name,
+    with a warning (:mod:`nirwatch.renames`).
+    """
 
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_", frozen=True, extra="ignore")
+    renamed_env: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return renamed_env_sources(settings_cls, sources)
 
 
 class KafkaSettings(NirwatchSettings):

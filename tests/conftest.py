@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +46,32 @@ def shootout_csv() -> Path:
     if not SHOOTOUT.exists():
         pytest.skip(f"shootout data not found at {SHOOTOUT}")
     return SHOOTOUT
+
+
+@pytest.fixture
+def signal_handlers_kept() -> Iterator[None]:
+    """Fails the test when the code under test left its SIGINT/SIGTERM handlers installed.
+
+    Commands install theirs with :func:`nirwatch.signals.stop_on_signals`, which restores the
+    previous ones; the handlers are restored here either way, so one leak fails one test only.
+    """
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    left = {s.name: signal.getsignal(s) for s, h in handlers.items() if signal.getsignal(s) != h}
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    assert not left, f"signal handlers left installed: {left}"
+
+
+@pytest.fixture
+def cli_env(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch, signal_handlers_kept: None
+) -> Iterator[KafkaSettings]:
+    """Commands run through ``main()`` use the test broker and the test's own topics."""
+    assert kafka_settings.bootstrap
+    monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
+    for topic in ("spectra", "dead_letter", "lab_results", "predictions"):
+        monkeypatch.setenv(
+            f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
+        )
+    yield kafka_settings

@@ -11,7 +11,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import wait_until
 
 from nirwatch.transport.broker import free_port
 
@@ -48,16 +48,17 @@ class Server:
 
 
 def _wait_ready(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.url} exited early:\n{server.log}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.url} not ready within {timeout} s:\n{server.log}")
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1) as resp:
+            return bool(resp.status == 200)
+
+    def exited() -> str | None:
+        return None if server.process.poll() is None else "it exited"
+
+    try:
+        wait_until(ready, timeout, f"{server.url} to be ready", ignore=(OSError,), abort=exited)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{server.log}") from None
 
 
 @contextlib.contextmanager
@@ -155,14 +156,3 @@ def query(server: Server, expr: str) -> list[dict[str, Any]]:
         raise RuntimeError(f"query {expr!r} failed: {body}")
     result = body["data"]["result"]
     return result if isinstance(result, list) else [result]
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> Any:
-    """Poll ``predicate()`` until it returns something truthy; returns it or raises."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met within {timeout} s")

@@ -13,6 +13,7 @@ Module-level imports also form no cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,3 +207,70 @@ def test_the_length_check_sees_long_functions(tmp_path: Path) -> None:
     )
     found = dict(long_functions(src))
     assert found == {"too_long": 81, "C.method": 81, "outer.inner": 81, "outer": 84}
+
+
+def test_the_service_package_names_are_ours_alone() -> None:
+    """README, Layout: the services install as top-level packages under generic names, which
+    is safe only while no other installed distribution provides them and each import of them
+    resolves to this repository."""
+    import importlib.util
+    from importlib.metadata import packages_distributions
+
+    providers = packages_distributions()
+    for name in PACKAGES:
+        others = set(providers.get(name, [])) - {"nirwatch"}
+        assert not others, f"{name} is also provided by {sorted(others)}"
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        assert Path(spec.origin).resolve().is_relative_to(ROOT), f"{name} from {spec.origin}"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"^include = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert include is not None
+    assert sorted(include.group(1).replace('"', "").replace("*", "").split(", ")) == sorted(
+        PACKAGES
+    )
+
+
+TESTS = ROOT / "tests"
+
+
+def local_test_imports(path: Path) -> set[str]:
+    """Modules of tests/ that ``path`` imports (``x`` or ``tests.x``), wherever the statement."""
+    local = {p.stem for p in TESTS.glob("*.py")}
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "tests" and len(parts) > 1:
+                parts = parts[1:]
+            if parts[0] in local:
+                out.add(parts[0])
+    return out
+
+
+def test_no_test_module_imports_another() -> None:
+    """Helpers shared by tests live in support modules (support, worker_support, builders,
+    bundle_support, promstack, metric_sets) and fixtures in conftest: no module of tests/
+    imports a test module (or conftest), so a test's private helper never becomes another's."""
+    offenders = {
+        (path.name, dep)
+        for path in TESTS.glob("*.py")
+        for dep in local_test_imports(path)
+        if dep.startswith("test_") or dep == "conftest"
+    }
+    assert not offenders, sorted(offenders)
+
+
+def test_the_test_import_check_sees_every_spelling(tmp_path: Path) -> None:
+    # Guards the check above against a parser that finds nothing.
+    src = tmp_path / "test_x.py"
+    src.write_text("import tests.test_cnn\n\ndef f():\n    from test_audit import publication\n")
+    assert local_test_imports(src) == {"test_audit", "test_cnn"}
+    assert "support" in local_test_imports(TESTS / "test_worker.py")

@@ -8,19 +8,17 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import pytest
+from builders import publication
 
 from nirwatch.apps.cli import build_parser
 from nirwatch.apps.cli_audit import parse_since, run
 from nirwatch.errors import ConfigError
 from nirwatch.messages.prediction import Prediction
-from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.records.audit import (
     COLUMNS,
     NOT_AUDITED,
@@ -31,35 +29,6 @@ from nirwatch.records.audit import (
     open_audit_trail,
 )
 from nirwatch.settings import load_settings
-
-GRID = "lin:600:1898:2"
-
-
-def _publication(
-    sample: str, instrument: str = "probe-1", published_at: float | None = None, **kw: object
-) -> tuple[Prediction, bytes]:
-    mid = str(kw.pop("message_id", new_message_id()))
-    h = SpectrumHeader(mid, instrument, sample, 1.7e9, GRID, 650)
-    raw = encode_spectrum(h, np.random.default_rng(abs(hash(mid)) % 2**32).normal(size=650))
-    base: dict[str, object] = dict(
-        prediction_id=uuid.uuid4().hex,
-        message_id=mid,
-        instrument_id=instrument,
-        sample_id=sample,
-        timestamp=1.7e9,
-        published_at=time.time() if published_at is None else published_at,
-        target="api_mg",
-        value=201.5,
-        model="cnn",
-        model_version="3",
-        bundle_checksum="c" * 64,
-        t2=1.2,
-        q=0.03,
-        t2_limit=9.0,
-        q_limit=0.1,
-    )
-    base.update(kw)
-    return Prediction(**base), raw  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -99,7 +68,7 @@ def test_the_audit_columns_are_the_predictions_fields_and_the_table_is_unchanged
 
 
 def test_records_carry_hash_of_raw_bytes_and_diagnostics() -> None:
-    p, raw = _publication("s1", model="pls", fallback_reason="cnn_error", out_of_model=True)
+    p, raw = publication("s1", model="pls", fallback_reason="cnn_error", out_of_model=True)
     (rec,) = audit_records([p], [raw])
     assert rec.spectrum_sha256 == hashlib.sha256(raw).hexdigest()
     assert (rec.model, rec.fallback_reason, rec.out_of_model) == ("pls", "cnn_error", True)
@@ -109,7 +78,7 @@ def test_records_carry_hash_of_raw_bytes_and_diagnostics() -> None:
 
 
 def test_append_query_and_idempotent_retry(trail: SQLiteAuditTrail) -> None:
-    pubs = [_publication(f"s{i % 3}", instrument=f"probe-{i % 2}") for i in range(30)]
+    pubs = [publication(f"s{i % 3}", instrument=f"probe-{i % 2}") for i in range(30)]
     recs = audit_records([p for p, _ in pubs], [r for _, r in pubs])
     assert trail.append_many(recs[:20]) == 20
     # A retried batch that partly landed before: only the new ones are added.
@@ -126,16 +95,16 @@ def test_append_query_and_idempotent_retry(trail: SQLiteAuditTrail) -> None:
 
 def test_since_until_filter_on_published_at(trail: SQLiteAuditTrail) -> None:
     t0 = 1_800_000_000.0
-    pubs = [_publication("s", published_at=t0 + i) for i in range(10)]
+    pubs = [publication("s", published_at=t0 + i) for i in range(10)]
     trail.append_many(audit_records([p for p, _ in pubs], [r for _, r in pubs]))
     assert [r.published_at for r in trail.query(since=t0 + 7)] == [t0 + 7, t0 + 8, t0 + 9]
     assert len(trail.query(since=t0 + 2, until=t0 + 5)) == 3
 
 
 def test_redelivery_is_kept_and_traceable_by_message_id(trail: SQLiteAuditTrail) -> None:
-    p1, raw = _publication("s9", message_id="m-dup")
-    p2, _ = _publication("s9", message_id="m-dup")  # same message, new prediction id
-    p3, raw3 = _publication("s10")
+    p1, raw = publication("s9", message_id="m-dup")
+    p2, _ = publication("s9", message_id="m-dup")  # same message, new prediction id
+    p3, raw3 = publication("s10")
     trail.append_many(audit_records([p1, p2, p3], [raw, raw, raw3]))
     assert trail.duplicate_message_ids() == {"m-dup": 2}
     again = trail.query(message_id="m-dup")
@@ -153,7 +122,7 @@ def test_redelivery_is_kept_and_traceable_by_message_id(trail: SQLiteAuditTrail)
     ],
 )
 def test_direct_sql_cannot_change_history(trail: SQLiteAuditTrail, sql: str) -> None:
-    pubs = [_publication("s1", out_of_model=True) for _ in range(3)]
+    pubs = [publication("s1", out_of_model=True) for _ in range(3)]
     recs = audit_records([p for p, _ in pubs], [r for _, r in pubs])
     trail.append_many(recs)
     other = sqlite3.connect(trail.path)
@@ -169,7 +138,7 @@ def test_direct_sql_cannot_change_history(trail: SQLiteAuditTrail, sql: str) -> 
 @pytest.mark.parametrize("verb", ["INSERT OR REPLACE", "REPLACE"])
 def test_replace_cannot_rewrite_history(trail: SQLiteAuditTrail, verb: str) -> None:
     # REPLACE deletes the colliding row without firing DELETE triggers: it must be a no-op.
-    pubs = [_publication("s1") for _ in range(3)]
+    pubs = [publication("s1") for _ in range(3)]
     recs = audit_records([p for p, _ in pubs], [r for _, r in pubs])
     trail.append_many(recs)
     cols = ["seq", *COLUMNS, "recorded_at"]
@@ -190,7 +159,7 @@ def test_replace_cannot_rewrite_history(trail: SQLiteAuditTrail, verb: str) -> N
 
 
 def test_failed_batch_leaves_nothing(trail: SQLiteAuditTrail) -> None:
-    pubs = [_publication("s1") for _ in range(5)]
+    pubs = [publication("s1") for _ in range(5)]
     recs = audit_records([p for p, _ in pubs], [r for _, r in pubs])
     bad = recs[:4] + [recs[4]._replace(sample_id=None)]  # type: ignore[arg-type]
     with pytest.raises(AuditError, match="NOT NULL"):
@@ -201,7 +170,7 @@ def test_failed_batch_leaves_nothing(trail: SQLiteAuditTrail) -> None:
 def test_append_from_other_threads_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "a" / "audit.sqlite3"
     trail = SQLiteAuditTrail(path)
-    batches = [[_publication(f"s{t}") for _ in range(50)] for t in range(4)]
+    batches = [[publication(f"s{t}") for _ in range(50)] for t in range(4)]
 
     def work(batch: list[tuple[Prediction, bytes]]) -> None:
         for i in range(0, 50, 10):
@@ -253,8 +222,8 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 
 def test_cli_queries_by_sample_since_and_json(trail: SQLiteAuditTrail) -> None:
     now = time.time()
-    old = [_publication("lot-A", published_at=now - 7200) for _ in range(2)]
-    new = [_publication("lot-A", published_at=now - 60), _publication("lot-B", out_of_model=True)]
+    old = [publication("lot-A", published_at=now - 7200) for _ in range(2)]
+    new = [publication("lot-A", published_at=now - 60), publication("lot-B", out_of_model=True)]
     pubs = old + new
     trail.append_many(audit_records([p for p, _ in pubs], [r for _, r in pubs]))
 

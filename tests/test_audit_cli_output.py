@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_audit import _publication
-from test_ingest_producer import read_topic
-from test_ingest_replay import cli_env, write_csv  # noqa: F401 - cli_env is a fixture
+from builders import publication, write_csv
+from support import read_topic
 
 from nirwatch.apps.cli import build_parser, main
 from nirwatch.apps.cli_audit import run
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _trail(path: Path, n: int, **kw: object) -> SQLiteAuditTrail:
     trail = SQLiteAuditTrail(path)
-    pubs = [_publication(f"probe-1-{i:012d}", **kw) for i in range(n)]
+    pubs = [publication(f"probe-1-{i:012d}", **kw) for i in range(n)]
     trail.append_many(audit_records([p for p, _ in pubs], [r for _, r in pubs]))
     return trail
 
@@ -78,9 +77,9 @@ def test_duplicates_says_when_there_are_none(
     rc, text, err = _cli(["--db", str(trail.path), "--duplicates", "--json"], capsys)
     assert text == "" and "no duplicates" in err
 
-    again = _publication("s", message_id="m-1")
+    again = publication("s", message_id="m-1")
     trail.append_many(audit_records([again[0]], [again[1]]))
-    redelivered = _publication("s", message_id="m-1")
+    redelivered = publication("s", message_id="m-1")
     trail.append_many(audit_records([redelivered[0]], [redelivered[1]]))
     rc, text, _ = _cli(["--db", str(trail.path), "--duplicates"], capsys)
     assert text.strip() == "m-1 2"

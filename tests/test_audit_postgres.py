@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_audit import _publication
+from builders import publication
 
 from nirwatch.records.audit import (
     AuditRecord,
@@ -77,7 +77,7 @@ def postgres_dsn() -> Iterator[str]:
 
 def _records(n: int, sample: str = "s1", message_id: str | None = None) -> list[AuditRecord]:
     pubs = [
-        _publication(sample, message_id=message_id) if message_id else _publication(sample)
+        publication(sample, message_id=message_id) if message_id else publication(sample)
         for _ in range(n)
     ]
     return audit_records([p for p, _ in pubs], [r for _, r in pubs])

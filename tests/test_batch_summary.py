@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import publication
 
 from nirwatch.apps.cli import build_parser
 from nirwatch.apps.cli_audit import run
 from nirwatch.errors import ConfigError, DataError
 from nirwatch.records.audit import SQLiteAuditTrail, audit_records
 from nirwatch.records.batch_summary import format_summary, summarize_batch
-from tests.test_audit import _publication
 
 
 def _trail(tmp_path: Path) -> tuple[SQLiteAuditTrail, list[float]]:
@@ -24,12 +24,12 @@ def _trail(tmp_path: Path) -> tuple[SQLiteAuditTrail, list[float]]:
     model, one held (outside the calibrated range), one far out (150 mg); batch B2: 3 units."""
     rng = np.random.default_rng(0)
     values = [float(v) for v in rng.normal(201.0, 3.0, 37)] + [150.0]
-    pubs = [_publication(f"s{i}", batch="B1", value=v) for i, v in enumerate(values)]
-    pubs.append(_publication("oom", batch="B1", value=260.0, out_of_model=True, releasable=False))
-    pubs.append(_publication("held", batch="B1", value=245.0, releasable=False))
+    pubs = [publication(f"s{i}", batch="B1", value=v) for i, v in enumerate(values)]
+    pubs.append(publication("oom", batch="B1", value=260.0, out_of_model=True, releasable=False))
+    pubs.append(publication("held", batch="B1", value=245.0, releasable=False))
     # Redelivered after a restart: a new prediction of the same message.
     pubs.append((dataclasses.replace(pubs[3][0], prediction_id=uuid.uuid4().hex), pubs[3][1]))
-    pubs += [_publication(f"b2-{i}", batch="B2", value=190.0) for i in range(3)]
+    pubs += [publication(f"b2-{i}", batch="B2", value=190.0) for i in range(3)]
     trail = SQLiteAuditTrail(tmp_path / "audit.sqlite3")
     trail.append_many(audit_records([p for p, _ in pubs], [r for _, r in pubs]))
     return trail, values

@@ -59,7 +59,7 @@ def test_train_pls_register_and_predict(
 ) -> None:
     out, reg = tmp_path / "bundle", tmp_path / "registry"
     split = ["--split-column", "SampleType", "--train-values", "Train"]
-    rc = main(train_args(shootout_slice, out, *split, "--model", "pls", "--register", str(reg)))
+    rc = main(train_args(shootout_slice, out, *split, "--model", "pls", "--registry", str(reg)))
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "report/report.json").read_text())
     pls = report["models"]["pls"]
@@ -254,7 +254,7 @@ def test_signed_bundle_with_registry_key(
 ) -> None:
     monkeypatch.setenv("NIRWATCH_REGISTRY_HMAC_KEY", "k1")
     out, reg = tmp_path / "b", tmp_path / "reg"
-    assert main(train_args(shootout_slice, out, "--model", "pls", "--register", str(reg))) == 0
+    assert main(train_args(shootout_slice, out, "--model", "pls", "--registry", str(reg))) == 0
     assert (out / "manifest.sig").read_text().startswith("hmac-sha256:")
     preds = tmp_path / "p.csv"
     args = ["predict", "--bundle", str(out), "--data", str(shootout_slice), "--out", str(preds)]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from builders import FAST, SMALL, synthetic
 from safetensors.numpy import load_file, save_file
 
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
@@ -29,26 +30,6 @@ from training.cnn import (
     fit_cnn,
 )
 from training.cnn_ensemble import fit_cnn_ensemble, stratified_folds
-
-SMALL = CNNConfig(
-    conv_filters=(4,), kernel_sizes=(9,), strides=(1,), pool_size=4, dense_units=(16,)
-)
-FAST = TrainConfig(epochs=12, batch_size=32, learning_rate=3e-3, patience=50, device="cpu")
-
-
-def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two-component Beer–Lambert mixtures with offset, tilt, gain and noise; (X, y, wl)."""
-    rng = np.random.default_rng(seed)
-    wl = np.arange(1000.0, 1160.0, 2.0)
-    band_a = np.exp(-0.5 * ((wl - 1060) / 12) ** 2)
-    band_b = np.exp(-0.5 * ((wl - 1110) / 20) ** 2)
-    c = rng.uniform(0.2, 0.8, n)
-    X = c[:, None] * band_a + (1 - c)[:, None] * band_b
-    u = np.linspace(-0.5, 0.5, wl.size)
-    X = rng.uniform(0.9, 1.1, (n, 1)) * X + rng.normal(0, 0.05, (n, 1))
-    X = X + rng.normal(0, 0.03, (n, 1)) * u + rng.normal(0, 0.002, X.shape)
-    return X, 100 * c, wl
-
 
 # ---------------------------------------------------------------- model and config
 

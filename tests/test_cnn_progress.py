@@ -6,8 +6,8 @@ import io
 from dataclasses import replace
 
 import pytest
+from builders import FAST, SMALL, synthetic
 
-from tests.test_cnn import FAST, SMALL, synthetic
 from training.cnn import fit_cnn
 from training.cnn_ensemble import fit_cnn_ensemble
 from training.cnn_progress import TrainingProgress

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import wait_until
 
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import KafkaSettings
@@ -320,20 +320,21 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 def wait_for(what: str, check: Callable[[], Any], stack: Stack, timeout: float = 180.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, sqlite3.Error):
-            result = None
-        if result:
-            return result
+    """:func:`support.wait_until` that stops when a service dies and shows the services' logs."""
+
+    def died() -> str | None:
         for name, proc in stack.procs.items():
             if proc.poll() is not None and name in LONG_RUNNING:
-                pytest.fail(f"{name} exited with {proc.returncode}:\n{stack.log(name)[-3000:]}")
-        time.sleep(0.5)
-    logs = "\n".join(f"--- {n}\n{stack.log(n)[-2000:]}" for n in stack.procs)
-    pytest.fail(f"timed out waiting for {what}\n{logs}")
+                return f"{name} exited with {proc.returncode}:\n{stack.log(name)[-3000:]}"
+        return None
+
+    try:
+        return wait_until(
+            check, timeout, what, interval_s=0.5, ignore=(OSError, sqlite3.Error), abort=died
+        )
+    except AssertionError as exc:
+        logs = "\n".join(f"--- {n}\n{stack.log(n)[-2000:]}" for n in stack.procs)
+        pytest.fail(f"{exc}\n{logs}")
 
 
 def audit_rows(stack: Stack) -> int:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from metric_sets import JOBS, exported, misselected
 from prometheus_client import CollectorRegistry, start_http_server
+from support import wait_until
 
 from nirwatch.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
 from nirwatch.transport.broker import free_port
@@ -145,11 +146,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     try:
         with promstack.prometheus(tmp_path_factory.mktemp("prometheus"), targets) as prom:
             # a few scrapes of every job, so rate() has at least two points in its window
-            promstack.wait_for(
+            wait_until(
                 lambda: (
                     len(promstack.query(prom, "count_over_time(up[1m]) >= 4")) == len(JOB_NAMES)
                 ),
-                timeout=60,
+                60,
+                "four scrapes of every job",
+                interval_s=0.25,
             )
             yield prom
     finally:

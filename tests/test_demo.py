@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import re
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,21 +10,10 @@ from nirwatch.settings import KafkaSettings
 
 
 @pytest.fixture
-def demo_env(
-    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KafkaSettings]:
-    """The demo pointed at the test broker and the test's own topics."""
-    assert kafka_settings.bootstrap
-    monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
-    for topic in ("spectra", "dead_letter", "lab_results", "predictions"):
-        monkeypatch.setenv(
-            f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
-        )
+def demo_env(cli_env: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> KafkaSettings:
+    """The demo pointed at the test broker and the test's own topics (3 partitions each)."""
     monkeypatch.setenv("NIRWATCH_KAFKA_PARTITIONS", "3")
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield kafka_settings
-    for s, h in handlers.items():
-        signal.signal(s, h)
+    return cli_env
 
 
 @pytest.mark.kafka

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 from kafka import KafkaProducer
+from support import wait_until
 
 from nirwatch.messages.prediction import Prediction
 from nirwatch.settings import KafkaSettings
@@ -67,11 +67,10 @@ def test_drift_monitor_process_exports_drift(kafka_settings: KafkaSettings) -> N
             'nirwatch_drift_detected{detector="content_page_hinkley",'
             'instrument="probe-9",product="tablet-x"} 1.0'
         )
-        deadline = time.monotonic() + 90
-        while line not in _metrics(port) and time.monotonic() < deadline:
-            assert proc.poll() is None, "drift-monitor exited early"
-            time.sleep(0.2)
-        assert line in _metrics(port), _metrics(port)
+        wait_until(
+            lambda: line in _metrics(port), 90, f"{line} in the metrics", interval_s=0.2,
+            abort=lambda: "drift-monitor exited" if proc.poll() is not None else None,
+        )  # fmt: skip
         assert "nirwatch_model_rmsecv 2.0" in _metrics(port)
         # only its own metric set: a worker metric at zero would fire worker alerts on this job
         exposition = _metrics(port)

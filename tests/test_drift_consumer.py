@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
+from support import wait_until
 
 from monitoring.drift_consumer import run_drift_consumer
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
@@ -29,15 +30,6 @@ def _prediction(i: int, value: float) -> Prediction:
         bundle_checksum="c", product="tablet-a", cnn_value=value, pls_value=value,
         t2=3.0, q=0.001, t2_limit=15.0, q_limit=0.01,
     )  # fmt: skip
-
-
-def _wait(predicate, timeout: float = 120.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_drift_consumer_detects_shift_and_joins_lab_results(kafka_settings: KafkaSettings) -> None:
@@ -75,9 +67,9 @@ def test_drift_consumer_detects_shift_and_joins_lab_results(kafka_settings: Kafk
     )
     thread.start()
     try:
-        assert _wait(lambda: sum(seen) == len(values) and registry.get_sample_value(
+        wait_until(lambda: sum(seen) == len(values) and registry.get_sample_value(
             "nirwatch_lab_bias", {"instrument": "probe-1", "product": "tablet-a"}
-        ) is not None)  # fmt: skip
+        ) is not None, 120, "every prediction and the lab bias", interval_s=0.1)  # fmt: skip
     finally:
         stop.set()
         thread.join(30)

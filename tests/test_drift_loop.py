@@ -24,6 +24,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, start_http_server
+from support import wait_until
 
 from inference.reload import RegistrySource
 from inference.settings import WorkerSettings
@@ -61,16 +62,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not promstack.HAVE_BINARIES, reason="prometheus/alertmanager missing"),
 ]
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _rules(tmp: Path) -> Path:
@@ -214,8 +205,8 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
             probe.start()
             firing = 'ALERTS{alertname="NirwatchDriftDetected", alertstate="firing"}'
             # normal operation: predictions flow, no drift alert
-            _wait(lambda: first_seen.get(first), 120, "first predictions")
-            onset = _wait(lambda: probe.onset, 120, "drift onset")
+            wait_until(lambda: first_seen.get(first), 120, "first predictions", interval_s=0.1)
+            onset = wait_until(lambda: probe.onset, 120, "drift onset", interval_s=0.1)
             assert not promstack.query(prom, firing), "drift alert before the drift"
             # No detector before the onset. Not `not monitor.drifting()` here: at 80 spectra/s the
             # first drifted predictions can reach the monitor, and a detector latch on them
@@ -223,10 +214,15 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
             # as predictions arrive, so one caused by the drift is always after the onset.
             assert not detected or detected[0] >= onset, (detected, onset, monitor.drifting())
 
-            _wait(lambda: promstack.query(prom, firing), 300, "the drift alert to fire")
+            wait_until(
+                lambda: promstack.query(prom, firing),
+                300,
+                "the drift alert to fire",
+                interval_s=0.1,
+            )
             t_alert = time.monotonic()
             alerts = {r["metric"]["detector"] for r in promstack.query(prom, firing)}
-            _wait(lambda: service.reports, 300, "a webhook-triggered retrain")
+            wait_until(lambda: service.reports, 300, "a webhook-triggered retrain", interval_s=0.1)
             t_retrained = time.monotonic()
             report = service.reports[0]
             assert report["trigger"] == "webhook", report
@@ -234,7 +230,9 @@ def test_drift_alert_retrains_promotes_and_worker_serves_new_model(
             assert report["decision"] == "promoted", report["why"]
             new = report["candidate"]
             assert registry.champion_version() == new != first
-            _wait(lambda: first_seen.get(new), 120, "predictions by the new model")
+            wait_until(
+                lambda: first_seen.get(new), 120, "predictions by the new model", interval_s=0.1
+            )
             t_serving = first_seen[new]
     finally:
         probe.stop.set()

@@ -3,78 +3,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from builders import drift_monitor, drift_predictions, feed
 from prometheus_client import CollectorRegistry
 
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
 from nirwatch.messages.lab_result import LabResult
-from nirwatch.messages.prediction import Prediction
 from nirwatch.metrics import DriftMetrics
-
-
-def _predictions(
-    rng: np.random.Generator,
-    n: int,
-    *,
-    instrument: str = "probe-1",
-    product: str = "tablet-a",
-    content: float = 200.0,
-    disagreement: float = 0.0,
-    oom_rate: float = 0.02,
-    version: str = "v0001",
-    start: int = 0,
-) -> Iterator[Prediction]:
-    for i in range(start, start + n):
-        cnn = content + rng.normal(0, 3.0)
-        pls = cnn - disagreement + rng.normal(0, 1.0)
-        yield Prediction(
-            prediction_id=f"p{i}",
-            message_id=f"m{i}",
-            instrument_id=instrument,
-            sample_id=f"{instrument}-{i}",
-            timestamp=1e9 + i,
-            published_at=1e9 + i,
-            target="assay",
-            value=cnn,
-            model="cnn",
-            model_version=version,
-            bundle_checksum="abc",
-            product=product,
-            cnn_value=cnn,
-            pls_value=pls,
-            t2=float(rng.chisquare(5)),
-            q=float(rng.gamma(2.0, 0.002)),
-            t2_limit=15.09,
-            q_limit=0.0133,
-            out_of_model=bool(rng.random() < oom_rate),
-        )
-
-
-def _monitor(**settings: Any) -> tuple[DriftMonitor, CollectorRegistry]:
-    registry = CollectorRegistry()
-    return DriftMonitor(DriftMetrics(registry), DriftSettings(**settings), rmsecv=4.0), registry
 
 
 def _gauge(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
 
 
-def _feed(monitor: DriftMonitor, stream: Iterator[Prediction], batch: int = 100) -> None:
-    items = list(stream)
-    for i in range(0, len(items), batch):
-        monitor.observe(items[i : i + batch])
-
-
 def test_stationary_stream_raises_no_drift() -> None:
-    monitor, registry = _monitor()
+    monitor, registry = drift_monitor()
     rng = np.random.default_rng(0)
-    _feed(monitor, _predictions(rng, 20_000))
-    _feed(monitor, _predictions(rng, 20_000, instrument="probe-2", product="tablet-b"))
+    feed(monitor, drift_predictions(rng, 20_000))
+    feed(monitor, drift_predictions(rng, 20_000, instrument="probe-2", product="tablet-b"))
     assert monitor.drifting() == []
     for detector in ("exceedance_rate", "mean_shift", "content_page_hinkley", "cnn_pls_cusum"):
         labels = {"instrument": "probe-1", "product": "tablet-a", "detector": detector}
@@ -84,11 +33,11 @@ def test_stationary_stream_raises_no_drift() -> None:
 
 
 def test_content_shift_is_detected_for_its_group_only() -> None:
-    monitor, registry = _monitor()
+    monitor, registry = drift_monitor()
     rng = np.random.default_rng(1)
-    _feed(monitor, _predictions(rng, 2_000))
-    _feed(monitor, _predictions(rng, 2_000, instrument="probe-2"))
-    _feed(monitor, _predictions(rng, 300, content=210.0, start=2_000))  # +3.3 sd
+    feed(monitor, drift_predictions(rng, 2_000))
+    feed(monitor, drift_predictions(rng, 2_000, instrument="probe-2"))
+    feed(monitor, drift_predictions(rng, 300, content=210.0, start=2_000))  # +3.3 sd
     drifting = monitor.drifting()
     assert ("probe-1", "tablet-a", "content_page_hinkley") in drifting
     assert all(d[0] == "probe-1" for d in drifting)
@@ -98,30 +47,30 @@ def test_content_shift_is_detected_for_its_group_only() -> None:
 
 
 def test_input_and_disagreement_drift_are_detected() -> None:
-    monitor, _ = _monitor()
+    monitor, _ = drift_monitor()
     rng = np.random.default_rng(2)
-    _feed(monitor, _predictions(rng, 2_000))
-    _feed(monitor, _predictions(rng, 1_000, oom_rate=0.2, disagreement=4.0, start=2_000))
+    feed(monitor, drift_predictions(rng, 2_000))
+    feed(monitor, drift_predictions(rng, 1_000, oom_rate=0.2, disagreement=4.0, start=2_000))
     detectors = {d[2] for d in monitor.drifting()}
     assert {"exceedance_rate", "cnn_pls_cusum"} <= detectors
 
 
 def test_new_model_version_resets_detectors() -> None:
-    monitor, registry = _monitor()
+    monitor, registry = drift_monitor()
     rng = np.random.default_rng(3)
-    _feed(monitor, _predictions(rng, 2_000))
-    _feed(monitor, _predictions(rng, 300, content=215.0, start=2_000))
+    feed(monitor, drift_predictions(rng, 2_000))
+    feed(monitor, drift_predictions(rng, 300, content=215.0, start=2_000))
     assert monitor.drifting()
-    _feed(monitor, _predictions(rng, 10, content=215.0, version="v0002", start=3_000))
+    feed(monitor, drift_predictions(rng, 10, content=215.0, version="v0002", start=3_000))
     assert monitor.drifting() == []
     labels = {"instrument": "probe-1", "product": "tablet-a", "detector": "content_page_hinkley"}
     assert _gauge(registry, "nirwatch_drift_detected", **labels) == 0.0
 
 
 def test_lab_results_are_joined_by_sample_id_and_tracked() -> None:
-    monitor, registry = _monitor(lab_min_samples=5)
+    monitor, registry = drift_monitor(lab_min_samples=5)
     rng = np.random.default_rng(4)
-    preds = list(_predictions(rng, 40))
+    preds = list(drift_predictions(rng, 40))
     monitor.observe(preds[:20])
     early = [LabResult(p.sample_id, (p.value or 0) - 8.0, 0.0) for p in preds[20:30]]
     assert monitor.observe_lab(early) == 0  # their predictions have not arrived yet
@@ -137,8 +86,8 @@ def test_lab_results_are_joined_by_sample_id_and_tracked() -> None:
 
 
 def test_lab_join_is_bounded_by_join_cache_size() -> None:
-    monitor, _ = _monitor(join_cache_size=3)
-    preds = list(_predictions(np.random.default_rng(7), 5))
+    monitor, _ = drift_monitor(join_cache_size=3)
+    preds = list(drift_predictions(np.random.default_rng(7), 5))
     monitor.observe(preds)
     lab = [LabResult(p.sample_id, 200.0, 0.0) for p in preds]
     assert monitor.observe_lab(lab[:1]) == 0  # its prediction was forgotten (5 > 3)
@@ -147,15 +96,15 @@ def test_lab_join_is_bounded_by_join_cache_size() -> None:
     # their predictions wait (and pair with a resent value) while the last three pair at once.
     early = [LabResult(f"probe-1-{i}", 200.0, 0.0) for i in range(100, 105)]
     assert monitor.observe_lab(early) == 0
-    monitor.observe(list(_predictions(np.random.default_rng(8), 5, start=100)))
+    monitor.observe(list(drift_predictions(np.random.default_rng(8), 5, start=100)))
     assert monitor.observe_lab(early) == 2
 
 
 def test_label_sets_are_bounded() -> None:
-    monitor, registry = _monitor(max_groups=2)
+    monitor, registry = drift_monitor(max_groups=2)
     rng = np.random.default_rng(5)
     for i in range(5):
-        monitor.observe(list(_predictions(rng, 3, instrument=f"probe-{i}")))
+        monitor.observe(list(drift_predictions(rng, 3, instrument=f"probe-{i}")))
     instruments = {
         s.labels["instrument"]
         for family in registry.collect()
@@ -167,10 +116,10 @@ def test_label_sets_are_bounded() -> None:
 
 def test_observe_cost_per_prediction_is_reported() -> None:
     """Not a timed assertion: prints the cost so the worker's budget can be judged."""
-    monitor, _ = _monitor()
-    preds = list(_predictions(np.random.default_rng(6), 5_000))
+    monitor, _ = drift_monitor()
+    preds = list(drift_predictions(np.random.default_rng(6), 5_000))
     t0 = time.perf_counter()
-    _feed(monitor, iter(preds), batch=500)
+    feed(monitor, iter(preds), batch=500)
     per = (time.perf_counter() - t0) / len(preds)
     print(f"DriftMonitor.observe: {per * 1e6:.1f} us per prediction")
     assert monitor.status()[("probe-1", "tablet-a")]
@@ -186,9 +135,9 @@ def test_rmsecv_of_each_new_model_comes_from_the_lookup() -> None:
 
     monitor = DriftMonitor(DriftMetrics(registry), DriftSettings(), rmsecv_for=lookup)
     rng = np.random.default_rng(7)
-    monitor.observe(list(_predictions(rng, 5)))
+    monitor.observe(list(drift_predictions(rng, 5)))
     assert registry.get_sample_value("nirwatch_model_rmsecv") == 4.0
-    monitor.observe(list(_predictions(rng, 5, version="v0002", start=5)))
+    monitor.observe(list(drift_predictions(rng, 5, version="v0002", start=5)))
     assert registry.get_sample_value("nirwatch_model_rmsecv") == 2.5
     assert asked == ["v0001", "v0002"]
     monitor.observe_lab([LabResult("probe-1-7", 0.0, 0.0)])

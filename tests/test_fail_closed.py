@@ -7,7 +7,6 @@ not a traceback. No test here needs a broker: each must fail before reaching one
 
 from __future__ import annotations
 
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,9 @@ import pytest
 
 from nirwatch.apps.cli import main
 from nirwatch.transport import broker
+
+#: every command here gives the process its signal handlers back when it stops
+pytestmark = pytest.mark.usefixtures("signal_handlers_kept")
 
 
 @pytest.fixture
@@ -29,10 +31,7 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(broker.EmbeddedBroker, "start", refuse)
     monkeypatch.setattr(broker, "docker_available", lambda: False)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 @pytest.fixture
@@ -94,13 +93,13 @@ def test_service_without_broker_refuses_to_start(
     assert not (tmp_path / "reports").exists()  # retrain-service trained nothing
 
 
-def test_retrain_bootstrap_and_no_kafka_need_no_broker(
+def test_retrain_initial_model_and_no_kafka_need_no_broker(
     no_broker: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first champion by hand (the compose init step) needs no broker."""
     argv = _argv("retrain-service", tmp_path, monkeypatch)
     monkeypatch.setenv("NIRWATCH_RETRAIN_POLICY", "auto")
-    assert main([*argv[:1], "--bootstrap", *argv[2:]]) == 0
+    assert main([*argv[:1], "--initial-model", *argv[2:]]) == 0
     assert (tmp_path / "registry" / "champion.json").exists()
 
 

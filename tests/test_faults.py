@@ -22,12 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-from test_worker_support import WL, make_header, mixtures, wait_until
+from support import read_topic, wait_until
+from worker_support import WL, make_header, mixtures
 
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
@@ -110,7 +112,7 @@ class WorkerProcess:
             str(self.bundle),
         ]
         cmd += ["--group-id", self.group_id, "--metrics-port", str(self.metrics_port)]
-        cmd += ["--batch-size", "256", "--max-wait-ms", "20", "--device", "cpu"]
+        cmd += ["--micro-batch-size", "256", "--max-wait-ms", "20", "--device", "cpu"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
         wait_until(lambda: self.metrics() is not None, 60, f"worker metrics ({self.log_tail()})")
@@ -230,28 +232,19 @@ def collect_predictions(
     kafka: KafkaSettings, wanted: set[str], timeout_s: float = 120
 ) -> list[Prediction]:
     """Every prediction on the topic, waiting until each wanted message id has one."""
-    consumer = make_consumer(kafka, None)
-    preds: list[Prediction] = []
     seen: set[str] = set()
-    try:
-        parts = None
-        deadline = time.monotonic() + timeout_s
-        while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(kafka.topic_predictions)
-            time.sleep(0.1)
-        tps = [TopicPartition(kafka.topic_predictions, p) for p in sorted(parts or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        quiet = 0
-        while time.monotonic() < deadline and (not wanted <= seen or quiet < 3):
-            got = consumer.poll(timeout_ms=300)
-            batch = [decode_prediction(r.value) for recs in got.values() for r in recs]
-            quiet = quiet + 1 if not batch and wanted <= seen else 0
-            preds.extend(batch)
-            seen.update(p.message_id for p in batch)
-    finally:
-        consumer.close()
-    return preds
+    done = 0
+
+    def all_seen(records: list[Any]) -> bool:
+        nonlocal done
+        seen.update(decode_prediction(r.value).message_id for r in records[done:])
+        done = len(records)
+        return wanted <= seen
+
+    records = read_topic(
+        kafka, kafka.topic_predictions, timeout_s=timeout_s, until=all_seen, settle_polls=3
+    )
+    return [decode_prediction(r.value) for r in records]
 
 
 def delivery_figures(sent: set[str], preds: list[Prediction]) -> dict[str, int]:
@@ -278,48 +271,23 @@ def where_lost(kafka: KafkaSettings, group: str, lost: set[str]) -> str:
     """Partition/offset of lost spectra and the group's committed offsets (failure message)."""
     from nirwatch.messages.spectrum import decode_spectrum
 
-    consumer = make_consumer(kafka, None)
-    try:
-        parts = sorted(consumer.partitions_for_topic(kafka.topic_spectra) or ())
-        tps = [TopicPartition(kafka.topic_spectra, p) for p in parts]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        found: list[tuple[int, int]] = []
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            got = consumer.poll(timeout_ms=500)
-            if not got:
-                break
-            for recs in got.values():
-                for r in recs:
-                    if decode_spectrum(r.value)[0].message_id in lost:
-                        found.append((r.partition, r.offset))
-        high = {tp.partition: consumer.highwater(tp) for tp in tps}
-    finally:
-        consumer.close()
+    spectra = read_topic(kafka, kafka.topic_spectra, timeout_s=20, settle_polls=0)
+    found = [
+        (r.partition, r.offset) for r in spectra if decode_spectrum(r.value)[0].message_id in lost
+    ]
+    high: dict[int, int] = {}
+    for r in spectra:
+        high[r.partition] = max(high.get(r.partition, 0), r.offset + 1)
     g = make_consumer(kafka, group)
     try:
-        committed = {p: g.committed(TopicPartition(kafka.topic_spectra, p)) for p in parts}
+        committed = {p: g.committed(TopicPartition(kafka.topic_spectra, p)) for p in sorted(high)}
     finally:
         g.close(autocommit=False)
-    pc = make_consumer(kafka, None)
-    try:
-        pparts = sorted(pc.partitions_for_topic(kafka.topic_predictions) or ())
-        ptps = [TopicPartition(kafka.topic_predictions, p) for p in pparts]
-        pc.assign(ptps)
-        pc.seek_to_beginning(*ptps)
-        offsets: dict[int, list[int]] = collections.defaultdict(list)
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            got = pc.poll(timeout_ms=500)
-            if not got:
-                break
-            for recs in got.values():
-                offsets[recs[0].partition] += [r.offset for r in recs]
-        phigh = {tp.partition: pc.highwater(tp) for tp in ptps}
-        pinfo = {p: (len(o), min(o), max(o), len(set(o))) for p, o in offsets.items() if o}
-    finally:
-        pc.close()
+    offsets: dict[int, list[int]] = collections.defaultdict(list)
+    for r in read_topic(kafka, kafka.topic_predictions, timeout_s=20, settle_polls=0):
+        offsets[r.partition].append(r.offset)
+    phigh = {p: max(o) + 1 for p, o in offsets.items()}
+    pinfo = {p: (len(o), min(o), max(o), len(set(o))) for p, o in offsets.items() if o}
     return (
         f"lost at (partition, offset) {sorted(found)}; committed {committed}; high {high}; "
         f"predictions topic (n, min, max, distinct offsets) {pinfo}, high {phigh}"

@@ -12,14 +12,13 @@ import sys
 import time
 
 import numpy as np
-from test_worker import _malformed
-from test_worker_support import (
+from support import read_predictions, wait_until
+from worker_support import (
     committed_total,
+    malformed,
     produce,
-    read_predictions,
     spectra_messages,
     start_worker,
-    wait_until,
     worker_settings,
 )
 
@@ -33,7 +32,7 @@ INSTRUMENTS = [f"probe-{i}" for i in range(6)]
 def _drain(kafka: KafkaSettings, messages: list[tuple[str | None, bytes | None]]) -> float:
     """Seconds for a fresh worker to commit a pre-filled backlog."""
     produce(kafka, messages)
-    settings = worker_settings(kafka, max_batch_size=1000)
+    settings = worker_settings(kafka, micro_batch_size=1000)
     w = start_worker(settings)
     t0 = time.monotonic()
     wait_until(lambda: committed_total(kafka, settings.group_id) == len(messages), 180, "the drain")
@@ -53,7 +52,7 @@ def test_bad_messages_are_dead_lettered_while_good_ones_flow_at_full_rate(
     t_clean = _drain(clean_kafka, [(k, v) for k, v, _ in clean])
 
     good = spectra_messages(N_GOOD, INSTRUMENTS, seed=6)
-    kinds = list(_malformed(good[0][1]).items())
+    kinds = list(malformed(good[0][1]).items())
     rng = np.random.default_rng(0)
     messages: list[tuple[str | None, bytes | None]] = []
     sent_bad: collections.Counter[str] = collections.Counter()

@@ -34,7 +34,7 @@ QUICK = {"NIRWATCH_TRAIN_NESTED_CV": "false", "NIRWATCH_TRAIN_CV_REPEATS": "1"}
 def train_cmd(data: Path, out: Path, registry: Path) -> list[str]:
     return [
         sys.executable, "-m", "nirwatch.apps.cli", "train", "--data", str(data), "--target", "assay",
-        "--unit", "mg", "--model", "pls", "--out", str(out), "--register", str(registry),
+        "--unit", "mg", "--model", "pls", "--out", str(out), "--registry", str(registry),
     ]  # fmt: skip
 
 

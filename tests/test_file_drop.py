@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import jcamp
 from prometheus_client import CollectorRegistry
+from support import read_topic
 
 from ingest.file_drop import DropStats, Inbox, read_rows, take_file, watch_inbox
 from ingest.producer import SpectrumProducer
@@ -22,8 +24,6 @@ from nirwatch.messages.spectrum import decode_spectrum
 from nirwatch.metrics import FileDropMetrics
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics, make_producer
-from tests.test_ingest_producer import read_topic
-from tests.test_jcamp import jcamp
 
 GRID = "lin:600:1898:2"
 WL = grid_wavelengths(GRID)

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from kafka import TopicPartition
+from support import read_topic
 
 from ingest.pacing import Pacer, RatePacer
 from ingest.producer import SpectrumProducer
@@ -24,27 +23,7 @@ from nirwatch.messages.spectrum import (
 )
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID, ProbeSpec, TabletLineSimulator
-from nirwatch.transport.kafka import ensure_topics, make_consumer
-
-
-def read_topic(kafka: KafkaSettings, topic: str, n: int, timeout_s: float = 20.0) -> list:
-    """All records of ``topic`` from the beginning until ``n`` have arrived."""
-    consumer = make_consumer(kafka, None)
-    try:
-        parts = None
-        deadline = time.monotonic() + timeout_s
-        while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list = []
-        while len(out) < n and time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=200).values():
-                out.extend(recs)
-        return out
-    finally:
-        consumer.close()
+from nirwatch.transport.kafka import ensure_topics
 
 
 def header(instrument: str = "p1", n_points: int = 650, **kw: object) -> SpectrumHeader:

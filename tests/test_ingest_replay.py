@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import csv
-import signal
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_ingest_producer import read_topic
+from builders import write_csv
+from support import read_topic
 
 from ingest.producer import SpectrumProducer
 from ingest.replay import load_dataset, load_fermentation, load_file, replay_rows
@@ -22,20 +21,6 @@ from nirwatch.messages.lab_result import decode_lab_result
 from nirwatch.messages.spectrum import decode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics
-
-
-def write_csv(path: Path, n: int, bad_rows: tuple[int, ...] = ()) -> np.ndarray:
-    wl = np.arange(1000, 1100, 2)
-    X = np.random.default_rng(0).random((n, wl.size))
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sample", "assay", *[str(v) for v in wl]])
-        for i, row in enumerate(X):
-            cells = [f"{v:.6f}" for v in row]
-            if i in bad_rows:
-                cells[3] = "n/a"
-            w.writerow([f"row{i}", f"{190 + i}", *cells])
-    return X
 
 
 def test_shootout_csv_is_read_on_its_grid(shootout_csv: Path) -> None:
@@ -149,22 +134,6 @@ def test_replay_keeps_file_order_per_instrument_and_rate(
     assert max(stamps) - min(stamps) >= (n - 1) / rate - 0.005
     (letter,) = read_dead_letters(kafka_settings, expected=1)
     assert letter.reason == "non_finite" and letter.source == "replay:d"
-
-
-@pytest.fixture
-def cli_env(
-    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KafkaSettings]:
-    assert kafka_settings.bootstrap
-    monkeypatch.setenv("NIRWATCH_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
-    for topic in ("spectra", "dead_letter", "lab_results", "predictions"):
-        monkeypatch.setenv(
-            f"NIRWATCH_KAFKA_TOPIC_{topic.upper()}", getattr(kafka_settings, f"topic_{topic}")
-        )
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield kafka_settings
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 @pytest.mark.kafka

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+from support import read_topic
 
 from ingest.producer import SpectrumProducer
 from ingest.settings import IngestSettings
@@ -11,7 +12,7 @@ from nirwatch.messages.spectrum import SpectrumHeader, decode_spectrum
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID
 from nirwatch.transport.broker import EmbeddedBroker, free_port
-from nirwatch.transport.kafka import ensure_topics, make_consumer
+from nirwatch.transport.kafka import ensure_topics
 
 
 @pytest.mark.kafka
@@ -19,8 +20,6 @@ from nirwatch.transport.kafka import ensure_topics, make_consumer
 def test_producer_recreates_itself_after_broker_restart() -> None:
     """Tansu forgets producer ids on restart: the idempotent producer must be recreated and
     what it had not delivered re-sent, in order."""
-    from kafka import TopicPartition
-
     port = free_port()
     kafka = KafkaSettings(bootstrap=f"127.0.0.1:{port}", partitions=1)
     settings = IngestSettings(kafka=kafka, delivery_timeout_ms=5000, max_block_ms=3000)
@@ -46,16 +45,8 @@ def test_producer_recreates_itself_after_broker_restart() -> None:
             time.sleep(0.1)  # spread over the client's reconnect, like a live probe
         producer.flush(15)
         assert producer.recreated >= 1
-        consumer = make_consumer(kafka, None)
-        tp = TopicPartition(kafka.topic_spectra, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        got: list[str] = []
-        deadline = time.monotonic() + 15
-        while len(got) < 20 and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                got.extend(decode_spectrum(r.value)[0].sample_id for r in records)
-        consumer.close()
+        records = read_topic(kafka, kafka.topic_spectra, 20, timeout_s=15, settle_polls=0)
+        got = [decode_spectrum(r.value)[0].sample_id for r in records]
         assert got == [f"s{i:02d}" for i in range(10, 30)]
     finally:
         producer.close(5)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import jcamp
 
 from nirwatch.errors import DataError
 from nirwatch.io.datasets import load_spectra
@@ -33,14 +34,6 @@ def test_compressed_and_plain_ordinates_decode_alike() -> None:
         decode_xydata(["600 12 #"])
     with pytest.raises(DataError, match="a repeat count with nothing before"):
         decode_xydata(["600 T"])
-
-
-def jcamp(title: str, lines: list[str], **labels: object) -> str:
-    head = {"JCAMP-DX": "4.24", "DATA TYPE": "NEAR INFRARED SPECTRUM", "XUNITS": "NANOMETERS"}
-    head.update({k.replace("_", " "): str(v) for k, v in labels.items()})
-    out = [f"##TITLE={title}"] + [f"##{k}={v}" for k, v in head.items()]
-    out += ["##XYDATA=(X++(Y..Y))", *lines, "##END="]
-    return "\n".join(out) + "\n"
 
 
 def test_a_file_of_two_blocks_gives_two_rows(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from bundle_support import make_contents
 from prometheus_client import CollectorRegistry
-from test_bundle import make_contents
 
 from inference.reload import RegistrySource
 from nirwatch.errors import (

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_bundle import make_contents
+from bundle_support import make_contents
 
 from nirwatch.apps.cli import main
 from nirwatch.errors import RegistryError

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from kafka import KafkaProducer
+from support import wait_until
 
 from nirwatch.messages.lab_result import LabResult
 from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
@@ -46,9 +47,7 @@ def test_spectra_and_lab_results_are_joined_from_kafka(kafka_settings: KafkaSett
     )  # fmt: skip
     thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while len(buffer.dataset()) < 20 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(buffer.dataset()) >= 20, 60, "20 labelled spectra", interval_s=0.1)
     finally:
         stop.set()
         thread.join(30)

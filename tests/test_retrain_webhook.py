@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_tls import make_self_signed
+from builders import make_self_signed
 
 from nirwatch.errors import ConfigError
 from nirwatch.models.registry import ModelRegistry

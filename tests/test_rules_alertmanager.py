@@ -8,7 +8,6 @@ and triggers nothing.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import promstack
 import pytest
 import yaml
+from support import wait_until
 
 from nirwatch.errors import DataError
 from nirwatch.models.registry import ModelRegistry
@@ -89,15 +89,6 @@ def _sample(svc: RetrainService, outcome: str) -> float:
     )
 
 
-def _wait(predicate: Any, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_retrain_alerts_reach_the_webhook_with_the_token(
     tmp_path: Path, service: RetrainService
 ) -> None:
@@ -105,7 +96,7 @@ def test_retrain_alerts_reach_the_webhook_with_the_token(
     token_file.write_text(TOKEN + "\n")
     with promstack.alertmanager(tmp_path / "am", _config(service, token_file)) as am:
         _post_alerts(am, ALERTS)
-        assert _wait(lambda: service.reports), "the webhook was not called"
+        wait_until(lambda: service.reports, 60, "the webhook to be called", interval_s=0.1)
         assert service.wait_idle(30)
     (report,) = service.reports
     assert report["trigger"] == "webhook"
@@ -121,6 +112,6 @@ def test_a_wrong_token_file_is_refused_and_triggers_nothing(
     token_file.write_text("not-the-token-0123456789abcdef")
     with promstack.alertmanager(tmp_path / "am", _config(service, token_file)) as am:
         _post_alerts(am, ALERTS)
-        assert _wait(lambda: _sample(service, "unauthorised") >= 1), "no request arrived"
+        wait_until(lambda: _sample(service, "unauthorised") >= 1, 60, "a request", interval_s=0.1)
     assert service.wait_idle(5) and not service.reports
     assert _sample(service, "triggered") == 0

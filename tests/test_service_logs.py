@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import drift_monitor, drift_predictions, feed
 from kafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
-from test_drift_monitor import _feed, _monitor, _predictions
 
 from inference.observe import WorkerObserver
 from ingest.producer import SpectrumProducer
@@ -85,11 +85,11 @@ def test_worker_logs_broker_lost_and_back_once_each(caplog: pytest.LogCaptureFix
 
 
 def test_drift_monitor_logs_drift_detected_once(caplog: pytest.LogCaptureFixture) -> None:
-    monitor, _ = _monitor()
+    monitor, _ = drift_monitor()
     rng = np.random.default_rng(1)
     with caplog.at_level(logging.INFO, logger="monitoring.drift_monitor"):
-        _feed(monitor, _predictions(rng, 2_000))
-        _feed(monitor, _predictions(rng, 300, content=210.0, start=2_000))
+        feed(monitor, drift_predictions(rng, 2_000))
+        feed(monitor, drift_predictions(rng, 300, content=210.0, start=2_000))
     detected = [e for e in _events(caplog.text) if e["event"] == "drift_detected"]
     keys = [(e["instrument"], e["detector"]) for e in detected]
     assert ("probe-1", "content_page_hinkley") in keys

@@ -7,6 +7,7 @@ row, fails here.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from pydantic_settings import BaseSettings
 from inference.settings import WorkerSettings
 from ingest.settings import IngestSettings
 from monitoring.drift_monitor import DriftSettings
+from nirwatch.apps.cli import COMMANDS, build_parser
 from nirwatch.models.registry import RegistrySettings
 from nirwatch.records.audit import AuditSettings
+from nirwatch.renames import renamed_options
 from nirwatch.settings import KafkaSettings
 from training.retrain import RetrainSettings
 from training.settings import TrainingSettings
@@ -78,7 +81,7 @@ def test_readme_says_how_to_wire_the_parts_by_hand() -> None:
     for needed in (
         "docs/SETTINGS.md",
         "NIRWATCH_STATE_DIR",
-        "retrain-service --bootstrap --no-kafka --simulated-calibration",
+        "retrain-service --initial-model --no-kafka --simulated-calibration",
         "NIRWATCH_RETRAIN_WEBHOOK_TOKEN",
         "at least 16 characters",
         "NIRWATCH_RETRAIN_MODEL",
@@ -89,3 +92,33 @@ def test_readme_says_how_to_wire_the_parts_by_hand() -> None:
         "export NIRWATCH_KAFKA_BOOTSTRAP=",
     ):
         assert needed in README, needed
+
+
+def _renamed() -> list[tuple[str, str]]:
+    """Every old name the code still accepts, with its new name."""
+    pairs = []
+    for cls in CLASSES:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for old, field in getattr(cls, "renamed_env", {}).items():
+            pairs.append((old, f"{prefix}{field.upper()}"))
+    for command in COMMANDS:
+        sub = next(
+            a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction)
+        )
+        for old, new in renamed_options(sub.choices[command]).items():
+            pairs.append((f"{command} {old}", f"{command} {new}"))
+    return pairs
+
+
+def test_the_renamed_names_are_known() -> None:
+    """The list below is not empty by accident: the renames of the vocabulary decisions."""
+    assert ("NIRWATCH_WORKER_MAX_BATCH_SIZE", "NIRWATCH_WORKER_MICRO_BATCH_SIZE") in _renamed()
+    assert ("retrain-service --bootstrap", "retrain-service --initial-model") in _renamed()
+
+
+@pytest.mark.parametrize(("old", "new"), _renamed())
+def test_every_renamed_name_is_documented(old: str, new: str) -> None:
+    section = SETTINGS_DOC.split("## Renamed names", 1)[-1]
+    assert re.search(rf"^\| `{old}` \| `{new}` \| .+ \|$", section, re.MULTILINE), (
+        f"{old} -> {new} is not in docs/SETTINGS.md's Renamed names"
+    )

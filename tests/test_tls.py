@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 import threading
 import uuid
@@ -21,30 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from builders import make_self_signed
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from support import read_topic
 
 from nirwatch.security import server_tls_context
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.broker import free_port, tansu_binary, wait_for_port
-from nirwatch.transport.kafka import ensure_topics, make_consumer, make_producer
+from nirwatch.transport.kafka import ensure_topics, make_producer
 
 pytestmark = pytest.mark.kafka
-
-
-def make_self_signed(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost / 127.0.0.1 (openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
-        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 class TLSTerminator:
@@ -144,15 +130,7 @@ def test_ssl_round_trip_with_nirwatch_settings(tls_broker: tuple[str, Path]) -> 
         producer.flush(30)
     finally:
         producer.close()
-    consumer = make_consumer(kafka, None, topic, consumer_timeout_ms=15000)
-    got: list[bytes] = []
-    try:
-        for message in consumer:
-            got.append(message.value)
-            if len(got) == len(sent):
-                break
-    finally:
-        consumer.close()
+    got = [r.value for r in read_topic(kafka, topic, len(sent), timeout_s=15, settle_polls=0)]
     assert got == sent
 
 

@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import signal
-import struct
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_worker_support import (
+from support import read_predictions, wait_until
+from worker_support import (
     LinearPredictor,
     ScriptedPredictor,
     SwitchableSource,
     committed_total,
-    make_header,
+    malformed,
     produce,
-    read_predictions,
     spectra_messages,
     start_worker,
-    wait_until,
     worker_settings,
 )
 
-from inference.cli import install_stop_handlers
 from nirwatch.messages.deadletter import read_dead_letters
-from nirwatch.messages.spectrum import MAGIC, encode_spectrum
 from nirwatch.models.predictor import BatchPrediction
 from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.settings import KafkaSettings
+from nirwatch.signals import stop_on_signals
 from nirwatch.transport.broker import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.kafka
@@ -112,36 +107,6 @@ def test_n_in_exactly_n_out_in_order_with_metrics(kafka_settings: KafkaSettings)
     assert lag == [0, 0, 0]
 
 
-def _malformed(good_value: bytes) -> dict[str, bytes | None]:
-    """One message per dead-letter reason, built from a valid one."""
-    head_len = struct.unpack_from("<H", good_value, 6)[0]
-    head = json.loads(good_value[8 : 8 + head_len])
-    body = good_value[8 + head_len :]
-
-    def with_header(h: dict, payload: bytes = body) -> bytes:
-        raw = json.dumps(h).encode()
-        return MAGIC + bytes([1, 0]) + struct.pack("<H", len(raw)) + raw + payload
-
-    nan_body = np.frombuffer(body, dtype="<f4").copy()
-    nan_body[10] = np.nan
-    inf_body = nan_body.copy()
-    inf_body[10] = np.inf
-    missing = {k: v for k, v in head.items() if k != "sample_id"}
-    other_grid = make_header("probe-0", 0, grid="lin:600:1898:4", n_points=325)
-    return {
-        "bad_magic": b"this is not a spectrum at all, just garbage bytes",
-        "too_short": b"NI",
-        "unknown_version": MAGIC + bytes([9]) + good_value[5:],
-        "non_finite": with_header(head, nan_body.tobytes()),
-        "non_finite_inf": with_header(head, inf_body.tobytes()),
-        "length_mismatch": with_header(head, body[:-8]),
-        "missing_field": with_header(missing),
-        "unknown_grid": with_header({**head, "grid": "log:1:2"}),
-        "bad_header": MAGIC + bytes([1, 0]) + struct.pack("<H", 5) + b"{nope" + body,
-        "grid_mismatch": encode_spectrum(other_grid, np.ones(325, dtype=np.float32)),
-    }
-
-
 def test_idle_worker_fetches_with_the_long_wait_and_still_serves_at_once_busy(
     kafka_settings: KafkaSettings,
 ) -> None:
@@ -166,7 +131,7 @@ def test_each_malformed_message_is_dead_lettered_while_good_ones_flow(
     kafka_settings: KafkaSettings,
 ) -> None:
     good = spectra_messages(40, ["probe-0"])
-    bad = _malformed(good[0][1])
+    bad = malformed(good[0][1])
     # Interleave: a bad message after every few good ones, all on the same instrument key.
     messages: list[tuple[str | None, bytes | None]] = []
     bad_items = list(bad.items())
@@ -199,11 +164,8 @@ def test_sigterm_drains_the_batch_in_hand_and_commits(kafka_settings: KafkaSetti
     sent = spectra_messages(50, INSTRUMENTS)
     produce(kafka_settings, [(k, v) for k, v, _ in sent])
     # The worker would hold this batch for a minute waiting for more: only the stop drains it.
-    settings = worker_settings(kafka_settings, max_batch_size=1000, max_wait_ms=60_000)
-    stop = threading.Event()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        install_stop_handlers(stop)
+    settings = worker_settings(kafka_settings, micro_batch_size=1000, max_wait_ms=60_000)
+    with stop_on_signals() as stop:
         w = start_worker(settings, stop=stop)
         wait_until(lambda: w.worker.holding == 50, what="the worker to hold all 50")
         assert read_predictions(kafka_settings, expected=1, timeout_s=1) == []
@@ -211,9 +173,6 @@ def test_sigterm_drains_the_batch_in_hand_and_commits(kafka_settings: KafkaSetti
         assert stop.is_set()
         w.thread.join(30)
         assert not w.thread.is_alive() and not w.errors
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     preds = read_predictions(kafka_settings, expected=50)
     assert len(preds) == 50
     assert committed_total(kafka_settings, settings.group_id) == 50
@@ -296,7 +255,7 @@ def test_fallback_reasons_nan_and_out_of_model_are_published_and_counted(
     produce(kafka_settings, [(k, v) for k, v, _ in normal + far])
     predictor = ScriptedPredictor(LinearPredictor(), script)
     w = start_worker(
-        worker_settings(kafka_settings, max_batch_size=1000), SwitchableSource(predictor)
+        worker_settings(kafka_settings, micro_batch_size=1000), SwitchableSource(predictor)
     )
     preds = read_predictions(kafka_settings, expected=35)
     w.halt()

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from test_worker_support import (
+from support import read_predictions, wait_until
+from worker_support import (
     SwitchableSource,
     produce,
-    read_predictions,
     spectra_messages,
     start_worker,
-    wait_until,
     worker_settings,
 )
 
@@ -97,7 +96,7 @@ def test_real_bundle_falls_back_to_pls_for_each_reason_through_the_broker(
     # Near a range end the range-end model serves (reason "range_end"; tested in
     # test_calibration_selection): here only the CNN faults are to decide.
     bundle.range_end_model = None
-    w = start_worker(worker_settings(kafka_settings, max_batch_size=10), SwitchableSource(bundle))
+    w = start_worker(worker_settings(kafka_settings, micro_batch_size=10), SwitchableSource(bundle))
     msgs = spectra_messages(40, PROBES, seed=4)
     produce(kafka_settings, [(k, v) for k, v, _ in msgs])
     preds = read_predictions(kafka_settings, expected=40)
@@ -188,7 +187,7 @@ def test_cli_worker_serves_metrics_and_stops_on_sigterm(
         str(bundles[0]),
         "--metrics-port",
         str(port),
-        "--batch-size",
+        "--micro-batch-size",
         "16",
         "--device",
         "cpu",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
-from test_worker_support import LinearPredictor, make_header, mixtures
+from worker_support import LinearPredictor, make_header, mixtures
 
 from inference.batching import IdleFetchWait, MicroBatch, RevocationTracker
 from inference.partitioner import CachedKeyPartitioner
@@ -37,11 +37,11 @@ Record = namedtuple("Record", "topic partition offset value key")
 
 
 def test_settings_from_env_and_bad_value_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NIRWATCH_WORKER_MAX_BATCH_SIZE", "500")
+    monkeypatch.setenv("NIRWATCH_WORKER_MICRO_BATCH_SIZE", "500")
     monkeypatch.setenv("NIRWATCH_WORKER_DEVICE", "cpu")
     monkeypatch.setenv("NIRWATCH_KAFKA_TOPIC_SPECTRA", "line1.spectra")
     s = load_settings(WorkerSettings)
-    assert s.max_batch_size == 500 and s.device == "cpu" and s.metrics_host == "127.0.0.1"
+    assert s.micro_batch_size == 500 and s.device == "cpu" and s.metrics_host == "127.0.0.1"
     assert s.kafka.topic_spectra == "line1.spectra"
     monkeypatch.setenv("NIRWATCH_WORKER_DEVICE", "tpu")
     with pytest.raises(ConfigError, match="NIRWATCH_WORKER_DEVICE"):

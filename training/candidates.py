@@ -108,7 +108,7 @@ def fit_pls_candidate(
 def _train_config(s: TrainingSettings, n_train: int, progress: bool) -> Any:
     from training.cnn import TrainConfig
 
-    batch = s.batch_size or TrainConfig.batch_size
+    batch = s.mini_batch_size or TrainConfig.batch_size
     epochs = s.epochs or cnn_epochs(n_train, s.augment_copies, batch)
     return TrainConfig(
         batch_size=batch,

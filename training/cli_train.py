@@ -13,6 +13,7 @@ import numpy as np
 from nirwatch.errors import DataError
 from nirwatch.io.datasets import load_spectra
 from nirwatch.models.registry import ModelRegistry
+from nirwatch.renames import add_renamed_option
 from nirwatch.settings import load_settings
 from training.fit import check_training_data, fit_bundle
 from training.settings import TrainingSettings
@@ -38,10 +39,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, help="bundle directory to create (default bundles/<target>-<time>)"
     )
-    parser.add_argument("--register", type=Path, metavar="REGISTRY", help="register as candidate")
-    parser.add_argument("--epochs", type=int, help="override NIRWATCH_TRAIN_EPOCHS")
-    parser.add_argument("--seed", type=int, help="override NIRWATCH_TRAIN_SEED")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the device")
+    parser.add_argument(
+        "--registry", type=Path, help="register the bundle as a candidate in this registry"
+    )
+    add_renamed_option(parser, "--register", "--registry")
+    parser.add_argument("--epochs", type=int, help="CNN epochs (default NIRWATCH_TRAIN_EPOCHS)")
+    parser.add_argument("--seed", type=int, help="random seed (default NIRWATCH_TRAIN_SEED)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the CNN trains (default NIRWATCH_TRAIN_DEVICE, auto)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     cov = "" if coverage is None else f"; test interval coverage {coverage:.1%}"
     print(f"served: {report['served_by']} ({sel.get('reason', '')}){cov}")
     print(f"bundle: {path}")
-    if args.register is not None:
-        version = ModelRegistry(args.register, hmac_key=settings.registry.key()).register(path)
-        print(f"registered candidate {version} in {args.register}")
+    if args.registry is not None:
+        version = ModelRegistry(args.registry, hmac_key=settings.registry.key()).register(path)
+        print(f"registered candidate {version} in {args.registry}")
     return 0

@@ -227,7 +227,8 @@ def fit_bundle_fitter(
 
 @dataclass
 class RetrainRequest:
-    """Why a retrain runs: ``trigger`` is ``schedule``, ``webhook`` or ``manual``."""
+    """Why a retrain runs: ``trigger`` is ``schedule``, ``webhook``, ``manual`` or
+    ``initial_model`` (``retrain-service --initial-model``)."""
 
     trigger: str
     reason: str

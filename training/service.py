@@ -21,7 +21,6 @@ import argparse
 import functools
 import json
 import logging
-import signal
 import threading
 import time
 from collections import deque
@@ -37,8 +36,10 @@ from nirwatch.io.datasets import load_spectra
 from nirwatch.logs import log_event
 from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import port_error
+from nirwatch.renames import add_renamed_option
 from nirwatch.security import check_bearer_token
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
+from nirwatch.signals import stop_on_signals
 from nirwatch.statedirs import writable_dir
 from training.retrain import (
     Dataset,
@@ -297,10 +298,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--once", action="store_true", help="retrain once now, then exit")
     parser.add_argument(
-        "--bootstrap",
+        "--initial-model",
         action="store_true",
         help="fit and register a first model when the registry has no champion, then exit",
     )
+    add_renamed_option(parser, "--bootstrap", "--initial-model")  # "bootstrap" is Kafka's
     parser.add_argument(
         "--no-kafka", action="store_true", help="do not collect recent labelled spectra"
     )
@@ -313,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     if root is None:
         raise ConfigError("no registry: pass --registry DIR or set NIRWATCH_REGISTRY_DIR")
     kafka = None
-    if not (args.no_kafka or args.bootstrap):
+    if not (args.no_kafka or args.initial_model):
         kafka = load_settings(KafkaSettings)
         require_bootstrap(kafka, "retrain-service (or pass --no-kafka)")
     # Both are written (bundles, reports): refused at start when they cannot be.
@@ -325,8 +327,8 @@ def run(args: argparse.Namespace) -> int:
         target=settings.target, unit=settings.unit, model=settings.model,
         settings=load_settings(TrainingSettings), hmac_key=reg_settings.key(),
     )  # fmt: skip
-    if args.bootstrap:
-        return _bootstrap(settings, registry, calibration, fitter)
+    if args.initial_model:
+        return _initial_model(settings, registry, calibration, fitter)
     workdir = settings.reports_dir / "bundles"
     token = settings.token()
     try:
@@ -347,11 +349,8 @@ def run(args: argparse.Namespace) -> int:
         service.request(RetrainRequest("manual", "nirwatch retrain-service --once"))
         service.wait_idle(timeout=24 * 3600)
     else:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with stop_on_signals(stop):  # SIGTERM or Ctrl-C
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     stop.set()
     service.stop()
     last = service.reports[-1] if service.reports else None
@@ -375,23 +374,23 @@ def _calibration(args: argparse.Namespace, settings: RetrainSettings) -> Dataset
     )
 
 
-def _bootstrap(
+def _initial_model(
     settings: RetrainSettings, registry: ModelRegistry, calibration: Dataset, fitter: Fitter
 ) -> int:
     """First model of an empty registry (the stack's init step); no-op when one serves."""
     champion = registry.champion_version()
     if champion is not None:
         why = f"champion {champion} already serves"
-        log_event(log, "bootstrap_skipped", champion=champion, why=why)
+        log_event(log, "initial_model_skipped", champion=champion, why=why)
         print(json.dumps({"decision": "none", "why": why}))
         return 0
     log_event(
-        log, "bootstrap_started", registry=registry.root, model=settings.model,
+        log, "initial_model_started", registry=registry.root, model=settings.model,
         calibration_spectra=len(calibration), reports=settings.reports_dir,
     )  # fmt: skip
     empty = calibration.subset(np.arange(0))
     report = retrain(
-        RetrainRequest("bootstrap", "empty registry"), calibration, empty, registry, fitter,
+        RetrainRequest("initial_model", "empty registry"), calibration, empty, registry, fitter,
         settings, settings.reports_dir / "bundles",
     )  # fmt: skip
     log_decision(report)

@@ -6,7 +6,7 @@ The registry location and the bundle signing key come from ``NIRWATCH_REGISTRY_*
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -19,6 +19,8 @@ class TrainingSettings(NirwatchSettings):
     """How ``nirwatch train`` (and the retraining service) fit a bundle."""
 
     model_config = SettingsConfigDict(env_prefix="NIRWATCH_TRAIN_", frozen=True, extra="ignore")
+    #: "batch" alone is a production batch (README, Vocabulary)
+    renamed_env: ClassVar[dict[str, str]] = {"NIRWATCH_TRAIN_BATCH_SIZE": "mini_batch_size"}
 
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
@@ -29,7 +31,7 @@ class TrainingSettings(NirwatchSettings):
     # CNN (Bjerrum, Glahder & Skov 2017: augment, then EMSC, then the network). Unset
     # hyper-parameters keep training.cnn.TrainConfig's defaults.
     epochs: int | None = Field(default=None, ge=1, le=100_000)
-    batch_size: int | None = Field(default=None, ge=1)
+    mini_batch_size: int | None = Field(default=None, ge=1, description="spectra per CNN step")
     learning_rate: float | None = Field(default=None, gt=0)
     patience: int | None = Field(default=None, ge=1, description="early stopping, in epochs")
     cnn_members: int = Field(

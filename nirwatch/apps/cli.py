@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from nirwatch import __version__
 from nirwatch.errors import NirwatchError
 from nirwatch.logs import configure_logging
+from nirwatch.renames import warn_renamed_options
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(args_list)
     configure_logging(args.command, args.verbose, args.quiet)
+    warn_renamed_options(args)
     if not args.command:
         parser.print_help()
         return 2

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
 
 from nirwatch.errors import BrokerUnavailableError
 from nirwatch.ports import check_port_free
+from nirwatch.signals import stop_on_signals
 from nirwatch.transport.broker import EmbeddedBroker
 
 
@@ -27,9 +26,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     if args.port:
         check_port_free(
             args.host,
@@ -38,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             f"export NIRWATCH_KAFKA_BOOTSTRAP={args.host}:{args.port}",
         )
     broker = EmbeddedBroker(host=args.host, port=args.port, cert=args.cert, key=args.key)
-    with broker:
+    with stop_on_signals() as stop, broker:
         print(f"embedded Kafka-compatible broker (Tansu, in-memory) on {broker.bootstrap}")
         print(f"export NIRWATCH_KAFKA_BOOTSTRAP={broker.bootstrap}   # Ctrl-C stops it")
         while not stop.wait(0.5):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from nirwatch.apps.demo_drift import DriftLoop, start_thread
 from nirwatch.apps.demo_parts import DemoParts, assemble
 from nirwatch.apps.demo_view import RECENT, DemoState, LiveView, PlainView, plain_lines, render
 from nirwatch.errors import NirwatchError
+from nirwatch.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from ingest.settings import IngestSettings
@@ -52,7 +52,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=2.0, help="spectra/s per probe (2)")
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="model registry")
     p.add_argument("--model", choices=("pls", "both"), default="pls", help="model to fit")
-    p.add_argument("--metrics-port", type=int, default=9108, help="worker metrics (0: any)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9108,
+        help="worker metrics (default 9108, any free port if taken; 0: none)",
+    )
     p.add_argument(
         "--cnn-epochs",
         type=int,
@@ -137,26 +142,23 @@ def run(args: argparse.Namespace) -> int:
     from ingest.settings import IngestSettings
     from nirwatch.models.registry import RegistrySettings
     from nirwatch.settings import load_settings
-    from nirwatch.transport.broker import free_port, kafka_bootstrap
+    from nirwatch.transport.broker import kafka_bootstrap
 
     # Worker, probes, broker and training share a few cores: BLAS spinning up a thread per
     # core for every small matrix made a PLS fit 10x slower on a busy 2-core machine.
     threadpool_limits(1)
     stop = threading.Event()  # Ctrl-C / SIGTERM: stop the probes, drain, summarise
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     console = Console()
     if not console.is_terminal:  # a log: lines as long as they are, not wrapped at 80 columns
         console = Console(soft_wrap=True)
     ingest = load_settings(IngestSettings)
     hmac_key = load_settings(RegistrySettings).key()
     version = ensure_model(args.registry, args.model, hmac_key)
-    metrics_port = args.metrics_port or free_port()
     errors: list[BaseException] = []
 
-    with kafka_bootstrap(ingest.kafka.bootstrap) as bootstrap:
+    with stop_on_signals(stop), kafka_bootstrap(ingest.kafka.bootstrap) as bootstrap:
         ingest = _on_broker(ingest, bootstrap)
-        demo = assemble(args, ingest, hmac_key, metrics_port, console, version)
+        demo = assemble(args, ingest, hmac_key, args.metrics_port, console, version)
         try:
             _watch(demo, stop, errors)
         finally:

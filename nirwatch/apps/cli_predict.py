@@ -43,7 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="COL",
         help="copy this metadata column into the output (repeatable)",
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the CNN runs"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

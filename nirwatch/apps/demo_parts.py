@@ -94,7 +94,8 @@ class DemoParts:
         self.consumer.close()
         self.producer.close(timeout=5)
         self.audit.close()
-        self.server.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
 
 
 def assemble(
@@ -114,7 +115,7 @@ def assemble(
     worker_settings, metrics, model_registry, source = _worker_parts(
         args, kafka, hmac_key, metrics_port
     )
-    server, metrics_url = _metrics_server(worker_settings.metrics_port, metrics)
+    server, metrics_url = demo_metrics_server(worker_settings.metrics_port, metrics.registry)
     probes = [ProbeSpec(f"probe-{i + 1}", args.rate) for i in range(args.probes)]
     drift = Drift(args.drift, onset_s=args.drift_at) if args.scenario == "drift" else None
     sim = TabletLineSimulator(probes, drift=drift, seed=ingest.seed)
@@ -173,17 +174,24 @@ def _worker_parts(
     return worker_settings, metrics, model_registry, source
 
 
-def _metrics_server(port: int, metrics: WorkerMetrics) -> tuple[Any, str]:
-    """The worker's /metrics on ``port``, or on any free port when that one is taken."""
+def demo_metrics_server(port: int, registry: Any) -> tuple[Any | None, str]:
+    """The worker's /metrics on ``port`` (loopback), and what the table shows for it.
+
+    Port 0 is no endpoint, as for every command (:data:`nirwatch.ports.NO_METRICS_PORT`); a
+    taken port (another demo or a worker) falls back to any free one.
+    """
     from prometheus_client import start_http_server
 
+    from nirwatch.ports import NO_METRICS_PORT
     from nirwatch.transport.broker import free_port
 
+    if port == NO_METRICS_PORT:
+        return None, "off (--metrics-port 0)"
     try:
-        server, _ = start_http_server(port, "127.0.0.1", metrics.registry)
+        server, _ = start_http_server(port, "127.0.0.1", registry)
     except OSError:  # port taken (another demo or worker): any free one will do
         port = free_port()
-        server, _ = start_http_server(port, "127.0.0.1", metrics.registry)
+        server, _ = start_http_server(port, "127.0.0.1", registry)
     return server, f"http://127.0.0.1:{port}/metrics"
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the worker tests: small real predictors, spectra on the wire, reading topics.
+"""Helpers for the worker tests: small real predictors, spectra on the wire, a running worker.
 
 ``LinearPredictor`` is a genuine (tiny) calibration: principal-component regression fitted by
 numpy on synthetic two-component Beer–Lambert mixtures, with Hotelling T² and Q residual limits
@@ -8,6 +8,8 @@ back on demand, to exercise the worker's failure paths.
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 import time
 import uuid
@@ -23,8 +25,7 @@ from inference.reload import StaticSource
 from inference.settings import WorkerSettings
 from inference.worker import InferenceWorker
 from nirwatch.grid import wavelengths
-from nirwatch.messages.prediction import Prediction, decode_prediction
-from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum
+from nirwatch.messages.spectrum import MAGIC, SpectrumHeader, encode_spectrum
 from nirwatch.metrics import WorkerMetrics
 from nirwatch.models.predictor import BatchPrediction, Predictor
 from nirwatch.settings import KafkaSettings
@@ -189,47 +190,6 @@ def produce(kafka: KafkaSettings, messages: list[tuple[str | None, bytes | None]
         producer.close()
 
 
-def read_topic(
-    kafka: KafkaSettings, topic: str, expected: int, timeout_s: float = 30.0
-) -> list[Any]:
-    """All records of ``topic`` from the beginning, waiting until ``expected`` have arrived.
-
-    Returns more than ``expected`` if more are there once the count is reached and a final
-    short poll finds them (so duplicates are seen, not hidden).
-    """
-    consumer = make_consumer(kafka, None)
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        parts = None
-        while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                time.sleep(0.1)
-        if not parts:
-            return records
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        while time.monotonic() < deadline and len(records) < expected:
-            for recs in consumer.poll(timeout_ms=200).values():
-                records.extend(recs)
-        for recs in consumer.poll(timeout_ms=500).values():
-            records.extend(recs)
-    finally:
-        consumer.close()
-    return records
-
-
-def read_predictions(
-    kafka: KafkaSettings, expected: int, timeout_s: float = 30.0
-) -> list[Prediction]:
-    """Predictions in (partition, offset) order; within an instrument that is publish order."""
-    records = read_topic(kafka, kafka.topic_predictions, expected, timeout_s)
-    records.sort(key=lambda r: (r.partition, r.offset))
-    return [decode_prediction(r.value) for r in records]
-
-
 @dataclass
 class RunningWorker:
     """An :class:`InferenceWorker` on a thread with its own metrics registry."""
@@ -255,7 +215,7 @@ def worker_settings(kafka: KafkaSettings, **kw: Any) -> WorkerSettings:
     opts: dict[str, Any] = {
         "kafka": kafka,
         "group_id": f"g-{uuid.uuid4().hex[:8]}",
-        "max_batch_size": 64,
+        "micro_batch_size": 64,
         "max_wait_ms": 20,
         "idle_poll_ms": 100,
         "session_timeout_ms": 2000,
@@ -293,14 +253,6 @@ def start_worker(
     return RunningWorker(worker, thread, stop, registry, errors)
 
 
-def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def committed_total(kafka: KafkaSettings, group_id: str) -> int:
     """Sum of the group's committed offsets over the spectra topic's partitions."""
     consumer = make_consumer(kafka, group_id)
@@ -313,3 +265,33 @@ def committed_total(kafka: KafkaSettings, group_id: str) -> int:
         return total
     finally:
         consumer.close(autocommit=False)
+
+
+def malformed(good_value: bytes) -> dict[str, bytes | None]:
+    """One message per dead-letter reason, built from a valid one."""
+    head_len = struct.unpack_from("<H", good_value, 6)[0]
+    head = json.loads(good_value[8 : 8 + head_len])
+    body = good_value[8 + head_len :]
+
+    def with_header(h: dict, payload: bytes = body) -> bytes:
+        raw = json.dumps(h).encode()
+        return MAGIC + bytes([1, 0]) + struct.pack("<H", len(raw)) + raw + payload
+
+    nan_body = np.frombuffer(body, dtype="<f4").copy()
+    nan_body[10] = np.nan
+    inf_body = nan_body.copy()
+    inf_body[10] = np.inf
+    missing = {k: v for k, v in head.items() if k != "sample_id"}
+    other_grid = make_header("probe-0", 0, grid="lin:600:1898:4", n_points=325)
+    return {
+        "bad_magic": b"this is not a spectrum at all, just garbage bytes",
+        "too_short": b"NI",
+        "unknown_version": MAGIC + bytes([9]) + good_value[5:],
+        "non_finite": with_header(head, nan_body.tobytes()),
+        "non_finite_inf": with_header(head, inf_body.tobytes()),
+        "length_mismatch": with_header(head, body[:-8]),
+        "missing_field": with_header(missing),
+        "unknown_grid": with_header({**head, "grid": "log:1:2"}),
+        "bad_header": MAGIC + bytes([1, 0]) + struct.pack("<H", 5) + b"{nope" + body,
+        "grid_mismatch": encode_spectrum(other_grid, np.ones(325, dtype=np.float32)),
+    }
