@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from nirwatch.messages.wire import Prediction, SpectrumHeader, encode_spectrum, new_message_id
 from prometheus_client import CollectorRegistry
 
 from monitoring.drift_monitor import DriftMonitor, DriftSettings
 from nirwatch.chemometrics.cnn import CNNConfig
+from nirwatch.messages.prediction import Prediction
+from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.metrics import DriftMetrics
 from training.cnn import TrainConfig
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kafka import TopicPartition
-from nirwatch.messages.wire import Prediction, decode_prediction
 
+from nirwatch.messages.prediction import Prediction, decode_prediction
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import make_consumer
 
