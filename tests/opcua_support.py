@@ -5,14 +5,17 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from asyncua import Client, ua
 from asyncua.crypto import cert_gen, uacrypto
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from kafka import KafkaConsumer, TopicPartition
 
-from nirwatch.messages.wire import Prediction, new_message_id
+from nirwatch.messages.wire import Prediction, decode_spectrum, new_message_id
+from nirwatch.settings import KafkaSettings
 
 CLIENT_URI = "urn:nirwatch:test-client"
 
@@ -94,3 +97,22 @@ def prediction(instrument: str = "probe-1", **changes: object) -> Prediction:
     }
     fields.update(changes)
     return Prediction(**fields)  # type: ignore[arg-type]
+
+
+def read_spectra(kafka: KafkaSettings, expected: int, timeout: float = 30.0) -> list[tuple[Any, Any]]:
+    """Every spectrum on ``kafka.topic_spectra`` (decoded), waiting until ``expected`` arrived."""
+    consumer = KafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="earliest")
+    try:
+        parts = consumer.partitions_for_topic(kafka.topic_spectra) or set()
+        consumer.assign([TopicPartition(kafka.topic_spectra, p) for p in parts])
+        out: list[tuple[Any, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(decode_spectrum(r.value) for r in records)
+        # A little longer: anything beyond ``expected`` is a duplicate the test must see.
+        for records in consumer.poll(timeout_ms=1000).values():
+            out.extend(decode_spectrum(r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
