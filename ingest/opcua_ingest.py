@@ -53,6 +53,30 @@ def spectrum_message_id(instrument: str, sample_id: str, timestamp: float) -> st
     return f"{(ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b:032x}"
 
 
+def check_settings(settings: OpcUaIngestSettings) -> None:
+    """Refuse settings that cannot work, naming the variables to set.
+
+    Raises
+    ------
+    ConfigError
+    """
+    if not settings.url or not settings.spectrum_node:
+        raise ConfigError(
+            "nirwatch opcua-ingest needs NIRWATCH_OPCUA_INGEST_URL (opc.tcp://host:port) and "
+            "NIRWATCH_OPCUA_INGEST_SPECTRUM_NODE (e.g. ns=2;s=Spectrum)"
+        )
+    if not settings.grid and not settings.wavelengths_node:
+        raise ConfigError(
+            "nirwatch opcua-ingest needs NIRWATCH_OPCUA_INGEST_GRID (lin:first:last:step) or "
+            "NIRWATCH_OPCUA_INGEST_WAVELENGTHS_NODE"
+        )
+    if not settings.instrument_id and not settings.instrument_id_node:
+        raise ConfigError(
+            "nirwatch opcua-ingest needs NIRWATCH_OPCUA_INGEST_INSTRUMENT_ID or "
+            "NIRWATCH_OPCUA_INGEST_INSTRUMENT_ID_NODE"
+        )
+
+
 @dataclass
 class IngestStats:
     sent: int = 0
@@ -87,21 +111,7 @@ class OpcUaIngest:
         producer: SpectrumProducer,
         metrics: OpcUaIngestMetrics | None = None,
     ) -> None:
-        if not settings.url or not settings.spectrum_node:
-            raise ConfigError(
-                "nirwatch opcua-ingest needs NIRWATCH_OPCUA_INGEST_URL (opc.tcp://host:port) and "
-                "NIRWATCH_OPCUA_INGEST_SPECTRUM_NODE (e.g. ns=2;s=Spectrum)"
-            )
-        if not settings.grid and not settings.wavelengths_node:
-            raise ConfigError(
-                "nirwatch opcua-ingest needs NIRWATCH_OPCUA_INGEST_GRID (lin:first:last:step) or "
-                "NIRWATCH_OPCUA_INGEST_WAVELENGTHS_NODE"
-            )
-        if not settings.instrument_id and not settings.instrument_id_node:
-            raise ConfigError(
-                "nirwatch opcua-ingest needs NIRWATCH_OPCUA_INGEST_INSTRUMENT_ID or "
-                "NIRWATCH_OPCUA_INGEST_INSTRUMENT_ID_NODE"
-            )
+        check_settings(settings)
         self.settings = settings
         self.producer = producer
         self.metrics = metrics
