@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     overrides: dict[str, Any] = {
-        field: getattr(args, opt) for opt, field in _OVERRIDES.items() if getattr(args, opt, None) is not None
+        field: getattr(args, opt)
+        for opt, field in _OVERRIDES.items()
+        if getattr(args, opt, None) is not None
     }
     settings = load_settings(OpcUaIngestSettings, **overrides)
     check_settings(settings)
@@ -50,12 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if ingest.metrics_port:
         metrics = OpcUaIngestMetrics(CollectorRegistry())
         start_metrics_server(
-            metrics.registry, ingest.metrics_host, ingest.metrics_port, "NIRWATCH_INGEST_METRICS_PORT"
+            metrics.registry,
+            ingest.metrics_host,
+            ingest.metrics_port,
+            "NIRWATCH_INGEST_METRICS_PORT",
         )
         print(f"metrics on http://{ingest.metrics_host}:{ingest.metrics_port}/metrics")
     with SpectrumProducer(ingest, source=f"opcua:{settings.url}") as producer:
         adapter = OpcUaIngest(settings, producer, metrics)
-        print(f"reading {settings.spectrum_node} on {settings.url} -> {kafka.topic_spectra} on {kafka.bootstrap}")
+        print(
+            f"reading {settings.spectrum_node} on {settings.url} -> {kafka.topic_spectra} on {kafka.bootstrap}"
+        )
         stats = asyncio.run(adapter.run(stop))
     print(
         f"{stats.sent} spectra sent, {stats.dead_lettered} dead-lettered, "

@@ -122,11 +122,14 @@ class OpcUaIngest:
     # -- connection -------------------------------------------------------------------------
     async def _client(self) -> Client:
         s = self.settings
-        client = Client(s.url, timeout=10, auto_reconnect=True, reconnect_max_delay=s.reconnect_max_s)
+        client = Client(
+            s.url, timeout=10, auto_reconnect=True, reconnect_max_delay=s.reconnect_max_s
+        )
         client.application_uri = s.application_uri
         if s.username:
             client.set_user(s.username)
-            client.set_password(s.password.get_secret_value())
+            if s.password is not None:
+                client.set_password(s.password.get_secret_value())
         if s.security:
             await client.set_security_string(s.security)
         return client
@@ -138,8 +141,15 @@ class OpcUaIngest:
             client = await self._client()
             try:
                 await client.connect()
-            except (OSError, asyncio.TimeoutError, ua.UaError) as exc:
-                log_event(log, "analyser_unreachable", level=logging.WARNING, url=self.settings.url, error=repr(exc), retry_s=delay)
+            except (TimeoutError, OSError, ua.UaError) as exc:
+                log_event(
+                    log,
+                    "analyser_unreachable",
+                    level=logging.WARNING,
+                    url=self.settings.url,
+                    error=repr(exc),
+                    retry_s=delay,
+                )
                 await _sleep_unless(stop, delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
                 continue
@@ -161,23 +171,29 @@ class OpcUaIngest:
         queue: asyncio.Queue[ua.DataValue] = asyncio.Queue()
 
         async def lost(exc: Exception) -> None:
-            log_event(log, "analyser_lost", level=logging.WARNING, url=self.settings.url, error=repr(exc))
+            log_event(
+                log, "analyser_lost", level=logging.WARNING, url=self.settings.url, error=repr(exc)
+            )
             self.connected.clear()
             if self.metrics is not None:
                 self.metrics.connected.set(0)
 
         client.connection_lost_callback = lost
-        sub = await client.create_subscription(self.settings.publishing_interval_ms, _Handler(queue))
+        sub = await client.create_subscription(
+            self.settings.publishing_interval_ms, _Handler(queue)
+        )
         spectrum = client.get_node(self.settings.spectrum_node)
         await sub.subscribe_data_change(spectrum, queuesize=self.settings.queue_size)
-        log_event(log, "analyser_connected", url=self.settings.url, node=self.settings.spectrum_node)
+        log_event(
+            log, "analyser_connected", url=self.settings.url, node=self.settings.spectrum_node
+        )
         self.connected.set()
         if self.metrics is not None:
             self.metrics.connected.set(1)
         while not stop.is_set():
             try:
                 value = await asyncio.wait_for(queue.get(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if not self.connected.is_set():  # the subscription was re-created: connected again
                 self.connected.set()
@@ -189,8 +205,16 @@ class OpcUaIngest:
     # -- one spectrum -----------------------------------------------------------------------
     async def _metadata(self, client: Client, value: ua.DataValue) -> dict[str, Any]:
         s = self.settings
-        names = [n for n in ("timestamp", "sample_id", "instrument_id", "wavelengths") if getattr(s, f"{n}_node")]
-        read = await client.read_values([client.get_node(getattr(s, f"{n}_node")) for n in names]) if names else []
+        names = [
+            n
+            for n in ("timestamp", "sample_id", "instrument_id", "wavelengths")
+            if getattr(s, f"{n}_node")
+        ]
+        read = (
+            await client.read_values([client.get_node(getattr(s, f"{n}_node")) for n in names])
+            if names
+            else []
+        )
         meta = dict(zip(names, read, strict=True))
         ts = meta.get("timestamp") or value.SourceTimestamp or value.ServerTimestamp
         if isinstance(ts, datetime):
@@ -209,7 +233,9 @@ class OpcUaIngest:
             log.debug("spectrum node has no value yet")
             return
         meta = await self._metadata(client, value)
-        message_id = spectrum_message_id(meta["instrument_id"], meta["sample_id"], meta["timestamp"])
+        message_id = spectrum_message_id(
+            meta["instrument_id"], meta["sample_id"], meta["timestamp"]
+        )
         if message_id in self._recent:
             self.stats.duplicates += 1
             if self.metrics is not None:
@@ -229,7 +255,12 @@ class OpcUaIngest:
             extra={"source": "opcua"},
         )
         if detail:
-            self.producer.dead_letter(encode_unchecked(header, absorbances), header.instrument_id, "length_mismatch", detail)
+            self.producer.dead_letter(
+                encode_unchecked(header, absorbances),
+                header.instrument_id,
+                "length_mismatch",
+                detail,
+            )
             ok = False
         else:
             ok = self.producer.send(header, absorbances)

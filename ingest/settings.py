@@ -55,7 +55,7 @@ class OpcUaIngestSettings(NirwatchSettings):
     #: ``Basic256Sha256,SignAndEncrypt,cert.der,key.pem,server.der``; empty: no security.
     security: str = ""
     username: str = ""
-    password: SecretStr = SecretStr("")
+    password: SecretStr | None = None
     application_uri: str = "urn:nirwatch:opcua-ingest"
     #: Node ids (``ns=2;s=...``): the spectrum array is the trigger; the others are read when
     #: it changes (the analyser writes them before the array).

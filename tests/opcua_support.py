@@ -99,7 +99,9 @@ def prediction(instrument: str = "probe-1", **changes: object) -> Prediction:
     return Prediction(**fields)  # type: ignore[arg-type]
 
 
-def read_spectra(kafka: KafkaSettings, expected: int, timeout: float = 30.0) -> list[tuple[Any, Any]]:
+def read_spectra(
+    kafka: KafkaSettings, expected: int, timeout: float = 30.0
+) -> list[tuple[Any, Any]]:
     """Every spectrum on ``kafka.topic_spectra`` (decoded), waiting until ``expected`` arrived."""
     consumer = KafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="earliest")
     try:

@@ -51,11 +51,15 @@ class Analyser:
         self.nodes = {
             "sample": await obj.add_variable(ua.NodeId("SampleId", ns), "SampleId", sample),
             "time": await obj.add_variable(
-                ua.NodeId("AcquisitionTime", ns), "AcquisitionTime",
-                datetime.fromtimestamp(ts, UTC), ua.VariantType.DateTime,
+                ua.NodeId("AcquisitionTime", ns),
+                "AcquisitionTime",
+                datetime.fromtimestamp(ts, UTC),
+                ua.VariantType.DateTime,
             ),  # fmt: skip
             "spectrum": await obj.add_variable(
-                ua.NodeId("Spectrum", ns), "Spectrum", ua.Variant(values, ua.VariantType.Double, is_array=True)
+                ua.NodeId("Spectrum", ns),
+                "Spectrum",
+                ua.Variant(values, ua.VariantType.Double, is_array=True),
             ),
         }
         await server.start()
@@ -69,7 +73,9 @@ class Analyser:
     async def acquire(self, sample: str, ts: float, values: list[float]) -> None:
         await self.nodes["sample"].write_value(sample)
         await self.nodes["time"].write_value(datetime.fromtimestamp(ts, UTC))
-        await self.nodes["spectrum"].write_value(ua.Variant(values, ua.VariantType.Double, is_array=True))
+        await self.nodes["spectrum"].write_value(
+            ua.Variant(values, ua.VariantType.Double, is_array=True)
+        )
 
 
 def _settings(kafka: KafkaSettings, port: int, **changes: Any) -> OpcUaIngestSettings:
@@ -183,7 +189,9 @@ def test_bad_arrays_are_dead_lettered_with_a_reason(kafka_settings: KafkaSetting
         for i, values in enumerate(arrays):
             await analyser.acquire(f"b{i}", t0 + i, values)
             await _until(
-                lambda i=i: adapter.stats.sent + adapter.stats.dead_lettered == i + 1, 15, f"array {i}"
+                lambda i=i: adapter.stats.sent + adapter.stats.dead_lettered == i + 1,
+                15,
+                f"array {i}",
             )
 
     adapter = _with_adapter(settings, analyser, body)

@@ -22,7 +22,12 @@ from prometheus_client import CollectorRegistry
 
 from inference.opcua.bridge import PredictionFeed, build_server, endpoint_url, serve
 from inference.opcua.settings import OpcUaServerSettings
-from inference.opcua.space import STATUS_NO_VALUE, STATUS_NOT_RELEASABLE, STATUS_STALE, stream_node_id
+from inference.opcua.space import (
+    STATUS_NO_VALUE,
+    STATUS_NOT_RELEASABLE,
+    STATUS_STALE,
+    stream_node_id,
+)
 from nirwatch.errors import ConfigError
 from nirwatch.metrics import OpcUaServerMetrics
 from nirwatch.settings import KafkaSettings
@@ -32,12 +37,18 @@ PREDICTION = stream_node_id("probe-1", "ChemometricModel", "Prediction")
 
 
 def _settings(tmp_path: Path, **changes: Any) -> OpcUaServerSettings:
-    values: dict[str, Any] = {"state_dir": tmp_path / "state", "port": free_port(), "users": "alice:s3cret"}
+    values: dict[str, Any] = {
+        "state_dir": tmp_path / "state",
+        "port": free_port(),
+        "users": "alice:s3cret",
+    }
     values.update(changes)
     return OpcUaServerSettings(**values)
 
 
-def _trusted_client(tmp_path: Path, settings: OpcUaServerSettings, name: str = "scada") -> tuple[Path, Path]:
+def _trusted_client(
+    tmp_path: Path, settings: OpcUaServerSettings, name: str = "scada"
+) -> tuple[Path, Path]:
     cert = client_certificate(tmp_path / "clients", name)
     settings.trust_dir.mkdir(parents=True, exist_ok=True)
     (settings.trust_dir / f"{name}.der").write_bytes(cert[0].read_bytes())
@@ -87,9 +98,12 @@ def test_password_user_reads_and_wrong_password_is_refused(tmp_path: Path) -> No
             assert isinstance(exc, ua.uaerrors.BadUserAccessDenied), exc
 
     _run(settings, body, metrics)
-    assert metrics.registry.get_sample_value(
-        "nirwatch_opcua_rejected_logins_total", {"kind": "password"}
-    ) == 2
+    assert (
+        metrics.registry.get_sample_value(
+            "nirwatch_opcua_rejected_logins_total", {"kind": "password"}
+        )
+        == 2
+    )
 
 
 def test_anonymous_login_is_refused_unless_enabled(tmp_path: Path) -> None:
@@ -108,7 +122,9 @@ def test_anonymous_login_is_refused_unless_enabled(tmp_path: Path) -> None:
     async def reads(_space: Any) -> None:
         anonymous = await secure_client(endpoint_url(enabled), cert, _server_cert(enabled))
         async with anonymous:
-            assert await anonymous.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(201.5)
+            assert await anonymous.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(
+                201.5
+            )
 
     _run(enabled, reads)
 
@@ -141,7 +157,11 @@ def test_untrusted_client_certificate_is_refused(tmp_path: Path) -> None:
 
     async def body(_space: Any) -> None:
         client = await secure_client(
-            endpoint_url(settings), stranger, _server_cert(settings), user="alice", password="s3cret"
+            endpoint_url(settings),
+            stranger,
+            _server_cert(settings),
+            user="alice",
+            password="s3cret",
         )
         exc = await _refused(client)
         assert isinstance(exc, ua.uaerrors.BadCertificateUntrusted), exc
@@ -161,7 +181,9 @@ def test_certificate_user_logs_in_with_sign_only(tmp_path: Path) -> None:
         sign = ua.MessageSecurityMode.Sign
         client = await secure_client(url, cert, server_cert, mode=sign, certificate_user=True)
         async with client:
-            assert await client.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(201.5)
+            assert await client.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(
+                201.5
+            )
         # A trusted application whose certificate is no user's is refused at login.
         stranger = await secure_client(url, other, server_cert, mode=sign, certificate_user=True)
         exc = await _refused(stranger)
@@ -250,12 +272,17 @@ def test_value_status_follows_releasable_missing_and_stale(tmp_path: Path) -> No
         assert status() == ua.StatusCodes.Good
 
     _run(settings, body, metrics)
-    assert metrics.registry.get_sample_value("nirwatch_opcua_value_stale", {"instrument": "probe-1"}) == 0
+    assert (
+        metrics.registry.get_sample_value("nirwatch_opcua_value_stale", {"instrument": "probe-1"})
+        == 0
+    )
 
 
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_prediction_on_the_topic_becomes_a_data_change(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
+def test_prediction_on_the_topic_becomes_a_data_change(
+    tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
     ensure_topics(kafka_settings, [kafka_settings.topic_predictions], partitions=1)
     settings = _settings(tmp_path, kafka=kafka_settings, group_id="opcua-e2e", idle_poll_ms=50)
     cert = _trusted_client(tmp_path, settings)
@@ -273,7 +300,9 @@ def test_prediction_on_the_topic_becomes_a_data_change(tmp_path: Path, kafka_set
         await asyncio.wait_for(ready.wait(), 30)
         producer = make_producer(kafka_settings)
         # A first prediction creates the instrument's nodes; the client then subscribes.
-        producer.send(kafka_settings.topic_predictions, prediction("probe-7").encode(), key=b"probe-7")
+        producer.send(
+            kafka_settings.topic_predictions, prediction("probe-7").encode(), key=b"probe-7"
+        )
         producer.flush()
         client = await secure_client(
             endpoint_url(settings), cert, _server_cert(settings), user="alice", password="s3cret"
@@ -298,7 +327,9 @@ def test_prediction_on_the_topic_becomes_a_data_change(tmp_path: Path, kafka_set
                     break
             assert dv.StatusCode.is_good()
             assert dv.SourceTimestamp.timestamp() == pytest.approx(sent.timestamp, abs=1e-3)
-            sample = client.get_node(f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SampleId')}")
+            sample = client.get_node(
+                f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SampleId')}"
+            )
             assert await sample.read_value() == "s-42"
         producer.close()
         stop.set()

@@ -84,7 +84,9 @@ async def build_server(
     server.set_endpoint(endpoint_url(settings))
     server.set_server_name("nirwatch opcua-server")
     await server.set_application_uri(settings.application_uri)
-    cert, key = ensure_server_certificate(settings.cert_dir, settings.application_uri, settings.host)
+    cert, key = ensure_server_certificate(
+        settings.cert_dir, settings.application_uri, settings.host
+    )
     await server.load_certificate(str(cert))
     await server.load_private_key(str(key))
     policies = list(_SECURE)
@@ -130,8 +132,12 @@ class PredictionFeed:
                 await self.space.update(prediction, time.monotonic())
                 n += 1
                 if self.metrics is not None:
-                    self.metrics.publishes.labels(self.metrics.label(prediction.instrument_id)).inc()
-                    self.metrics.latency_seconds.observe(max(0.0, time.time() - prediction.published_at))
+                    self.metrics.publishes.labels(
+                        self.metrics.label(prediction.instrument_id)
+                    ).inc()
+                    self.metrics.latency_seconds.observe(
+                        max(0.0, time.time() - prediction.published_at)
+                    )
         if batches:
             await asyncio.to_thread(self.consumer.commit)
         self.written += n
@@ -146,7 +152,13 @@ class PredictionFeed:
         for instrument, nodes in self.space.instruments.items():
             age = now - nodes.received_at
             if age > self.settings.stale_after_s and not nodes.stale:
-                log_event(log, "opcua_value_stale", level=logging.WARNING, instrument=instrument, age_s=round(age, 1))
+                log_event(
+                    log,
+                    "opcua_value_stale",
+                    level=logging.WARNING,
+                    instrument=instrument,
+                    age_s=round(age, 1),
+                )
                 await self.space.mark_stale(instrument)
             if self.metrics is not None:
                 label = self.metrics.label(instrument)
@@ -193,7 +205,12 @@ async def serve(
     feed = PredictionFeed(settings, space, consumer, metrics)
     try:
         async with server:
-            log_event(log, "opcua_server_started", endpoint=endpoint_url(settings), topic=kafka.topic_predictions)
+            log_event(
+                log,
+                "opcua_server_started",
+                endpoint=endpoint_url(settings),
+                topic=kafka.topic_predictions,
+            )
             if on_ready is not None:
                 result = on_ready(server)
                 if asyncio.iscoroutine(result):

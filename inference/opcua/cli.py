@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     overrides: dict[str, Any] = {
-        field: getattr(args, opt) for opt, field in _OVERRIDES.items() if getattr(args, opt, None) is not None
+        field: getattr(args, opt)
+        for opt, field in _OVERRIDES.items()
+        if getattr(args, opt, None) is not None
     }
     settings = load_settings(OpcUaServerSettings, **overrides)
     kafka = settings.kafka
@@ -62,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         metrics = OpcUaServerMetrics(CollectorRegistry())
         start_metrics_server(
-            metrics.registry, settings.metrics_host, settings.metrics_port, "NIRWATCH_OPCUA_METRICS_PORT"
+            metrics.registry,
+            settings.metrics_host,
+            settings.metrics_port,
+            "NIRWATCH_OPCUA_METRICS_PORT",
         )
         print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     thumbprint = hashlib.sha1(cert.read_bytes()).hexdigest()  # noqa: S324 - OPC UA's thumbprint is SHA-1

@@ -20,7 +20,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import cert_gen, uacrypto
-from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.crypto.permission_rules import USER_TYPES, SimpleRoleRuleset, User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
@@ -36,7 +36,7 @@ _CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
 
 #: Requests that change the address space or values: refused to everyone.
 _WRITES = {
-    ua.NodeId(i)
+    ua.NodeId(ua.Int32(i))
     for i in (
         ua.ObjectIds.WriteRequest_Encoding_DefaultBinary,
         ua.ObjectIds.HistoryUpdateRequest_Encoding_DefaultBinary,
@@ -127,11 +127,12 @@ async def client_validator(trust_dir: Path) -> Callable[..., Any]:
     )
 
 
-class ReadOnlyRuleset(PermissionRuleset):
+class ReadOnlyRuleset(SimpleRoleRuleset):
     """Every authenticated user may browse, read and subscribe; nobody may write or call."""
 
     def __init__(self) -> None:
-        self._allowed = {ua.NodeId(i) for i in USER_TYPES} - _WRITES
+        super().__init__()
+        self._allowed = {ua.NodeId(ua.Int32(i)) for i in USER_TYPES} - _WRITES
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         return action_type_id in self._allowed

@@ -31,13 +31,13 @@ class OpcUaServerSettings(NirwatchSettings):
     application_uri: str = "urn:nirwatch:opcua-server"
     state_dir: Path = state_dir_field()
     #: Server certificate and key (``server_cert.der``, ``server_key.pem``), made on first start.
-    cert_dir: Path = Path()
+    cert_dir: Path = Path("var/opcua/pki/own")
     #: Client application certificates (DER or PEM) that may open a session.
-    trust_dir: Path = Path()
+    trust_dir: Path = Path("var/opcua/pki/trusted")
     #: Certificates of certificate users: the file name without extension is the user name.
-    user_cert_dir: Path = Path()
+    user_cert_dir: Path = Path("var/opcua/pki/users")
     #: Username/password users, ``name:password`` pairs separated by commas.
-    users: SecretStr = SecretStr("")
+    users: SecretStr | None = None
     allow_anonymous: bool = False
     #: Also offer the unencrypted, unsigned None policy (never on a plant network).
     allow_none_policy: bool = False
@@ -59,7 +59,8 @@ class OpcUaServerSettings(NirwatchSettings):
     def user_passwords(self) -> dict[str, str]:
         """``users`` as a name -> password map."""
         out: dict[str, str] = {}
-        for pair in self.users.get_secret_value().split(","):
+        raw = self.users.get_secret_value() if self.users is not None else ""
+        for pair in raw.split(","):
             if not pair.strip():
                 continue
             name, sep, password = pair.strip().partition(":")

@@ -78,6 +78,10 @@ def unit_information(unit: str) -> ua.EUInformation:
     return eu
 
 
+def _nid(identifier: str, ns: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(identifier), ua.Int16(ns))
+
+
 def stream_node_id(instrument: str, group: str, name: str) -> str:
     """String identifier of a stream variable (``<instrument>.Channel1.Stream1.<group>.<name>``)."""
     return f"{instrument}.Channel1.Stream1.{group}.{name}"
@@ -117,9 +121,11 @@ class AddressSpace:
     async def create(cls, server: Server) -> AddressSpace:
         ns = await server.register_namespace(NAMESPACE)
         objects = server.nodes.objects
-        analysers = await objects.add_folder(ua.NodeId("Analysers", ns), ua.QualifiedName("Analysers", ns))
+        analysers = await objects.add_folder(
+            _nid("Analysers", ns), ua.QualifiedName("Analysers", ns)
+        )
         srv = await objects.add_object(
-            ua.NodeId("NirwatchServer", ns), ua.QualifiedName("NirwatchServer", ns)
+            _nid("NirwatchServer", ns), ua.QualifiedName("NirwatchServer", ns)
         )
         health = {}
         for name, vt, initial in (
@@ -128,7 +134,7 @@ class AddressSpace:
             ("PredictionsReceived", ua.VariantType.UInt64, 0),
         ):
             health[name] = await srv.add_variable(
-                ua.NodeId(f"NirwatchServer.{name}", ns), ua.QualifiedName(name, ns),
+                _nid(f"NirwatchServer.{name}", ns), ua.QualifiedName(name, ns),
                 ua.Variant(initial, vt),
             )  # fmt: skip
         return cls(server, ns, analysers, health)
@@ -140,7 +146,7 @@ class AddressSpace:
         ns = self.ns
 
         async def obj(parent: Node, path: str, name: str) -> Node:
-            return await parent.add_object(ua.NodeId(path, ns), ua.QualifiedName(name, ns))
+            return await parent.add_object(_nid(path, ns), ua.QualifiedName(name, ns))
 
         device = await obj(self.analysers, instrument, instrument)
         channel = await obj(device, f"{instrument}.Channel1", "Channel1")
@@ -150,36 +156,39 @@ class AddressSpace:
             for g in ("AcquisitionData", "ChemometricModel", "Diagnostics")
         }
         prediction = await groups["ChemometricModel"].add_variable(
-            ua.NodeId(stream_node_id(instrument, "ChemometricModel", "Prediction"), ns),
+            _nid(stream_node_id(instrument, "ChemometricModel", "Prediction"), ns),
             ua.QualifiedName("Prediction", ns),
             ua.Variant(0.0, ua.VariantType.Double),
-            datatype=ua.NodeId(ua.ObjectIds.Double),
+            datatype=ua.ObjectIds.Double,
         )
         units = await prediction.add_property(
-            ua.NodeId(stream_node_id(instrument, "ChemometricModel", "Prediction.EngineeringUnits"), ns),
+            _nid(stream_node_id(instrument, "ChemometricModel", "Prediction.EngineeringUnits"), ns),
             ua.QualifiedName("EngineeringUnits", 0),
             unit_information(""),
-            datatype=ua.NodeId(ua.ObjectIds.EUInformation),
+            datatype=ua.ObjectIds.EUInformation,
         )  # fmt: skip
         variables = {}
         for group, name, vt in _VARIABLES:
             variables[name] = await groups[group].add_variable(
-                ua.NodeId(stream_node_id(instrument, group, name), ns),
+                _nid(stream_node_id(instrument, group, name), ns),
                 ua.QualifiedName(name, ns),
                 ua.Variant(_INITIAL[vt], vt),
-                datatype=ua.NodeId(_DATATYPES[vt]),
+                datatype=_DATATYPES[vt],
             )
         nodes = InstrumentNodes(prediction, units, variables)
         self.instruments[instrument] = nodes
         return nodes
 
-    async def _write(self, node: Node, value: Any, vt: ua.VariantType, status: int, source: datetime | None) -> None:
+    async def _write(
+        self, node: Node, value: Any, vt: ua.VariantType, status: int, source: datetime | None
+    ) -> None:
         # A missing value (no interval, no T² for PLS) is a Null variant, not a typed one.
         dv = ua.DataValue(
             ua.Variant() if value is None else ua.Variant(value, vt),
-            ua.StatusCode(status),
-            SourceTimestamp=source,
-            ServerTimestamp=datetime.now(UTC),
+            ua.StatusCode(ua.UInt32(status)),
+            # asyncua types its timestamps as ua.DateTime, a datetime subclass; plain ones work.
+            SourceTimestamp=source,  # type: ignore[arg-type]
+            ServerTimestamp=datetime.now(UTC),  # type: ignore[arg-type]
         )
         await self.server.write_attribute_value(node.nodeid, dv)
 
@@ -189,7 +198,9 @@ class AddressSpace:
         source = _utc(p.timestamp)
         if p.unit != nodes.unit:
             nodes.unit = p.unit
-            await self._write(nodes.units, unit_information(p.unit), ua.VariantType.ExtensionObject, 0, None)
+            await self._write(
+                nodes.units, unit_information(p.unit), ua.VariantType.ExtensionObject, 0, None
+            )
         values: dict[str, Any] = {
             "SpectrumTimestamp": source,
             "SampleId": p.sample_id,
@@ -212,7 +223,7 @@ class AddressSpace:
             "QLimit": p.q_limit,
             "Stale": False,
         }
-        for group, name, vt in _VARIABLES:
+        for _group, name, vt in _VARIABLES:
             await self._write(nodes.variables[name], values[name], vt, 0, source)
         if p.value is None:
             status = STATUS_NO_VALUE
@@ -231,9 +242,15 @@ class AddressSpace:
         if nodes.stale:
             return
         nodes.stale = True
-        await self._write(nodes.variables["Stale"], True, ua.VariantType.Boolean, 0, nodes.last_source)
         await self._write(
-            nodes.prediction, nodes.last_value, ua.VariantType.Double, STATUS_STALE, nodes.last_source
+            nodes.variables["Stale"], True, ua.VariantType.Boolean, 0, nodes.last_source
+        )
+        await self._write(
+            nodes.prediction,
+            nodes.last_value,
+            ua.VariantType.Double,
+            STATUS_STALE,
+            nodes.last_source,
         )
 
     async def set_health(self, name: str, value: Any) -> None:
