@@ -24,7 +24,9 @@ from nirwatch.settings import KafkaSettings
 pytestmark = [
     pytest.mark.kafka,
     pytest.mark.slow,
-    pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl for the client certificate"),
+    pytest.mark.skipif(
+        not shutil.which("openssl"), reason="needs openssl for the client certificate"
+    ),
 ]
 UAREAD = Path(sys.executable).with_name("uaread")
 NODE = "ns=2;s=line-1.Channel1.Stream1.ChemometricModel.Prediction"

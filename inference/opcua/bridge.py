@@ -170,11 +170,18 @@ class PredictionFeed:
             assigned = list(self.consumer.assignment())
             if not assigned:
                 return 0 if self.consumer.bootstrap_connected() else None
-            try:
-                ends = self.consumer.end_offsets(assigned, timeout_ms=2000)
+            try:  # a round trip to the broker: is it there?
+                self.consumer.end_offsets(assigned, timeout_ms=2000)
             except KafkaError:
                 return None
-            return sum(max(0, ends[tp] - self.consumer.position(tp)) for tp in assigned)
+            # The lag itself from the fetch responses' high-water marks: Tansu's ListOffsets
+            # under-reports (nirwatch.transport.broker).
+            marks = {tp: self.consumer.highwater(tp) for tp in assigned}
+            return sum(
+                max(0, hw - self.consumer.position(tp))
+                for tp, hw in marks.items()
+                if hw is not None
+            )
 
         behind = await asyncio.to_thread(lag)
         reachable = behind is not None
@@ -200,7 +207,11 @@ async def serve(
     server, space = await build_server(settings, metrics)
     kafka = settings.kafka
     consumer = make_consumer(
-        kafka, settings.group_id, kafka.topic_predictions, max_poll_records=500
+        kafka,
+        settings.group_id,
+        kafka.topic_predictions,
+        max_poll_records=500,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     feed = PredictionFeed(settings, space, consumer, metrics)
     try:

@@ -46,6 +46,9 @@ class OpcUaServerSettings(NirwatchSettings):
     #: How often consumer lag and broker reachability are refreshed.
     health_interval_s: float = Field(default=5.0, gt=0)
     idle_poll_ms: int = Field(default=200, ge=1, le=10_000)
+    #: How long the broker may hold a fetch waiting for data: the floor of the latency from a
+    #: prediction's publication to its OPC UA value (Tansu waits the full time).
+    fetch_max_wait_ms: int = Field(default=20, ge=0, le=10_000)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9111, ge=0, le=65535, description="0: no HTTP endpoint")
 

@@ -20,7 +20,8 @@ Node ids are strings in the namespace ``urn:nirwatch:opcua``:
 ``<instrument>.Channel1.Stream1.ChemometricModel.Prediction`` and so on. Every value carries
 the spectrum's acquisition time as its SourceTimestamp. The Prediction's status is Good when
 releasable, Uncertain when not releasable, BadNoData without a value, and Bad (BadOutOfService)
-once no prediction came for ``stale_after_s`` (as OPC UA requires of a Bad value, its value is
+once no prediction came for ``stale_after_s``. A diagnostic the prediction lacks (no interval,
+no T² for PLS) reads BadNoData (as OPC UA requires of a Bad value, its value is
 then null; ``Diagnostics/Stale`` turns true). Every node is read-only.
 """
 
@@ -182,7 +183,10 @@ class AddressSpace:
     async def _write(
         self, node: Node, value: Any, vt: ua.VariantType, status: int, source: datetime | None
     ) -> None:
-        # A missing value (no interval, no T² for PLS) is a Null variant, not a typed one.
+        # A missing value (no interval, no T² for PLS) is BadNoData: asyncua refuses a Null of
+        # a typed variable with a Good status, and OPC UA gives a Bad value no value.
+        if value is None and ua.StatusCode(ua.UInt32(status)).is_good():
+            status = STATUS_NO_VALUE
         dv = ua.DataValue(
             ua.Variant() if value is None else ua.Variant(value, vt),
             ua.StatusCode(ua.UInt32(status)),
