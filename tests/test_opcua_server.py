@@ -254,7 +254,13 @@ def test_value_status_follows_releasable_missing_and_stale(tmp_path: Path) -> No
         await space.update(prediction(value=None, releasable=False), time.monotonic())
         assert status() == STATUS_NO_VALUE
         assert ua.StatusCode(status()).is_bad()
+        # A diagnostic the prediction lacks (PLS has no interval here) reads BadNoData, not the
+        # previous prediction's value.
+        low = ua.NodeId(stream_node_id("probe-1", "ChemometricModel", "IntervalLow"), 2)
+        await space.update(prediction(interval_low=None, interval_high=None), time.monotonic())
+        assert space.server.read_attribute_value(low).StatusCode.value == STATUS_NO_VALUE
         await space.update(prediction(), time.monotonic())
+        assert space.server.read_attribute_value(low).Value.Value == pytest.approx(198.0)
         feed = PredictionFeed(settings, space, _NoConsumer(), metrics)  # type: ignore[arg-type]
         await feed.step()
         assert status() == ua.StatusCodes.Good
@@ -342,3 +348,10 @@ def test_prediction_on_the_topic_becomes_a_data_change(
     tp = TopicPartition(kafka_settings.topic_predictions, 0)
     assert consumer.committed(tp) == 2, "offsets are committed once the values are written"
     consumer.close()
+
+
+def test_users_setting_is_parsed_and_checked(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, users="alice:s3cret, bob:pa:ss")
+    assert settings.user_passwords() == {"alice": "s3cret", "bob": "pa:ss"}
+    with pytest.raises(ConfigError, match="name:password"):
+        _settings(tmp_path, users="alice").user_passwords()
