@@ -1,8 +1,9 @@
 """The OPC UA server's life: build it securely, feed it from the predictions topic, close it.
 
-At-least-once: offsets are committed only after every polled prediction is in the address space,
-so a crash between the write and the commit re-delivers them (the same value is written again,
-which an OPC UA client sees as one more data change with the same SourceTimestamp).
+At-least-once: only offsets of predictions already in the address space are committed
+(asynchronously after each poll, synchronously at close), so a crash between the write and the
+commit re-delivers them (the same value is written again, which an OPC UA client sees as one
+more data change with the same SourceTimestamp).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 from asyncua import Server, ua
 from asyncua.server.internal_session import InternalSession
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from inference.opcua.security import (
     ReadOnlyRuleset,
@@ -114,13 +116,25 @@ class PredictionFeed:
         self.consumer = consumer
         self.metrics = metrics
         self.written = 0
+        #: Next offset to consume per partition, of records already in the address space.
+        self.done: dict[TopicPartition, OffsetAndMetadata] = {}
         self._next_health = 0.0
+
+    def close(self) -> None:
+        """Commit what was written (synchronously) and close the consumer."""
+        try:
+            if self.done:
+                self.consumer.commit(dict(self.done))
+        except KafkaError as exc:  # re-delivered after a restart: at least once
+            log.warning("final commit failed: %s", exc)
+        finally:
+            self.consumer.close(autocommit=False)
 
     async def step(self) -> int:
         """One poll: write what came, commit, check staleness and (now and then) health."""
         batches = await asyncio.to_thread(self.consumer.poll, timeout_ms=self.settings.idle_poll_ms)
         n = 0
-        for records in batches.values():
+        for tp, records in batches.items():
             for record in records:
                 try:
                     prediction = decode_prediction(record.value)
@@ -138,8 +152,12 @@ class PredictionFeed:
                     self.metrics.latency_seconds.observe(
                         max(0.0, time.time() - prediction.published_at)
                     )
+            self.done[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         if batches:
-            await asyncio.to_thread(self.consumer.commit)
+            # Asynchronous: the next poll need not wait for the broker's answer. Only what was
+            # written is committed; a lost commit re-delivers (at least once). ``close`` commits
+            # synchronously.
+            self.consumer.commit_async(dict(self.done))
         self.written += n
         await self._check_stale()
         if time.monotonic() >= self._next_health:
@@ -229,6 +247,5 @@ async def serve(
             while not stop.is_set():
                 await feed.step()
     finally:
-        # Everything written was committed at the end of its step; close without committing more.
-        await asyncio.to_thread(consumer.close, autocommit=False)
+        await asyncio.to_thread(feed.close)
     return feed.written
