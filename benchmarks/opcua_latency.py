@@ -45,6 +45,12 @@ from nirwatch.transport.kafka import ensure_topics
 CLIENT_URI = "urn:nirwatch:bench-client"
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def client_certificate(directory: Path) -> tuple[Path, Path]:
     key = cert_gen.generate_private_key()
     cert = cert_gen.generate_self_signed_app_certificate(
@@ -108,7 +114,12 @@ def publish(
 
 
 async def measure(
-    args: argparse.Namespace, kafka: KafkaSettings, port: int, state: Path, cert: tuple[Path, Path]
+    args: argparse.Namespace,
+    kafka: KafkaSettings,
+    port: int,
+    state: Path,
+    cert: tuple[Path, Path],
+    server_pid: int,
 ) -> dict[str, object]:
     server_cert = state / "opcua" / "pki" / "own" / "server_cert.der"
     sent: dict[int, float] = {}
@@ -171,9 +182,11 @@ async def measure(
             target=publish, args=(kafka, args.rate, total, args.instruments, sent, stop)
         )
         load_before = os.getloadavg()
+        cpu_before = cpu_seconds(server_pid)
         publisher.start()
         await asyncio.to_thread(publisher.join)
         await asyncio.sleep(3)
+        server_cpu = cpu_seconds(server_pid) - cpu_before
         load_after = os.getloadavg()
     finally:
         stop.set()
@@ -192,6 +205,8 @@ async def measure(
         "p95_ms": round(float(np.percentile(lat, 95)), 2),
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
         "max_ms": round(float(lat.max()), 2),
+        "server_cpu_ms_per_prediction": round(1000 * server_cpu / max(1, len(sent)), 3),
+        "server_cpu_share_of_one_core": round(server_cpu / (total + 3), 3),
         "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "cpus": os.cpu_count(),
     }
@@ -222,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         cert = client_certificate(Path(tmp))
         shutil.copy(cert[0], trusted / "bench.der")
         port = free_port()
-        with opcua_server(kafka, state, port):
-            result = asyncio.run(measure(args, kafka, port, state, cert))
+        with opcua_server(kafka, state, port) as server:
+            result = asyncio.run(measure(args, kafka, port, state, cert, server.pid))
     print(json.dumps(result, indent=2))
     return 0
 
