@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from asyncua import Client, ua
+from asyncua import Client, Node, ua
 from asyncua.crypto import cert_gen, uacrypto
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
@@ -113,26 +113,11 @@ def publish(
     producer.close()
 
 
-async def measure(
-    args: argparse.Namespace,
-    kafka: KafkaSettings,
-    port: int,
-    state: Path,
-    cert: tuple[Path, Path],
-    server_pid: int,
-) -> dict[str, object]:
+async def connected_client(
+    args: argparse.Namespace, kafka: KafkaSettings, port: int, state: Path, cert: tuple[Path, Path]
+) -> tuple[Client, list[Node]]:
+    """Prime every instrument's nodes (value -1), connect securely, wait for the nodes."""
     server_cert = state / "opcua" / "pki" / "own" / "server_cert.der"
-    sent: dict[int, float] = {}
-    latencies: list[tuple[int, float]] = []
-
-    class Handler:
-        def datachange_notification(self, _node: object, value: object, _data: object) -> None:
-            received = time.time()
-            if isinstance(value, float) and int(value) in sent:
-                latencies.append((int(value), received - sent[int(value)]))
-
-    # Prime every instrument's nodes (value -1), then subscribe.
-    stop = threading.Event()
     primer = KafkaProducer(**kafka.client_options())
     for k in range(args.instruments):
         p = Prediction(
@@ -161,19 +146,41 @@ async def measure(
         except (OSError, ua.UaError):
             assert time.monotonic() < deadline, "server did not come up"
             await asyncio.sleep(1)
+    nodes = [
+        client.get_node(f"ns=2;s=probe-{k}.Channel1.Stream1.ChemometricModel.Prediction")
+        for k in range(args.instruments)
+    ]
+    for node in nodes:
+        while True:
+            try:
+                await node.read_value()
+                break
+            except ua.uaerrors.BadNodeIdUnknown:
+                assert time.monotonic() < deadline, "predictions never reached the server"
+                await asyncio.sleep(0.5)
+    return client, nodes
+
+
+async def measure(
+    args: argparse.Namespace,
+    kafka: KafkaSettings,
+    port: int,
+    state: Path,
+    cert: tuple[Path, Path],
+    server_pid: int,
+) -> dict[str, object]:
+    sent: dict[int, float] = {}
+    latencies: list[tuple[int, float]] = []
+
+    class Handler:
+        def datachange_notification(self, _node: object, value: object, _data: object) -> None:
+            received = time.time()
+            if isinstance(value, float) and int(value) in sent:
+                latencies.append((int(value), received - sent[int(value)]))
+
+    stop = threading.Event()
+    client, nodes = await connected_client(args, kafka, port, state, cert)
     try:
-        nodes = [
-            client.get_node(f"ns=2;s=probe-{k}.Channel1.Stream1.ChemometricModel.Prediction")
-            for k in range(args.instruments)
-        ]
-        for node in nodes:
-            while True:
-                try:
-                    await node.read_value()
-                    break
-                except ua.uaerrors.BadNodeIdUnknown:
-                    assert time.monotonic() < deadline, "predictions never reached the server"
-                    await asyncio.sleep(0.5)
         sub = await client.create_subscription(args.publishing_ms, Handler())
         await sub.subscribe_data_change(nodes, queuesize=10)
         await asyncio.sleep(1)
