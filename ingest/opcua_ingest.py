@@ -156,6 +156,12 @@ class OpcUaIngest:
             delay = 0.5
             try:
                 await self._session(client, stop)
+            except ua.uaerrors.BadNodeIdUnknown as exc:
+                raise ConfigError(
+                    f"the analyser at {self.settings.url} has no node "
+                    f"{self.settings.spectrum_node!r} (NIRWATCH_OPCUA_INGEST_SPECTRUM_NODE) or one "
+                    f"of the other configured nodes: {exc}"
+                ) from exc
             finally:
                 self.connected.clear()
                 if self.metrics is not None:

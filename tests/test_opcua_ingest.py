@@ -218,3 +218,20 @@ def test_missing_node_settings_are_config_errors() -> None:
         OpcUaIngest(OpcUaIngestSettings(), producer)
     with pytest.raises(ConfigError, match="GRID"):
         OpcUaIngest(OpcUaIngestSettings(url="opc.tcp://x:4840", spectrum_node="ns=2;s=S"), producer)
+
+
+def test_a_spectrum_node_the_analyser_lacks_is_a_config_error() -> None:
+    analyser = Analyser(free_port())
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9")  # never used: nothing is published
+    settings = _settings(kafka, analyser.port, spectrum_node="ns=2;s=NoSuchSpectrum")
+    producer: Any = object()
+
+    async def main() -> None:
+        await analyser.start()
+        try:
+            with pytest.raises(ConfigError, match="NoSuchSpectrum"):
+                await asyncio.wait_for(OpcUaIngest(settings, producer).run(threading.Event()), 60)
+        finally:
+            await analyser.stop()
+
+    asyncio.run(main())
