@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import signal
 import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from inference.cli import install_stop_handlers
 from inference.opcua.bridge import endpoint_url, serve
 from inference.opcua.security import SERVER_CERT, ensure_server_certificate
 from inference.opcua.settings import OpcUaServerSettings
@@ -47,7 +47,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    install_stop_handlers(stop)
+    # Not inference.cli's helper: importing the worker's CLI would load torch for nothing.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     overrides: dict[str, Any] = {
         field: getattr(args, opt)
         for opt, field in _OVERRIDES.items()
