@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from inference.opcua.settings import OpcUaServerSettings
 from inference.settings import WorkerSettings
-from ingest.settings import IngestSettings
+from ingest.settings import IngestSettings, OpcUaIngestSettings
 from monitoring.drift_monitor import DriftSettings
 from nirwatch.models.registry import RegistrySettings
 from nirwatch.records.audit import AuditSettings
@@ -35,6 +36,8 @@ CLASSES: list[type[BaseSettings]] = [
     DriftSettings,
     RetrainSettings,
     TrainingSettings,
+    OpcUaServerSettings,
+    OpcUaIngestSettings,
 ]
 
 
