@@ -37,7 +37,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from kafka import KafkaProducer
 
-from nirwatch.messages.wire import Prediction, new_message_id
+from nirwatch.messages.prediction import Prediction
+from nirwatch.messages.spectrum import new_message_id
 from nirwatch.settings import KafkaSettings
 from nirwatch.transport.broker import free_port, kafka_bootstrap
 from nirwatch.transport.kafka import ensure_topics

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 from asyncua import Client, Node, ua
 
-from ingest.producer import SpectrumProducer, encode_unchecked
+from ingest.producer import SpectrumProducer
 from ingest.replay import on_even_grid
 from ingest.settings import OpcUaIngestSettings
 from nirwatch.errors import ConfigError, DataError
 from nirwatch.logs import log_event
-from nirwatch.messages.wire import SpectrumHeader
+from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum_unchecked
 from nirwatch.metrics import OpcUaIngestMetrics
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 def spectrum_message_id(instrument: str, sample_id: str, timestamp: float) -> str:
     """A UUIDv7-shaped id (32 hex) fixed by the spectrum itself: its time, then a hash.
 
-    Time-ordered like :func:`nirwatch.messages.wire.new_message_id`, but the same spectrum read
+    Time-ordered like :func:`nirwatch.messages.spectrum.new_message_id`, but the same spectrum read
     again (after a reconnect) gets the same id.
     """
     # Milliseconds: the time survives OPC UA's DateTime (100 ns ticks) and float round trips.
@@ -262,7 +262,7 @@ class OpcUaIngest:
         )
         if detail:
             self.producer.dead_letter(
-                encode_unchecked(header, absorbances),
+                encode_spectrum_unchecked(header, absorbances),
                 header.instrument_id,
                 "length_mismatch",
                 detail,

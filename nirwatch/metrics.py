@@ -264,11 +264,6 @@ class OpcUaServerMetrics:
             ["kind"],
             registry=r,
         )
-        self.bad_records = Counter(
-            "nirwatch_opcua_bad_records",
-            "Records on the predictions topic that are not valid predictions (skipped)",
-            registry=r,
-        )
         self.stale = Gauge(
             "nirwatch_opcua_value_stale",
             "1 while an instrument's OPC UA value is stale (no prediction for stale_after_s)",

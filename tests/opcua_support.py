@@ -14,7 +14,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from kafka import KafkaConsumer, TopicPartition
 
-from nirwatch.messages.wire import Prediction, decode_spectrum, new_message_id
+from nirwatch.messages.prediction import Prediction
+from nirwatch.messages.spectrum import decode_spectrum, new_message_id
 from nirwatch.settings import KafkaSettings
 
 CLIENT_URI = "urn:nirwatch:test-client"

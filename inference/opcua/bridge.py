@@ -1,7 +1,8 @@
 """The OPC UA server's life: build it securely, feed it from the predictions topic, close it.
 
-At-least-once: only offsets of predictions already in the address space are committed
-(asynchronously after each poll, synchronously at close), so a crash between the write and the
+At-least-once: offsets are committed only once everything polled is in the address space
+(asynchronously after each poll, synchronously at close; :func:`poll_decoded` skips and logs
+records that are not predictions), so a crash between the write and the
 commit re-delivers them (the same value is written again, which an OPC UA client sees as one
 more data change with the same SourceTimestamp).
 """
@@ -17,9 +18,8 @@ from typing import Any
 
 from asyncua import Server, ua
 from asyncua.server.internal_session import InternalSession
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from inference.opcua.security import (
     ReadOnlyRuleset,
@@ -30,11 +30,11 @@ from inference.opcua.security import (
 )
 from inference.opcua.settings import OpcUaServerSettings
 from inference.opcua.space import AddressSpace
-from nirwatch.errors import ConfigError, WireFormatError
+from nirwatch.errors import ConfigError
 from nirwatch.logs import log_event
-from nirwatch.messages.wire import decode_prediction
+from nirwatch.messages.prediction import decode_prediction
 from nirwatch.metrics import OpcUaServerMetrics
-from nirwatch.transport.kafka import make_consumer
+from nirwatch.transport.kafka import make_consumer, poll_decoded
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,15 @@ class PredictionFeed:
         self.consumer = consumer
         self.metrics = metrics
         self.written = 0
-        #: Next offset to consume per partition, of records already in the address space.
-        self.done: dict[TopicPartition, OffsetAndMetadata] = {}
+        #: The last step wrote everything it polled: the consumer's positions may be committed.
+        self._clean = True
         self._next_health = 0.0
 
     def close(self) -> None:
         """Commit what was written (synchronously) and close the consumer."""
         try:
-            if self.done:
-                self.consumer.commit(dict(self.done))
+            if self._clean:
+                self.consumer.commit()
         except KafkaError as exc:  # re-delivered after a restart: at least once
             log.warning("final commit failed: %s", exc)
         finally:
@@ -132,32 +132,25 @@ class PredictionFeed:
 
     async def step(self) -> int:
         """One poll: write what came, commit, check staleness and (now and then) health."""
-        batches = await asyncio.to_thread(self.consumer.poll, timeout_ms=self.settings.idle_poll_ms)
+        topic = self.settings.kafka.topic_predictions
+        self._clean = False
+        decoded = await asyncio.to_thread(
+            poll_decoded, self.consumer, {topic: decode_prediction}, self.settings.idle_poll_ms
+        )
         n = 0
-        for tp, records in batches.items():
-            for record in records:
-                try:
-                    prediction = decode_prediction(record.value)
-                except WireFormatError as exc:
-                    log.warning("skipped a record that is not a prediction: %s", exc)
-                    if self.metrics is not None:
-                        self.metrics.bad_records.inc()
-                    continue
-                await self.space.update(prediction, time.monotonic())
-                n += 1
-                if self.metrics is not None:
-                    self.metrics.publishes.labels(
-                        self.metrics.label(prediction.instrument_id)
-                    ).inc()
-                    self.metrics.latency_seconds.observe(
-                        max(0.0, time.time() - prediction.published_at)
-                    )
-            self.done[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-        if batches:
-            # Asynchronous: the next poll need not wait for the broker's answer. Only what was
-            # written is committed; a lost commit re-delivers (at least once). ``close`` commits
-            # synchronously.
-            self.consumer.commit_async(dict(self.done))
+        for prediction in decoded.get(topic, []):
+            await self.space.update(prediction, time.monotonic())
+            n += 1
+            if self.metrics is not None:
+                self.metrics.publishes.labels(self.metrics.label(prediction.instrument_id)).inc()
+                self.metrics.latency_seconds.observe(
+                    max(0.0, time.time() - prediction.published_at)
+                )
+        self._clean = True
+        if decoded:
+            # Everything polled is in the address space now. Asynchronous: the next poll need
+            # not wait for the broker's answer; a lost commit re-delivers (at least once).
+            self.consumer.commit_async()
         self.written += n
         await self._check_stale()
         if time.monotonic() >= self._next_health:

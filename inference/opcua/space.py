@@ -34,7 +34,7 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.common.node import Node
 
-from nirwatch.messages.wire import Prediction
+from nirwatch.messages.prediction import Prediction
 
 NAMESPACE = "urn:nirwatch:opcua"
 STATUS_NOT_RELEASABLE = ua.StatusCodes.Uncertain
