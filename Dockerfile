@@ -30,8 +30,8 @@ RUN pip install . && nirwatch --version
 # volumes in docker-compose.yml (tests/test_compose_container.py checks both).
 RUN groupadd --system --gid 10001 nirwatch \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home nirwatch \
-    && mkdir -p /models /reports /inbox /var/lib/nirwatch/audit \
-    && chown nirwatch:nirwatch /models /reports /inbox /var/lib/nirwatch/audit
+    && mkdir -p /models /reports /inbox /var/lib/nirwatch/audit /var/lib/nirwatch/opcua \
+    && chown nirwatch:nirwatch /models /reports /inbox /var/lib/nirwatch/audit /var/lib/nirwatch/opcua
 # Matplotlib (training reports) caches fonts under $HOME, which is the read-only /app.
 ENV MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from nirwatch.settings import KafkaSettings, NirwatchSettings
@@ -34,3 +34,44 @@ class IngestSettings(NirwatchSettings):
     product: str = "tablet-200mg"
     batch: str = ""
     seed: int = 0
+
+
+class OpcUaIngestSettings(NirwatchSettings):
+    """``nirwatch opcua-ingest``: which analyser server and nodes to read (``NIRWATCH_OPCUA_INGEST_*``).
+
+    The producer side (timeouts, product, batch) comes from ``NIRWATCH_INGEST_*``
+    (:class:`IngestSettings`), the broker from ``NIRWATCH_KAFKA_*``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="NIRWATCH_OPCUA_INGEST_", frozen=True, extra="ignore"
+    )
+
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    #: The analyser's endpoint, e.g. ``opc.tcp://analyser:4840``.
+    url: str = ""
+    #: asyncua security string ``Policy,Mode,client_cert,client_key[,server_cert]``, e.g.
+    #: ``Basic256Sha256,SignAndEncrypt,cert.der,key.pem,server.der``; empty: no security.
+    security: str = ""
+    username: str = ""
+    password: SecretStr | None = None
+    application_uri: str = "urn:nirwatch:opcua-ingest"
+    #: Node ids (``ns=2;s=...``): the spectrum array is the trigger; the others are read when
+    #: it changes (the analyser writes them before the array).
+    spectrum_node: str = ""
+    wavelengths_node: str = ""
+    #: Grid id of the spectrum (``lin:first:last:step``) when no wavelength node is given.
+    grid: str = ""
+    timestamp_node: str = ""
+    sample_id_node: str = ""
+    instrument_id_node: str = ""
+    #: Instrument id when no instrument node is given.
+    instrument_id: str = ""
+    publishing_interval_ms: int = Field(default=100, ge=10, le=60_000)
+    #: Spectra the server queues per subscription between two publishes (none are dropped).
+    queue_size: int = Field(default=100, ge=1, le=10_000)
+    #: Longest wait between two reconnect attempts (backoff doubles from 0.5 s).
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    #: Spectra remembered so a re-read after a reconnect is not published again.
+    recent_ids: int = Field(default=10_000, ge=1)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of each nirwatch process: worker, drift monitor, file-drop adapter.
+"""Prometheus metrics of each nirwatch process: worker, drift monitor, adapters, OPC UA server.
 
 Each process exports only its own set (:class:`WorkerMetrics`, :class:`DriftMetrics`,
 :class:`FileDropMetrics`; the retrain service's are in :mod:`training.service`), so an alert
@@ -245,4 +245,82 @@ class FileDropMetrics:
         for outcome in ("done", "failed", "retry"):
             self.files.labels(outcome)
         for result in ("sent", "dead_lettered"):
+            self.spectra.labels(result)
+
+
+class OpcUaServerMetrics:
+    """Metrics of ``nirwatch opcua-server``: sessions, values written, latency, refusals, staleness."""
+
+    def __init__(self, registry: CollectorRegistry, max_label_values: int = 64) -> None:
+        self.registry = registry
+        self.label = BoundedLabels(max_label_values)
+        r = registry
+        self.sessions = Gauge(
+            "nirwatch_opcua_sessions", "OPC UA client sessions open on the server", registry=r
+        )
+        self.publishes = Counter(
+            "nirwatch_opcua_publishes",
+            "Predictions written into the OPC UA address space, by instrument",
+            ["instrument"],
+            registry=r,
+        )
+        self.latency_seconds = Histogram(
+            "nirwatch_opcua_publish_latency_seconds",
+            "From the prediction's publication to its value in the address space",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected_logins = Counter(
+            "nirwatch_opcua_rejected_logins",
+            "Refused OPC UA logins, by kind (password, certificate, anonymous)",
+            ["kind"],
+            registry=r,
+        )
+        self.stale = Gauge(
+            "nirwatch_opcua_value_stale",
+            "1 while an instrument's OPC UA value is stale (no prediction for stale_after_s)",
+            ["instrument"],
+            registry=r,
+        )
+        self.value_age_seconds = Gauge(
+            "nirwatch_opcua_value_age_seconds",
+            "Seconds since an instrument's OPC UA value was last written",
+            ["instrument"],
+            registry=r,
+        )
+        self.broker_reachable = Gauge(
+            "nirwatch_opcua_broker_reachable", "1 when the last broker check answered", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "nirwatch_opcua_consumer_lag",
+            "Predictions on the topic not yet written to OPC UA (all partitions)",
+            registry=r,
+        )
+        for kind in ("password", "certificate", "anonymous"):
+            self.rejected_logins.labels(kind)
+
+
+class OpcUaIngestMetrics:
+    """Metrics of ``nirwatch opcua-ingest``: spectra taken from an analyser, reconnects."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.spectra = Counter(
+            "nirwatch_opcua_ingest_spectra",
+            "Spectra read from the analyser, by result (sent, dead_lettered, duplicate)",
+            ["result"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "nirwatch_opcua_ingest_reconnects",
+            "Connections to the analyser's OPC UA server re-established after a loss",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "nirwatch_opcua_ingest_connected",
+            "1 while connected to the analyser's OPC UA server",
+            registry=r,
+        )
+        for result in ("sent", "dead_lettered", "duplicate"):
             self.spectra.labels(result)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from nirwatch.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
+from nirwatch.metrics import DriftMetrics, FileDropMetrics, OpcUaServerMetrics, WorkerMetrics
 from training.service import ServiceMetrics
 
 #: Scrape job (monitoring/prometheus/prometheus.yml) -> the metric set its process exports.
@@ -20,6 +20,7 @@ JOBS: dict[str, Callable[[CollectorRegistry], object]] = {
     "nirwatch-drift": DriftMetrics,
     "nirwatch-file-drop": FileDropMetrics,
     "nirwatch-retrain": ServiceMetrics,
+    "nirwatch-opcua": OpcUaServerMetrics,
 }
 _SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
 _SELECTOR = re.compile(r"\b(nirwatch_[a-z0-9_]+)\s*(\{[^}]*\})?")

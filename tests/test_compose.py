@@ -31,6 +31,7 @@ SETTINGS_MODULES = (
     "nirwatch.records.audit",
     "ingest.settings",
     "inference.settings",
+    "inference.opcua.settings",
     "training.settings",
     "training.retrain",
     "monitoring.drift_monitor",

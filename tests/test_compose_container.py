@@ -56,6 +56,8 @@ SERVICES = {
     if str(svc.get("image", "")).startswith("nirwatch")
 }
 LONG_RUNNING = sorted(n for n, s in SERVICES.items() if s.get("restart") != "no")
+#: What the operator exports before `docker compose up` (compose's ``${VAR}``s without defaults).
+COMPOSE_VARS = {"NIRWATCH_OPCUA_USERS": f"dcs:{secrets.token_hex(8)}"}
 
 #: Training size only: model-init fits CNN + PLS as in compose, with fewer epochs and members.
 SMALL_TRAINING = {
@@ -252,7 +254,7 @@ class Stack:
             **image_env(),
         }
         for key, value in svc.get("environment", {}).items():
-            env[key] = rewrite(substitute(str(value), {}))
+            env[key] = rewrite(substitute(str(value), COMPOSE_VARS))
         env.update(self.kafka.env())
         env.update(SMALL_TRAINING)
         ports = {}
@@ -262,7 +264,7 @@ class Stack:
         self.ports[service] = ports
         for key in drop:
             env.pop(key, None)
-        args = [rewrite(substitute(str(a), {})) for a in svc["command"]]
+        args = [rewrite(substitute(str(a), COMPOSE_VARS)) for a in svc["command"]]
         return [self.python, "-m", "nirwatch.apps.cli", *args], env
 
     def start(self, service: str, drop: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
@@ -385,6 +387,9 @@ def test_compose_services_start_and_serve_as_their_containers(stack: Stack) -> N
     drop = f"http://127.0.0.1:{stack.port('file-drop', 'METRICS_PORT')}/metrics"
     wait_for("file-drop metrics", lambda: http_get(drop)[0] == 200, stack)
     assert (stack.volumes["inbox"] / "done").is_dir()
+    opcua = f"http://127.0.0.1:{stack.port('opcua-server', 'METRICS_PORT')}/metrics"
+    wait_for("opcua-server metrics", lambda: http_get(opcua)[0] == 200, stack)
+    assert any(stack.volumes["opcua-pki"].rglob("server_cert.der")), "no server certificate"
 
     running = {n: p.poll() for n, p in stack.procs.items() if n in LONG_RUNNING}
     assert running == dict.fromkeys(LONG_RUNNING), {n: stack.log(n)[-2000:] for n in running}

@@ -25,7 +25,7 @@ from metric_sets import JOBS, exported, misselected
 from prometheus_client import CollectorRegistry, start_http_server
 from support import wait_until
 
-from nirwatch.metrics import DriftMetrics, FileDropMetrics, WorkerMetrics
+from nirwatch.metrics import DriftMetrics, FileDropMetrics, OpcUaServerMetrics, WorkerMetrics
 from nirwatch.transport.broker import free_port
 from training.service import ServiceMetrics
 
@@ -127,6 +127,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     file_drop = FileDropMetrics(registries["nirwatch-file-drop"])
     file_drop.inbox_files.set(3)
     file_drop.oldest_file_age_seconds.set(42.0)
+    opcua = OpcUaServerMetrics(registries["nirwatch-opcua"])
+    opcua.sessions.set(2)
+    opcua.broker_reachable.set(1)
+    opcua.consumer_lag.set(3)
+    for instrument, age in (("probe-1", 0.4), ("probe-2", 31.0)):
+        opcua.value_age_seconds.labels(instrument).set(age)
+        opcua.stale.labels(instrument).set(float(age > 10))
     servers, targets = [], {}
     for job, registry in registries.items():
         port = free_port()
@@ -140,6 +147,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
             _fill(metrics, drift, rng)
             file_drop.files.labels("done").inc()
             file_drop.spectra.labels("sent").inc(int(rng.integers(1, 20)))
+            opcua.publishes.labels("probe-1").inc(int(rng.integers(1, 20)))
+            opcua.latency_seconds.observe(rng.gamma(2.0, 0.004))
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()

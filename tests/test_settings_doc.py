@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from inference.opcua.settings import OpcUaServerSettings
 from inference.settings import WorkerSettings
-from ingest.settings import IngestSettings
+from ingest.settings import IngestSettings, OpcUaIngestSettings
 from monitoring.drift_monitor import DriftSettings
 from nirwatch.apps.cli import COMMANDS, build_parser
 from nirwatch.models.registry import RegistrySettings
@@ -38,6 +39,8 @@ CLASSES: list[type[BaseSettings]] = [
     DriftSettings,
     RetrainSettings,
     TrainingSettings,
+    OpcUaServerSettings,
+    OpcUaIngestSettings,
 ]
 
 

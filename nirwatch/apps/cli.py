@@ -31,7 +31,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ingest.cli_file_drop",
         "publish spectra files that instrument software drops into a folder",
     ),
+    "opcua-ingest": (
+        "ingest.cli_opcua",
+        "publish the spectra an analyser serves over OPC UA (subscription, reconnects)",
+    ),
     "worker": ("inference.cli", "run the inference worker (consume, predict, publish, metrics)"),
+    "opcua-server": (
+        "inference.opcua.cli",
+        "serve predictions as a secure, read-only OPC UA address space (one analyser per instrument)",
+    ),
     "train": ("training.cli_train", "fit CNN and/or PLS on a dataset and write a model bundle"),
     "predict": ("nirwatch.apps.cli_predict", "predict a CSV/npz file offline with a model bundle"),
     "models": ("nirwatch.apps.cli_models", "list, promote and roll back models in the registry"),

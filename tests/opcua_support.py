@@ -1,0 +1,107 @@
+"""Helpers of the OPC UA tests: client certificates, secure clients, free ports, predictions."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.crypto import cert_gen, uacrypto
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from support import read_topic
+
+from nirwatch.messages.prediction import Prediction
+from nirwatch.messages.spectrum import decode_spectrum, new_message_id
+from nirwatch.settings import KafkaSettings
+
+CLIENT_URI = "urn:nirwatch:test-client"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def client_certificate(directory: Path, name: str, uri: str = CLIENT_URI) -> tuple[Path, Path]:
+    """A self-signed OPC UA client application certificate (DER) and its key (PEM)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        name,
+        {"organizationName": "nirwatch tests"},
+        [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())],
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    cert_path, key_path = directory / f"{name}.der", directory / f"{name}.pem"
+    cert_path.write_bytes(uacrypto.der_from_x509(cert))
+    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    return cert_path, key_path
+
+
+async def secure_client(
+    url: str,
+    cert: tuple[Path, Path],
+    server_cert: Path,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    mode: ua.MessageSecurityMode = ua.MessageSecurityMode.SignAndEncrypt,
+    certificate_user: bool = False,
+) -> Client:
+    """A not yet connected client on Basic256Sha256 with ``cert`` as its application certificate."""
+    client = Client(url, timeout=10)
+    client.application_uri = CLIENT_URI
+    if user is not None:
+        client.set_user(user)
+    if password is not None:
+        client.set_password(password)
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        certificate=str(cert[0]),
+        private_key=str(cert[1]),
+        server_certificate=str(server_cert),
+        mode=mode,
+    )
+    if certificate_user:  # log in with the certificate as the user's identity
+        await client.load_client_certificate(str(cert[0]))
+        await client.load_private_key(cert[1])
+    return client
+
+
+def prediction(instrument: str = "probe-1", **changes: object) -> Prediction:
+    now = time.time()
+    fields: dict[str, object] = {
+        "prediction_id": new_message_id(),
+        "message_id": new_message_id(),
+        "instrument_id": instrument,
+        "sample_id": "s-1",
+        "timestamp": now - 0.5,
+        "published_at": now,
+        "target": "api_content",
+        "value": 201.5,
+        "model": "cnn",
+        "model_version": "3",
+        "bundle_checksum": "ab" * 32,
+        "unit": "mg",
+        "t2": 3.2,
+        "q": 0.01,
+        "t2_limit": 12.0,
+        "q_limit": 0.05,
+        "interval_low": 198.0,
+        "interval_high": 205.0,
+    }
+    fields.update(changes)
+    return Prediction(**fields)  # type: ignore[arg-type]
+
+
+def read_spectra(kafka: KafkaSettings, expected: int, timeout: float = 30.0) -> list[Any]:
+    """Every spectrum on ``kafka.topic_spectra`` (decoded), waiting until ``expected`` arrived;
+    a few more polls after that, so a duplicate beyond ``expected`` is seen."""
+    records = read_topic(kafka, kafka.topic_spectra, expected, timeout, settle_polls=3)
+    return [decode_spectrum(r.value) for r in records]

@@ -1,0 +1,357 @@
+"""``nirwatch opcua-server``: security as plants require it, status codes, and Kafka end to end.
+
+The security tests run a real asyncua server (as ``build_server`` configures it) on loopback and
+connect real asyncua clients; the end-to-end test feeds it from a real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from asyncua.ua.uaerrors import UaError
+from kafka import KafkaConsumer, TopicPartition
+from opcua_support import client_certificate, free_port, prediction, secure_client
+from prometheus_client import CollectorRegistry
+
+from inference.opcua.bridge import PredictionFeed, build_server, endpoint_url, serve
+from inference.opcua.settings import OpcUaServerSettings
+from inference.opcua.space import (
+    STATUS_NO_VALUE,
+    STATUS_NOT_RELEASABLE,
+    STATUS_STALE,
+    stream_node_id,
+)
+from nirwatch.errors import ConfigError
+from nirwatch.metrics import OpcUaServerMetrics
+from nirwatch.settings import KafkaSettings
+from nirwatch.transport.kafka import ensure_topics, make_producer
+
+PREDICTION = stream_node_id("probe-1", "ChemometricModel", "Prediction")
+
+
+def _settings(tmp_path: Path, **changes: Any) -> OpcUaServerSettings:
+    values: dict[str, Any] = {
+        "state_dir": tmp_path / "state",
+        "port": free_port(),
+        "users": "alice:s3cret",
+    }
+    values.update(changes)
+    return OpcUaServerSettings(**values)
+
+
+def _trusted_client(
+    tmp_path: Path, settings: OpcUaServerSettings, name: str = "scada"
+) -> tuple[Path, Path]:
+    cert = client_certificate(tmp_path / "clients", name)
+    settings.trust_dir.mkdir(parents=True, exist_ok=True)
+    (settings.trust_dir / f"{name}.der").write_bytes(cert[0].read_bytes())
+    return cert
+
+
+def _run(
+    settings: OpcUaServerSettings,
+    body: Callable[[Any], Awaitable[None]],
+    metrics: OpcUaServerMetrics | None = None,
+) -> None:
+    """Start the configured server, publish one prediction into it, run ``body(space)``."""
+
+    async def main() -> None:
+        server, space = await build_server(settings, metrics)
+        async with server:
+            await space.update(prediction(), time.monotonic())
+            await body(space)
+
+    asyncio.run(main())
+
+
+def _server_cert(settings: OpcUaServerSettings) -> Path:
+    return settings.cert_dir / "server_cert.der"
+
+
+async def _refused(client: Client) -> BaseException:
+    with pytest.raises((UaError, OSError, asyncio.TimeoutError)) as info:
+        async with client:
+            pass
+    return info.value
+
+
+def test_password_user_reads_and_wrong_password_is_refused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    cert = _trusted_client(tmp_path, settings)
+    metrics = OpcUaServerMetrics(CollectorRegistry())
+
+    async def body(_space: Any) -> None:
+        url, server_cert = endpoint_url(settings), _server_cert(settings)
+        ok = await secure_client(url, cert, server_cert, user="alice", password="s3cret")
+        async with ok:
+            assert await ok.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(201.5)
+        for user, password in (("alice", "wrong"), ("mallory", "s3cret")):
+            bad = await secure_client(url, cert, server_cert, user=user, password=password)
+            exc = await _refused(bad)
+            assert isinstance(exc, ua.uaerrors.BadUserAccessDenied), exc
+
+    _run(settings, body, metrics)
+    assert (
+        metrics.registry.get_sample_value(
+            "nirwatch_opcua_rejected_logins_total", {"kind": "password"}
+        )
+        == 2
+    )
+
+
+def test_anonymous_login_is_refused_unless_enabled(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    cert = _trusted_client(tmp_path, settings)
+
+    async def body(_space: Any) -> None:
+        anonymous = await secure_client(endpoint_url(settings), cert, _server_cert(settings))
+        exc = await _refused(anonymous)
+        assert isinstance(exc, ua.uaerrors.BadIdentityTokenRejected), exc
+
+    _run(settings, body)
+
+    enabled = _settings(tmp_path, allow_anonymous=True, users="")
+
+    async def reads(_space: Any) -> None:
+        anonymous = await secure_client(endpoint_url(enabled), cert, _server_cert(enabled))
+        async with anonymous:
+            assert await anonymous.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(
+                201.5
+            )
+
+    _run(enabled, reads)
+
+
+def test_none_policy_is_not_offered_by_default(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+
+    async def body(_space: Any) -> None:
+        client = Client(endpoint_url(settings), timeout=5)
+        client.set_user("alice")
+        client.set_password("s3cret")
+        endpoints = await client.connect_and_get_server_endpoints()
+        modes = {(e.SecurityPolicyUri.rsplit("#", 1)[-1], e.SecurityMode) for e in endpoints}
+        assert modes == {
+            ("Basic256Sha256", ua.MessageSecurityMode.Sign),
+            ("Basic256Sha256", ua.MessageSecurityMode.SignAndEncrypt),
+        }
+        plain = Client(endpoint_url(settings), timeout=5)
+        plain.set_user("alice")
+        plain.set_password("s3cret")
+        await _refused(plain)
+
+    _run(settings, body)
+
+
+def test_untrusted_client_certificate_is_refused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _trusted_client(tmp_path, settings, "scada")
+    stranger = client_certificate(tmp_path / "elsewhere", "stranger")
+
+    async def body(_space: Any) -> None:
+        client = await secure_client(
+            endpoint_url(settings),
+            stranger,
+            _server_cert(settings),
+            user="alice",
+            password="s3cret",
+        )
+        exc = await _refused(client)
+        assert isinstance(exc, ua.uaerrors.BadCertificateUntrusted), exc
+
+    _run(settings, body)
+
+
+def test_certificate_user_logs_in_with_sign_only(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, users="")
+    cert = _trusted_client(tmp_path, settings, "mes")
+    other = _trusted_client(tmp_path, settings, "historian")
+    settings.user_cert_dir.mkdir(parents=True, exist_ok=True)
+    (settings.user_cert_dir / "mes.der").write_bytes(cert[0].read_bytes())
+
+    async def body(_space: Any) -> None:
+        url, server_cert = endpoint_url(settings), _server_cert(settings)
+        sign = ua.MessageSecurityMode.Sign
+        client = await secure_client(url, cert, server_cert, mode=sign, certificate_user=True)
+        async with client:
+            assert await client.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(
+                201.5
+            )
+        # A trusted application whose certificate is no user's is refused at login.
+        stranger = await secure_client(url, other, server_cert, mode=sign, certificate_user=True)
+        exc = await _refused(stranger)
+        assert isinstance(exc, ua.uaerrors.BadUserAccessDenied), exc
+
+    _run(settings, body)
+
+
+def test_writes_are_refused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    cert = _trusted_client(tmp_path, settings)
+
+    async def body(_space: Any) -> None:
+        client = await secure_client(
+            endpoint_url(settings), cert, _server_cert(settings), user="alice", password="s3cret"
+        )
+        async with client:
+            node = client.get_node(f"ns=2;s={PREDICTION}")
+            with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+                await node.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)))
+            assert await node.read_value() == pytest.approx(201.5)
+
+    _run(settings, body)
+
+
+def test_nobody_able_to_log_in_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NIRWATCH_OPCUA_USERS"):
+        asyncio.run(build_server(_settings(tmp_path, users="")))
+
+
+def test_server_certificate_is_made_once_and_kept(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    asyncio.run(build_server(settings))
+    cert = _server_cert(settings).read_bytes()
+    key = settings.cert_dir / "server_key.pem"
+    assert key.stat().st_mode & 0o077 == 0, "the private key must not be readable by others"
+    asyncio.run(build_server(settings))
+    assert _server_cert(settings).read_bytes() == cert
+
+
+class _NoConsumer:
+    """A consumer with nothing to give: the feed then only checks staleness."""
+
+    def poll(self, timeout_ms: int) -> dict[Any, Any]:
+        time.sleep(timeout_ms / 1000)
+        return {}
+
+    def assignment(self) -> set[Any]:
+        return set()
+
+    def bootstrap_connected(self) -> bool:
+        return False
+
+
+def test_value_status_follows_releasable_missing_and_stale(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, stale_after_s=0.5, idle_poll_ms=50)
+    metrics = OpcUaServerMetrics(CollectorRegistry())
+    node_id = ua.NodeId(PREDICTION, 2)
+
+    async def body(space: Any) -> None:
+        def status() -> int:
+            return space.server.read_attribute_value(node_id).StatusCode.value
+
+        assert status() == ua.StatusCodes.Good
+        await space.update(prediction(releasable=False, value=250.0), time.monotonic())
+        assert status() == STATUS_NOT_RELEASABLE
+        assert ua.StatusCode(status()).is_uncertain()
+        await space.update(prediction(value=None, releasable=False), time.monotonic())
+        assert status() == STATUS_NO_VALUE
+        assert ua.StatusCode(status()).is_bad()
+        # A diagnostic the prediction lacks (PLS has no interval here) reads BadNoData, not the
+        # previous prediction's value.
+        low = ua.NodeId(stream_node_id("probe-1", "ChemometricModel", "IntervalLow"), 2)
+        await space.update(prediction(interval_low=None, interval_high=None), time.monotonic())
+        assert space.server.read_attribute_value(low).StatusCode.value == STATUS_NO_VALUE
+        await space.update(prediction(), time.monotonic())
+        assert space.server.read_attribute_value(low).Value.Value == pytest.approx(198.0)
+        feed = PredictionFeed(settings, space, _NoConsumer(), metrics)  # type: ignore[arg-type]
+        await feed.step()
+        assert status() == ua.StatusCodes.Good
+        await asyncio.sleep(0.6)
+        await feed.step()
+        dv = space.server.read_attribute_value(node_id)
+        assert dv.StatusCode.value == STATUS_STALE and dv.StatusCode.is_bad()
+        assert dv.Value.Value is None, "OPC UA: a Bad value carries no value"
+        stale_flag = space.server.read_attribute_value(
+            ua.NodeId(stream_node_id("probe-1", "Diagnostics", "Stale"), 2)
+        )
+        assert stale_flag.Value.Value is True
+        await space.update(prediction(value=202.0), time.monotonic())
+        await feed.step()
+        assert status() == ua.StatusCodes.Good
+
+    _run(settings, body, metrics)
+    assert (
+        metrics.registry.get_sample_value("nirwatch_opcua_value_stale", {"instrument": "probe-1"})
+        == 0
+    )
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_prediction_on_the_topic_becomes_a_data_change(
+    tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
+    ensure_topics(kafka_settings, [kafka_settings.topic_predictions], partitions=1)
+    settings = _settings(tmp_path, kafka=kafka_settings, group_id="opcua-e2e", idle_poll_ms=50)
+    cert = _trusted_client(tmp_path, settings)
+    stop = threading.Event()
+    sent = prediction("probe-7", value=199.25, sample_id="s-42")
+    changes: asyncio.Queue[ua.DataValue] = asyncio.Queue()
+
+    class Handler:
+        def datachange_notification(self, _node: Any, _val: Any, data: Any) -> None:
+            changes.put_nowait(data.monitored_item.Value)
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve(settings, stop, on_ready=lambda _s: ready.set()))
+        await asyncio.wait_for(ready.wait(), 30)
+        producer = make_producer(kafka_settings)
+        # A first prediction creates the instrument's nodes; the client then subscribes.
+        producer.send(
+            kafka_settings.topic_predictions, prediction("probe-7").encode(), key=b"probe-7"
+        )
+        producer.flush()
+        client = await secure_client(
+            endpoint_url(settings), cert, _server_cert(settings), user="alice", password="s3cret"
+        )
+        node_id = stream_node_id("probe-7", "ChemometricModel", "Prediction")
+        async with client:
+            node = client.get_node(f"ns=2;s={node_id}")
+            deadline = time.monotonic() + 120  # the group's first join is slow on a busy host
+            while True:
+                try:
+                    await node.read_value()
+                    break
+                except ua.uaerrors.BadNodeIdUnknown:
+                    assert time.monotonic() < deadline, "the first prediction never arrived"
+                    await asyncio.sleep(0.1)
+            sub = await client.create_subscription(10, Handler())
+            await sub.subscribe_data_change(node)
+            await asyncio.wait_for(changes.get(), 10)  # the initial value
+            producer.send(kafka_settings.topic_predictions, sent.encode(), key=b"probe-7")
+            producer.flush()
+            while True:
+                dv = await asyncio.wait_for(changes.get(), 30)
+                if dv.Value.Value == pytest.approx(199.25):
+                    break
+            assert dv.StatusCode.is_good()
+            assert dv.SourceTimestamp.timestamp() == pytest.approx(sent.timestamp, abs=1e-3)
+            sample = client.get_node(
+                f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SampleId')}"
+            )
+            assert await sample.read_value() == "s-42"
+        producer.close()
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 2
+
+    asyncio.run(main())
+    consumer = KafkaConsumer(**kafka_settings.client_options(), group_id="opcua-e2e")
+    tp = TopicPartition(kafka_settings.topic_predictions, 0)
+    assert consumer.committed(tp) == 2, "offsets are committed once the values are written"
+    consumer.close()
+
+
+def test_users_setting_is_parsed_and_checked(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, users="alice:s3cret, bob:pa:ss")
+    assert settings.user_passwords() == {"alice": "s3cret", "bob": "pa:ss"}
+    with pytest.raises(ConfigError, match="name:password"):
+        _settings(tmp_path, users="alice").user_passwords()
