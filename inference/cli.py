@@ -11,7 +11,6 @@ import functools
 import gc
 import logging
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +23,7 @@ from nirwatch.metrics import WorkerMetrics
 from nirwatch.ports import start_metrics_server
 from nirwatch.records.audit import AuditSettings, open_audit_trail
 from nirwatch.renames import add_renamed_option
-from nirwatch.settings import load_settings, require_bootstrap
+from nirwatch.settings import load_settings, options_given, require_bootstrap
 from nirwatch.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -119,12 +118,7 @@ def freeze_startup_objects() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {
-        field: getattr(args, opt)
-        for opt, field in _OVERRIDES.items()
-        if getattr(args, opt, None) is not None
-    }
-    settings = load_settings(WorkerSettings, **overrides)
+    settings = load_settings(WorkerSettings, **options_given(args, _OVERRIDES))
     bootstrap = require_bootstrap(settings.kafka, "worker")  # before the slow model load
     audit_settings = load_settings(AuditSettings) if settings.audit else None
     if settings.torch_threads:

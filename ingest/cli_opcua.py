@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import threading
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +13,7 @@ from ingest.producer import SpectrumProducer
 from ingest.settings import OpcUaIngestSettings
 from nirwatch.metrics import OpcUaIngestMetrics
 from nirwatch.ports import start_metrics_server
-from nirwatch.settings import load_settings, require_bootstrap
+from nirwatch.settings import load_settings, options_given, require_bootstrap
 from nirwatch.signals import stop_on_signals
 from nirwatch.transport.kafka import ensure_topics
 
@@ -40,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
-    overrides: dict[str, Any] = {
-        field: getattr(args, opt)
-        for opt, field in _OVERRIDES.items()
-        if getattr(args, opt, None) is not None
-    }
-    settings = load_settings(OpcUaIngestSettings, **overrides)
+    settings = load_settings(OpcUaIngestSettings, **options_given(args, _OVERRIDES))
     check_settings(settings)
     kafka = settings.ingest.kafka
     require_bootstrap(kafka, "opcua-ingest")

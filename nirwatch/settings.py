@@ -165,6 +165,16 @@ def require_bootstrap(kafka: KafkaSettings, command: str) -> str:
     )
 
 
+def options_given(args: Any, fields: dict[str, str]) -> dict[str, Any]:
+    """Settings overrides from command-line options: ``{field: value}`` for each option in
+    ``fields`` (option name -> settings field) that was given (not None)."""
+    return {
+        field: getattr(args, opt)
+        for opt, field in fields.items()
+        if getattr(args, opt, None) is not None
+    }
+
+
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build ``cls`` from the environment (plus explicit overrides), naming bad variables.
 

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import hashlib
 import threading
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -20,7 +19,7 @@ from inference.opcua.security import SERVER_CERT, ensure_server_certificate
 from inference.opcua.settings import OpcUaServerSettings
 from nirwatch.metrics import OpcUaServerMetrics
 from nirwatch.ports import check_port_free, start_metrics_server
-from nirwatch.settings import load_settings, require_bootstrap
+from nirwatch.settings import load_settings, options_given, require_bootstrap
 from nirwatch.signals import stop_on_signals
 from nirwatch.statedirs import writable_dir
 from nirwatch.transport.kafka import ensure_topics
@@ -51,12 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
-    overrides: dict[str, Any] = {
-        field: getattr(args, opt)
-        for opt, field in _OVERRIDES.items()
-        if getattr(args, opt, None) is not None
-    }
-    settings = load_settings(OpcUaServerSettings, **overrides)
+    settings = load_settings(OpcUaServerSettings, **options_given(args, _OVERRIDES))
     kafka = settings.kafka
     require_bootstrap(kafka, "opcua-server")
     writable_dir(settings.cert_dir, "NIRWATCH_OPCUA_CERT_DIR")
