@@ -39,7 +39,7 @@ def encode_json_record(record: Any) -> bytes:
     return json.dumps(asdict(record), separators=(",", ":"), allow_nan=False).encode()
 
 
-def _parse_json_object(value: bytes | str | None, what: str) -> dict[str, Any]:
+def parse_json_object(value: bytes | str | None, what: str) -> dict[str, Any]:
     """A record's JSON object.
 
     Raises
@@ -132,7 +132,7 @@ def decode_json_record(
         ``bad_header`` (not a UTF-8 JSON object), ``unknown_version`` (another schema),
         ``bad_field`` (unknown field, or a value of the wrong type) or ``missing_field``.
     """
-    obj = _parse_json_object(value, what)
+    obj = parse_json_object(value, what)
     _check_schema(obj, schema, required=require_schema)
     spec = _spec(cls)
     if not allow_unknown:

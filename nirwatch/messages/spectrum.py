@@ -30,6 +30,7 @@ import numpy as np
 
 from nirwatch.errors import WireFormatError
 from nirwatch.grid import points_in_grid
+from nirwatch.messages.codec import parse_json_object
 
 MAGIC = b"NIRS"
 VERSION = 1
@@ -176,14 +177,7 @@ def encode_spectrum_unchecked(header: SpectrumHeader, absorbances: np.ndarray) -
 
 
 def _parse_header(raw: bytes) -> SpectrumHeader:
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireFormatError("bad_header", f"header is not UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise WireFormatError(
-            "bad_header", f"header must be a JSON object, got {type(obj).__name__}"
-        )
+    obj = parse_json_object(raw, "header")
     _check_header(obj)
     return SpectrumHeader(
         message_id=obj["message_id"],
