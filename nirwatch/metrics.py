@@ -324,3 +324,25 @@ class OpcUaIngestMetrics:
         )
         for result in ("sent", "dead_lettered", "duplicate"):
             self.spectra.labels(result)
+
+
+class RetrainMetrics:
+    """Metrics of ``nirwatch retrain-service``: retrains by decision, webhook requests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.retrains = Counter(
+            "nirwatch_retrains", "Retrains by decision", ["decision"], registry=registry
+        )
+        self.webhook = Counter(
+            "nirwatch_retrain_webhook_requests",
+            "Webhook requests by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.last_retrain = Gauge(
+            "nirwatch_retrain_last_timestamp_seconds", "End of the last retrain", registry=registry
+        )
+        self.labelled = Gauge(
+            "nirwatch_retrain_labelled_spectra", "Recent labelled spectra held", registry=registry
+        )

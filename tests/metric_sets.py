@@ -11,15 +11,20 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from nirwatch.metrics import DriftMetrics, FileDropMetrics, OpcUaServerMetrics, WorkerMetrics
-from training.service import ServiceMetrics
+from nirwatch.metrics import (
+    DriftMetrics,
+    FileDropMetrics,
+    OpcUaServerMetrics,
+    RetrainMetrics,
+    WorkerMetrics,
+)
 
 #: Scrape job (monitoring/prometheus/prometheus.yml) -> the metric set its process exports.
 JOBS: dict[str, Callable[[CollectorRegistry], object]] = {
     "nirwatch-worker": WorkerMetrics,
     "nirwatch-drift": DriftMetrics,
     "nirwatch-file-drop": FileDropMetrics,
-    "nirwatch-retrain": ServiceMetrics,
+    "nirwatch-retrain": RetrainMetrics,
     "nirwatch-opcua": OpcUaServerMetrics,
 }
 _SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}

@@ -25,9 +25,14 @@ from metric_sets import JOBS, exported, misselected
 from prometheus_client import CollectorRegistry, start_http_server
 from support import wait_until
 
-from nirwatch.metrics import DriftMetrics, FileDropMetrics, OpcUaServerMetrics, WorkerMetrics
+from nirwatch.metrics import (
+    DriftMetrics,
+    FileDropMetrics,
+    OpcUaServerMetrics,
+    RetrainMetrics,
+    WorkerMetrics,
+)
 from nirwatch.transport.broker import free_port
-from training.service import ServiceMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "monitoring" / "grafana"
@@ -118,7 +123,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[promstack.S
     metrics.model_reloads.labels("ok").inc()
     drift = DriftMetrics(registries["nirwatch-drift"])
     drift.lab_rmsecv.set(4.3)
-    retrain = ServiceMetrics(registries["nirwatch-retrain"])
+    retrain = RetrainMetrics(registries["nirwatch-retrain"])
     retrain.retrains.labels("promoted").inc()
     retrain.retrains.labels("candidate").inc(2)
     retrain.webhook.labels("triggered").inc()

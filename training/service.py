@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from nirwatch.errors import ConfigError
 from nirwatch.io.datasets import load_spectra
 from nirwatch.logs import log_event
+from nirwatch.metrics import RetrainMetrics
 from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import port_error
 from nirwatch.renames import add_renamed_option
@@ -56,28 +57,6 @@ from training.webhook import WebhookServer
 log = logging.getLogger(__name__)
 
 
-class ServiceMetrics:
-    """What the retraining service exports on ``/metrics``."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.retrains = Counter(
-            "nirwatch_retrains", "Retrains by decision", ["decision"], registry=registry
-        )
-        self.webhook = Counter(
-            "nirwatch_retrain_webhook_requests",
-            "Webhook requests by outcome",
-            ["outcome"],
-            registry=registry,
-        )
-        self.last_retrain = Gauge(
-            "nirwatch_retrain_last_timestamp_seconds", "End of the last retrain", registry=registry
-        )
-        self.labelled = Gauge(
-            "nirwatch_retrain_labelled_spectra", "Recent labelled spectra held", registry=registry
-        )
-
-
 class RetrainService:
     """Webhook, scheduler and retrain worker around :func:`training.retrain.retrain`."""
 
@@ -90,7 +69,7 @@ class RetrainService:
         token: str,
         workdir: Path,
         buffer: LabelledBuffer | None = None,
-        metrics: ServiceMetrics | None = None,
+        metrics: RetrainMetrics | None = None,
     ) -> None:
         if not token:
             raise ConfigError("the retrain webhook needs a token")
@@ -100,7 +79,7 @@ class RetrainService:
         self.fitter = fitter
         self.workdir = workdir
         self.buffer = buffer or LabelledBuffer(calibration.wavelengths, settings.recent_max)
-        self.metrics = metrics or ServiceMetrics(CollectorRegistry())
+        self.metrics = metrics or RetrainMetrics(CollectorRegistry())
         self._token = token
         self._cond = threading.Condition()
         self._pending: RetrainRequest | None = None
