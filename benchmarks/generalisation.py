@@ -116,6 +116,7 @@ def run_one(name: str, path: Path, target: str, cal: str, tmp: Path, extra: list
         "rmsecv": report["selection"]["rmsecv"],
         "pls_recipe": report["selection"]["candidates"]["pls"]["recipe"]["name"],
         "pls_lvs": report["selection"]["candidates"]["pls"]["n_components"],
+        "pls_set": report["selection"]["candidates"]["pls"]["candidate_set"]["chosen"],
         "candidates": {k: v.get("rmsecv") for k, v in report["selection"]["candidates"].items()},
         "coverage": float(covered.mean()),
         "coverage_in_range": float(covered[(yt >= lo) & (yt <= hi)].mean())
@@ -133,7 +134,7 @@ def geomean(v: list[float]) -> float:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| set | target | n cal / test (beyond range) | plain PLS | CV-selected PLS | deployed "
-        "| deployed / plain | served | PLS recipe (LVs) | nested RMSECV | 95 % interval coverage "
+        "| deployed / plain | served | PLS candidate set: recipe (LVs) | nested RMSECV | 95 % interval coverage "
         "(in range) | train s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -143,7 +144,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['set']} | {r['target']} | {r['n_cal']} / {r['n_test']} "
             f"({r['test_beyond_range']}) | {r['plain_pls']:.4g} | {r['tuned_pls']:.4g} "
             f"| {r['deployed']:.4g} | {r['deployed'] / r['plain_pls']:.2f} | {r['served']} "
-            f"| {r['pls_recipe']} ({r['pls_lvs']}) | {r['rmsecv']:.4g} "
+            f"| {r['pls_set']}: {r['pls_recipe']} ({r['pls_lvs']}) | {r['rmsecv']:.4g} "
             f"| {r['coverage']:.0%} ({cov_in}) | {r['seconds']:.0f} |"
         )
     ratios = [r["deployed"] / r["plain_pls"] for r in rows]

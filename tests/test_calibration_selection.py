@@ -170,7 +170,12 @@ def test_manifest_and_report_say_what_was_compared(linear_bundle: Path) -> None:
     pls = sel["candidates"]["pls"]
     assert pls["recipe"]["name"] and pls["n_components"] >= 1
     assert len(pls["outer_fold_choices"]) == 3
-    assert pls["candidates_searched"] == len(default_recipes(WL))
+    family = pls["candidate_set"]
+    assert family["chosen"] in ("compact", "full") and len(family["outer_fold_choices"]) == 3
+    assert set(family["nested_rmsecv"]) == {"compact", "full"}
+    assert pls["candidates_searched"] == (
+        16 if family["chosen"] == "compact" else len(default_recipes(WL))
+    )
     assert set(sel["range_ends"]["rmse_at_ends"]) == {"pls"}  # the CNN does not serve
     interval = manifest["interval"]
     assert interval["method"] == "conformal" and interval["level"] == 0.95

@@ -20,6 +20,7 @@ from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import PLSCalibration, PLSComponentsCV
 from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe
+from nirwatch.chemometrics.scaling import UnitVarianceScaling
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -66,12 +67,18 @@ def expected_failures(estimator: Any) -> dict[str, str]:
     return out
 
 
-RECIPES = [Recipe(None, None, "none"), Recipe(None, None, "snv"), Recipe(None, None, "msc")]
+RECIPES = [
+    Recipe(None, None, "none"),
+    Recipe(None, None, "snv"),
+    Recipe(None, None, "msc"),
+    Recipe(None, None, "none", scaling="autoscale"),
+]
 
 ESTIMATORS = [
     MultiplicativeScatterCorrection(),
     ExtendedMultiplicativeScatterCorrection(order=1),
     StandardNormalVariate(),
+    UnitVarianceScaling(),
     SavitzkyGolay(window_length=3, polyorder=1, deriv=1),
     WavelengthRange(stop=1.0),
     SpectralAugmenter(n_copies=2, random_state=0),

@@ -6,6 +6,9 @@ The pieces :func:`training.fit.fit_bundle` puts together:
   range, latent variables) repeated inside outer folds, so the held-out predictions carry the
   cost of the selection itself (Varma & Simon 2006, BMC Bioinformatics 7:91; Cawley & Talbot
   2010, JMLR 11, 2079-2107).
+* :func:`choose_search`: the full PLS search or the compact one (16 common recipes), by their
+  nested errors with a one-standard-error preference for the compact one; chosen again inside
+  each outer fold so that its reported error stays honest.
 * :func:`choose_blend`: ``w * CNN + (1 - w) * PLS`` with ``w`` on a grid from the out-of-fold
   predictions; ``w = 0`` is PLS, ``w = 1`` the CNN. Its honest error chooses ``w`` on the other
   outer folds for each fold.
@@ -32,7 +35,9 @@ from nirwatch.errors import DataError
 __all__ = [
     "BLEND_GRID",
     "BlendChoice",
+    "SearchChoice",
     "choose_blend",
+    "choose_search",
     "cnn_epochs",
     "conformal_quantile",
     "leverage_scale",
@@ -84,6 +89,59 @@ def nested_pls_predictions(
         if on_fold is not None:
             on_fold(k + 1, k_max)
     return pred, chosen
+
+
+@dataclass(frozen=True)
+class SearchChoice:
+    """Which PLS search serves ("compact" or "full") and its honest error.
+
+    Attributes
+    ----------
+    name : str
+        Chosen on all out-of-fold predictions.
+    nested_pred : ndarray (n,)
+        Each outer fold predicted by the search chosen on the other folds.
+    fold_choices : list of str
+    rmsecv : dict of str to float
+        Each search's nested RMSECV.
+    """
+
+    name: str
+    nested_pred: np.ndarray
+    fold_choices: list[str]
+    rmsecv: dict[str, float]
+
+
+def _prefer_full(y: np.ndarray, compact: np.ndarray, full: np.ndarray) -> bool:
+    """The full search only when its mean squared error is lower than the compact one's by
+    more than one standard error of the paired per-spectrum difference: the one-standard-error
+    rule (Hastie, Tibshirani & Friedman, ESL 2nd ed., sec. 7.10) applied to the two procedures,
+    the compact one being the simpler."""
+    d = (full - y) ** 2 - (compact - y) ** 2
+    if d.size < 2:
+        return False
+    return bool(d.mean() + d.std(ddof=1) / math.sqrt(d.size) < 0)
+
+
+def choose_search(
+    y: np.ndarray, compact_oof: np.ndarray, full_oof: np.ndarray, folds: np.ndarray
+) -> SearchChoice:
+    """Choose between the compact and the full PLS search from their nested out-of-fold
+    predictions (both on ``folds``), and estimate the error of choosing by nested CV."""
+    y, compact_oof, full_oof = (np.asarray(a, dtype=np.float64) for a in (y, compact_oof, full_oof))
+    nested = np.empty_like(y)
+    choices: list[str] = []
+    for k in range(int(folds.max()) + 1):
+        test = folds == k
+        full = _prefer_full(y[~test], compact_oof[~test], full_oof[~test])
+        nested[test] = (full_oof if full else compact_oof)[test]
+        choices.append("full" if full else "compact")
+    return SearchChoice(
+        name="full" if _prefer_full(y, compact_oof, full_oof) else "compact",
+        nested_pred=nested,
+        fold_choices=choices,
+        rmsecv={"compact": rmse(compact_oof, y), "full": rmse(full_oof, y)},
+    )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 held-out predictions on one shared outer split.
 
 * :func:`fit_pls_candidate`: the PLS search on all calibration data (the served PLS and the
-  fallback) plus the same search nested in the outer folds (its honest RMSECV).
+  fallback) plus the same search nested in the outer folds (its honest RMSECV); by default
+  twice, the compact and the full candidate set, and the nested errors choose between them.
 * :func:`fit_cnn_candidate`: augmentation, then EMSC, then the CNN ensemble (Bjerrum, Glahder &
   Skov 2017, arXiv:1710.01927), one member per outer fold, trained for a fixed number of
   steps with the last weights kept, so each member's fold is a true hold-out.
@@ -15,14 +16,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from nirwatch.chemometrics.pls import PLSCalibration
-from nirwatch.chemometrics.pls_search import PLSCalibrationCV
-from training.calibration import cnn_epochs, nested_pls_predictions, range_end_split, rmse
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV, compact_recipes, default_recipes
+from training.calibration import (
+    choose_search,
+    cnn_epochs,
+    nested_pls_predictions,
+    range_end_split,
+    rmse,
+)
 from training.report import ModelEvaluation
 from training.settings import TrainingSettings
 
@@ -37,6 +44,7 @@ class PLSCandidate:
     nested_oof: np.ndarray
     nested_choices: list[dict[str, Any]]
     seconds: float
+    family: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model(self) -> PLSCalibration:
@@ -52,6 +60,7 @@ class PLSCandidate:
             "candidates_searched": len(s.cv_results_["recipes"]),
             "top_recipes": s.summary(8),
             "outer_fold_choices": self.nested_choices,
+            "candidate_set": self.family,
             "seconds": self.seconds,
         }
 
@@ -66,10 +75,16 @@ class CNNCandidate:
     history: list[list[dict[str, float]]] = field(default_factory=list)
 
 
-def make_search(wl: np.ndarray, s: TrainingSettings) -> Callable[[], PLSCalibrationCV]:
+def make_search(
+    wl: np.ndarray, s: TrainingSettings, family: str = "full"
+) -> Callable[[], PLSCalibrationCV]:
+    """A factory of unfitted searches over the ``family`` ("compact" or "full") recipes."""
+    recipes = compact_recipes(wl) if family == "compact" else default_recipes(wl)
+
     def make() -> PLSCalibrationCV:
         return PLSCalibrationCV(
             wavelengths=wl,
+            recipes=recipes,
             max_components=s.pls_max_components,
             cv=s.cv_folds,
             repeats=s.cv_repeats,
@@ -89,19 +104,61 @@ def fit_pls_candidate(
     folds: np.ndarray,
     say: Callable[[str], None],
 ) -> PLSCandidate:
-    """Search on all data, then the nested search for the honest held-out predictions."""
+    """The PLS search(es) on all data, nested for honest held-out predictions; with
+    ``pls_candidates="auto"`` the compact and the full candidate sets, chosen by
+    :func:`training.calibration.choose_search`."""
     t0 = time.perf_counter()
-    search = make_search(wl, s)().fit(X, y)
+    if s.pls_candidates != "auto":
+        one = _search_family(X, y, wl, s, folds, say, s.pls_candidates)
+        return replace(one, family={"chosen": s.pls_candidates, "rule": "pls_candidates setting"})
+    compact = _search_family(X, y, wl, s, folds, say, "compact")
+    full = _search_family(X, y, wl, s, folds, say, "full")
+    choice = choose_search(y, compact.nested_oof, full.nested_oof, folds)
+    chosen = full if choice.name == "full" else compact
     say(
-        f"PLS: {search.recipe_.name}, {search.n_components_} LVs "
+        f"PLS: the {choice.name} search serves (nested RMSECV compact "
+        f"{choice.rmsecv['compact']:.4g}, full {choice.rmsecv['full']:.4g})"
+    )
+    family = {
+        "chosen": choice.name,
+        "rule": "full only when its nested MSE is lower than the compact one's by more than "
+        "one standard error of the paired difference",
+        "nested_rmsecv": choice.rmsecv,
+        "outer_fold_choices": choice.fold_choices,
+        "recipes": {"compact": compact.search.recipe_.name, "full": full.search.recipe_.name},
+    }
+    return replace(
+        chosen,
+        nested_oof=choice.nested_pred,
+        seconds=time.perf_counter() - t0,
+        family=family,
+    )
+
+
+def _search_family(
+    X: np.ndarray,
+    y: np.ndarray,
+    wl: np.ndarray,
+    s: TrainingSettings,
+    folds: np.ndarray,
+    say: Callable[[str], None],
+    family: str,
+) -> PLSCandidate:
+    """One search on all data, then nested in the outer folds (unless ``nested_cv`` is off)."""
+    t0 = time.perf_counter()
+    make = make_search(wl, s, family)
+    search = make().fit(X, y)
+    say(
+        f"PLS ({family}): {search.recipe_.name}, {search.n_components_} LVs "
         f"(of {len(search.cv_results_['recipes'])} recipes, {search.cv_results_['folds']}-fold "
         f"CV x {search.cv_results_['repeats']}), RMSECV {search.rmsecv_:.4g}"
     )
     if not s.nested_cv:
         return PLSCandidate(search, search.oof_pred_, [], time.perf_counter() - t0)
     oof, chosen = nested_pls_predictions(
-        X, y, folds, make_search(wl, s), lambda k, m: say(f"PLS: nested search, outer fold {k}/{m}")
-    )
+        X, y, folds, make,
+        lambda k, m: say(f"PLS ({family}): nested search, outer fold {k}/{m}"),
+    )  # fmt: skip
     return PLSCandidate(search, oof, chosen, time.perf_counter() - t0)
 
 

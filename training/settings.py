@@ -85,6 +85,13 @@ class TrainingSettings(NirwatchSettings):
         description="the PLS search runs on at most this many spectra, spread over the "
         "reference values (its cost grows with n^2); the winner is refitted on all",
     )
+    pls_candidates: Literal["auto", "compact", "full"] = Field(
+        default="auto",
+        description="recipes the PLS search compares: 'compact' the 16 common ones (full "
+        "range), 'full' also wavelength windows and more derivative widths (181); 'auto' runs "
+        "both and serves the full search only when its nested RMSECV beats the compact one's "
+        "by more than one standard error",
+    )
     pls_rule: Literal["1se", "min"] = Field(
         default="1se", description="latent variables: one-standard-error rule or minimum"
     )

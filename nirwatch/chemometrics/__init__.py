@@ -9,6 +9,7 @@ from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import PLSCalibration, PLSComponentsCV, select_preprocessing_cv
+from nirwatch.chemometrics.scaling import UnitVarianceScaling
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -34,6 +35,7 @@ __all__ = [
     "SpectralAugmenter",
     "StandardNormalVariate",
     "Stateful",
+    "UnitVarianceScaling",
     "WavelengthRange",
     "apply_steps",
     "dump_steps",

@@ -2,7 +2,8 @@
 number of latent variables, searched jointly and fast.
 
 A *recipe* is a wavelength range, then a scatter correction (none, SNV, MSC, EMSC of order 1
-or 2), then an optional Savitzky-Golay derivative. :class:`PLSCalibrationCV` scores every recipe
+or 2), then an optional Savitzky-Golay derivative, then optionally autoscaling (every wavelength
+to unit variance: scikit-learn's ``PLSRegression()`` default). :class:`PLSCalibrationCV` scores every recipe
 with every number of latent variables by repeated K-fold CV; each recipe gets the fewest latent
 variables within one standard error of its own best (Hastie, Tibshirani & Friedman, ESL 2nd ed., sec. 7.10), then
 the recipe with the lowest RMSECV there.
@@ -29,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.krylov import FoldIndex, cv_splits, fold_kernels, krylov_pls_predictions
 from nirwatch.chemometrics.pls import PLSCalibration, check_calibration_xy
+from nirwatch.chemometrics.scaling import UnitVarianceScaling
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
     MultiplicativeScatterCorrection,
@@ -40,11 +42,13 @@ from nirwatch.errors import DataError, ModelError
 __all__ = [
     "PLSCalibrationCV",
     "Recipe",
+    "compact_recipes",
     "default_recipes",
     "spread_subset",
 ]
 
 SCATTERS = ("none", "snv", "msc", "emsc1", "emsc2")
+SCALINGS = ("none", "autoscale")
 #: Wavelength windows as fractions of the axis (by index): full, thirds and halves.
 RANGE_FRACTIONS = ((0.0, 1.0), (1 / 3, 1.0), (0.0, 2 / 3), (1 / 6, 5 / 6), (0.5, 1.0), (0.0, 0.5))
 #: Savitzky-Golay windows as fractions of the full axis length (rounded to odd, >= 5 points).
@@ -56,7 +60,8 @@ class Recipe:
     """One preprocessing candidate: range, scatter correction, derivative.
 
     ``start``/``stop`` are in the wavelength axis' units (None keeps that end); ``derivative``
-    0 means no Savitzky-Golay step (``window`` then 0).
+    0 means no Savitzky-Golay step (``window`` then 0); ``scaling`` "autoscale" divides every
+    wavelength by its standard deviation last (:class:`UnitVarianceScaling`).
     """
 
     start: float | None
@@ -65,12 +70,15 @@ class Recipe:
     derivative: int = 0
     window: int = 0
     polyorder: int = 2
+    scaling: str = "none"
 
     def __post_init__(self) -> None:
         if self.scatter not in SCATTERS:
             raise DataError(f"Recipe: scatter must be one of {SCATTERS}, got {self.scatter!r}")
         if self.derivative not in (0, 1, 2):
             raise DataError(f"Recipe: derivative must be 0, 1 or 2, got {self.derivative!r}")
+        if self.scaling not in SCALINGS:
+            raise DataError(f"Recipe: scaling must be one of {SCALINGS}, got {self.scaling!r}")
 
     @property
     def name(self) -> str:
@@ -80,12 +88,19 @@ class Recipe:
         parts = [rng, self.scatter]
         if self.derivative:
             parts.append(f"SG d{self.derivative} w{self.window}")
+        if self.scaling != "none":
+            parts.append(self.scaling)
         return " | ".join(parts)
 
     @property
     def complexity(self) -> int:
         """Tie-break order among equally good recipes: fewer steps first."""
-        return (self.scatter != "none") + (self.derivative > 0) + (self.start is not None)
+        return (
+            (self.scatter != "none")
+            + (self.derivative > 0)
+            + (self.start is not None or self.stop is not None)
+            + (self.scaling != "none")
+        )
 
     def scatter_step(self) -> Any | None:
         return {
@@ -110,6 +125,8 @@ class Recipe:
                     window_length=self.window, polyorder=self.polyorder, deriv=self.derivative
                 )
             )
+        if self.scaling == "autoscale":
+            out.append(UnitVarianceScaling())
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +138,7 @@ class Recipe:
             "derivative": self.derivative,
             "window": self.window,
             "polyorder": self.polyorder,
+            "scaling": self.scaling,
         }
 
 
@@ -129,13 +147,40 @@ def _odd_window(p: int, fraction: float) -> int:
     return w + 1 if w % 2 == 0 else w
 
 
+#: The ten-line script's recipe (scikit-learn's ``PLSRegression()``: raw spectra, autoscaled).
+AUTOSCALED_RAW = Recipe(None, None, "none", scaling="autoscale")
+
+
+def compact_recipes(wavelengths: Any) -> list[Recipe]:
+    """The common recipes: the full axis x 5 scatter corrections x {no derivative, first
+    derivative at the middle window, second derivative at the wide one}, plus autoscaled raw
+    spectra: 16 candidates.
+
+    Fewer candidates select with less noise (Cawley & Talbot 2010, JMLR 11, 2079-2107), which
+    matters most for small calibration sets; :func:`default_recipes` adds windows and widths.
+    """
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    p = wl.size
+    middle, wide = (_odd_window(p, f) for f in WINDOW_FRACTIONS[1:])
+    derivs = [(0, 0), (1, middle), (2, wide)]
+    out = [
+        Recipe(None, None, scatter, d, w)
+        for scatter in SCATTERS
+        for d, w in derivs
+        if not d or w <= p // 2
+    ]
+    return out + [AUTOSCALED_RAW]
+
+
 def default_recipes(wavelengths: Any) -> list[Recipe]:
-    """The default candidate set: 6 ranges x 5 scatter corrections x 6 derivative settings.
+    """The default candidate set: 6 ranges x 5 scatter corrections x 6 derivative settings,
+    plus autoscaled raw spectra.
 
     Derivatives: none; first derivative at 3 windows; second derivative at the 2 wider ones
     (a second derivative amplifies noise more). Windows scale with the axis length (1/80, 1/40
     and 1/20 of it: 9, 17 and 33 points on a 650-point NIR axis), so the set is stated for any
     grid rather than tuned to one. Ranges: the full axis, its thirds-based windows and halves.
+    It holds every recipe of :func:`compact_recipes`.
     """
     wl = np.asarray(wavelengths, dtype=np.float64)
     p = wl.size
@@ -153,7 +198,7 @@ def default_recipes(wavelengths: Any) -> list[Recipe]:
                 if d and w > q // 2:
                     continue  # a window over half the range is no local derivative
                 out.append(Recipe(start, stop, scatter, d, w))
-    return out
+    return out + [AUTOSCALED_RAW]
 
 
 def spread_subset(y: np.ndarray, m: int) -> np.ndarray:
@@ -214,6 +259,8 @@ def _recipe_transform(
         if fkey not in filters:  # building the banded operator costs more than applying it
             filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
         Z = filters[fkey].transform(Z)
+    if r.scaling == "autoscale":
+        Z = UnitVarianceScaling().fit(Z).transform(Z)
     return Z
 
 

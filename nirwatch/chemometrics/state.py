@@ -37,7 +37,16 @@ T = TypeVar("T", bound=type)
 #: eagerly); nothing outside this allowlist is ever imported on a stored name's account.
 STATEFUL_MODULES = tuple(
     f"nirwatch.chemometrics.{m}"
-    for m in ("scatter", "derivative", "selection", "augmentation", "pls", "diagnostics", "cnn")
+    for m in (
+        "scatter",
+        "scaling",
+        "derivative",
+        "selection",
+        "augmentation",
+        "pls",
+        "diagnostics",
+        "cnn",
+    )
 )
 
 _CLASSES: dict[str, type] = {}
