@@ -56,7 +56,8 @@ from nirwatch.simulation.simulator import (
     TabletLineSimulator,
     calibration_set,
 )
-from training.retrain import Dataset, fit_bundle_fitter
+from training.labelled import Dataset
+from training.retrain import fit_bundle_fitter
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "monitoring" / "rules" / "nirwatch.yml"

@@ -160,7 +160,7 @@ def test_every_command_refuses_a_bad_file_with_the_same_error(
 def test_the_good_file_is_read_alike_by_training_and_retraining(tmp_path: Path) -> None:
     # The reference: the same table without a defect loads, so the errors above are the defects'.
     from nirwatch.io.datasets import load_spectra
-    from training.retrain import Dataset
+    from training.labelled import Dataset
 
     header, rows = _table()
     path = _csv(tmp_path / "good.csv", header, rows)

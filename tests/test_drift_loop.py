@@ -46,7 +46,8 @@ from nirwatch.simulation.simulator import (
     calibration_set,
 )
 from nirwatch.transport.broker import free_port
-from training.retrain import Dataset, RetrainSettings, fit_bundle_fitter
+from training.labelled import Dataset
+from training.retrain import RetrainSettings, fit_bundle_fitter
 from training.service import RetrainService, consume_labelled
 
 ROOT = Path(__file__).resolve().parents[1]

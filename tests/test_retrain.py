@@ -23,14 +23,9 @@ from nirwatch.io.datasets import load_spectra
 from nirwatch.models.bundle import BundleContents, data_hash, write_bundle
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
-from training.retrain import (
-    Dataset,
-    LabelledBuffer,
-    RetrainRequest,
-    RetrainSettings,
-    decide,
-    retrain,
-)
+from training.labelled import Dataset, LabelledBuffer
+from training.promotion import decide
+from training.retrain import RetrainRequest, RetrainSettings, retrain
 from training.service import RetrainService
 
 TOKEN = "s3cret-token-0123456789abcdef"

@@ -14,7 +14,7 @@ from nirwatch.messages.lab_result import LabResult
 from nirwatch.messages.spectrum import SpectrumHeader, encode_spectrum, new_message_id
 from nirwatch.settings import KafkaSettings
 from nirwatch.simulation.simulator import GRID, ProbeSpec, TabletLineSimulator
-from training.retrain import LabelledBuffer
+from training.labelled import LabelledBuffer
 from training.service import consume_labelled
 
 pytestmark = pytest.mark.kafka

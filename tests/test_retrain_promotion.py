@@ -10,15 +10,9 @@ import pytest
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.simulation.simulator import Drift, ProbeSpec, TabletLineSimulator, calibration_set
-from training.retrain import (
-    Dataset,
-    RetrainRequest,
-    RetrainSettings,
-    decide,
-    fit_bundle_fitter,
-    out_of_model_bound,
-    retrain,
-)
+from training.labelled import Dataset
+from training.promotion import decide, out_of_model_bound
+from training.retrain import RetrainRequest, RetrainSettings, fit_bundle_fitter, retrain
 
 
 def test_out_of_model_bound_is_the_binomial_quantile() -> None:

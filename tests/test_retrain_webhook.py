@@ -28,7 +28,8 @@ from builders import make_self_signed
 from nirwatch.errors import ConfigError
 from nirwatch.models.registry import ModelRegistry
 from nirwatch.settings import load_settings
-from training.retrain import Dataset, RetrainSettings
+from training.labelled import Dataset
+from training.retrain import RetrainSettings
 from training.service import RetrainService
 
 TOKEN = "webhook-token-0123456789abcdef"

@@ -21,7 +21,8 @@ from support import wait_until
 
 from nirwatch.errors import DataError
 from nirwatch.models.registry import ModelRegistry
-from training.retrain import Dataset, RetrainSettings
+from training.labelled import Dataset
+from training.retrain import RetrainSettings
 from training.service import RetrainService
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,15 +42,8 @@ from nirwatch.security import check_bearer_token
 from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
 from nirwatch.signals import stop_on_signals
 from nirwatch.statedirs import writable_dir
-from training.retrain import (
-    Dataset,
-    Fitter,
-    LabelledBuffer,
-    RetrainRequest,
-    RetrainSettings,
-    fit_bundle_fitter,
-    retrain,
-)
+from training.labelled import Dataset, LabelledBuffer
+from training.retrain import Fitter, RetrainRequest, RetrainSettings, fit_bundle_fitter, retrain
 from training.settings import TrainingSettings
 from training.webhook import WebhookServer
 

@@ -20,7 +20,7 @@ class DriftLoop:
 
     Predictions and lab results feed a :class:`monitoring.drift_monitor.DriftMonitor` (with
     demo-sized windows so it reacts within seconds at 2 spectra/s); labelled spectra collect in
-    a :class:`training.retrain.LabelledBuffer`. The first time a detector fires, a retrain runs
+    a :class:`training.labelled.LabelledBuffer`. The first time a detector fires, a retrain runs
     in the background on the calibration set plus the recent labelled spectra, policy ``auto``;
     a promoted candidate is hot-reloaded by the worker and shows up in the table.
     """
@@ -28,7 +28,7 @@ class DriftLoop:
     def __init__(self, metrics: Any, registry: Any, hmac_key: str | None, retrain: bool) -> None:
         from monitoring.drift_monitor import DriftMonitor, DriftSettings
         from nirwatch.metrics import DriftMetrics
-        from training.retrain import LabelledBuffer
+        from training.labelled import LabelledBuffer
 
         champion = next((m for m in registry.list() if m.status == "champion"), None)
         rmsecv = (champion.metrics.get("pls_rmsecv") if champion else None) or None
@@ -88,13 +88,8 @@ class DriftLoop:
 
     def _retrain(self, names: list[str]) -> None:
         from nirwatch.simulation.simulator import calibration_set
-        from training.retrain import (
-            Dataset,
-            RetrainRequest,
-            RetrainSettings,
-            fit_bundle_fitter,
-            retrain,
-        )
+        from training.labelled import Dataset
+        from training.retrain import RetrainRequest, RetrainSettings, fit_bundle_fitter, retrain
 
         X, y, wl = calibration_set(300, seed=0, lab_noise=True)
         root = self.registry.root.parent
