@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import tempfile
 import time
@@ -140,11 +141,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         cov_in = "-" if r["coverage_in_range"] is None else f"{r['coverage_in_range']:.0%}"
+        recipe = r["pls_recipe"].replace("|", "\\|")  # a recipe name's steps, not a column
         lines.append(
             f"| {r['set']} | {r['target']} | {r['n_cal']} / {r['n_test']} "
             f"({r['test_beyond_range']}) | {r['plain_pls']:.4g} | {r['tuned_pls']:.4g} "
             f"| {r['deployed']:.4g} | {r['deployed'] / r['plain_pls']:.2f} | {r['served']} "
-            f"| {r['pls_set']}: {r['pls_recipe']} ({r['pls_lvs']}) | {r['rmsecv']:.4g} "
+            f"| {r['pls_set']}: {recipe} ({r['pls_lvs']}) | {r['rmsecv']:.4g} "
             f"| {r['coverage']:.0%} ({cov_in}) | {r['seconds']:.0f} |"
         )
     ratios = [r["deployed"] / r["plain_pls"] for r in rows]
@@ -179,24 +181,44 @@ def main() -> None:
     ap.add_argument("--only", help="one set: shootout, dough, raman_pufa or fermentation")
     ap.add_argument("--epochs", type=int, help="override the CNN's epochs (quick checks only)")
     ap.add_argument("--no-doc", action="store_true", help="print the table, leave the doc alone")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite the doc's table and plot from generalisation.json (no training, "
+        "no test evaluation)",
+    )
     args = ap.parse_args()
+    if args.render:
+        rows = json.loads((DOC.parent / "generalisation.json").read_text())
+        head = (
+            DOC.read_text().split(BEGIN, 1)[1].strip().split("\n", 1)[0]
+        )  # the run's command line
+        write_doc(rows, head)
+        return
     extra = ["--epochs", str(args.epochs)] if args.epochs else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, target, cal in targets(args.only, Path(tmp)):
             rows.append(run_one(name, path, target, cal, Path(tmp), extra))
             print(json.dumps(rows[-1]), flush=True)
-    text = table(rows)
-    print(text)
+    print(table(rows))
     if args.no_doc:
         return
     (DOC.parent / "generalisation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, DOC.parent / "generalisation.png")
-    machine = f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs"
-    block = (
-        f"{BEGIN}\nCommand: `.venv/bin/python benchmarks/generalisation.py"
+    machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs"
+    head = (
+        f"Command: `.venv/bin/python benchmarks/generalisation.py"
         f"{' --only ' + args.only if args.only else ''}`; machine: {machine}; load average at "
-        f"the end {Path('/proc/loadavg').read_text().split()[0]}.\n\n{text}\n\n"
+        f"the end {Path('/proc/loadavg').read_text().split()[0]}."
+    )
+    write_doc(rows, head)
+
+
+def write_doc(rows: list[dict[str, Any]], head: str) -> None:
+    """The table and plot between the doc's markers; ``head`` says how the rows were made."""
+    plot(rows, DOC.parent / "generalisation.png")
+    block = (
+        f"{BEGIN}\n{head}\n\n{table(rows)}\n\n"
         f"![test RMSE relative to plain PLS](generalisation.png)\n{END}"
     )
     doc = DOC.read_text() if DOC.exists() else f"# Generalisation\n\n{BEGIN}\n{END}\n"
