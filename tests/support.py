@@ -11,11 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kafka import TopicPartition
-
 from nirwatch.messages.prediction import Prediction, decode_prediction
 from nirwatch.settings import KafkaSettings
-from nirwatch.transport.kafka import make_consumer
+from nirwatch.transport.kafka import read_topic as transport_read_topic
 
 T = TypeVar("T")
 
@@ -74,52 +72,12 @@ def read_topic(
     until: Callable[[list[Any]], bool] | None = None,
     settle_polls: int = 1,
 ) -> list[Any]:
-    """Every record of ``topic`` from its beginning, without a consumer group.
-
-    Reads until ``expected`` records have arrived, or ``until(records)`` holds, or (neither
-    given) every partition is read to its end; then polls on until ``settle_polls`` polls in a
-    row bring nothing, so late records (redeliveries) are seen, not hidden. Returns what
-    arrived by ``timeout_s`` otherwise: the caller's assertion says what was missing.
-    """
-    consumer = make_consumer(kafka, None)
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(topic)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            return records
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-
-        def done() -> bool:
-            if until is not None:
-                return until(records)
-            if expected is not None:
-                return len(records) >= expected
-            # Tansu under-reports end_offsets(); highwater() is known once a fetch returned.
-            highs = [consumer.highwater(tp) for tp in tps]
-            return all(
-                h is not None and consumer.position(tp) >= h
-                for tp, h in zip(tps, highs, strict=True)
-            )
-
-        while time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=200).values():
-                records.extend(recs)
-            if done():
-                break
-        quiet = 0
-        while quiet < settle_polls and time.monotonic() < deadline + 10:
-            got = [r for recs in consumer.poll(timeout_ms=300).values() for r in recs]
-            records.extend(got)
-            quiet = 0 if got else quiet + 1
-    finally:
-        consumer.close()
-    return records
+    """:func:`nirwatch.transport.kafka.read_topic`, polling on once more by default so that
+    late records (redeliveries) are seen, not hidden; the caller's assertion says what was
+    missing."""
+    return transport_read_topic(
+        kafka, topic, expected, timeout_s, until=until, settle_polls=settle_polls
+    )
 
 
 def read_predictions(
@@ -127,5 +85,4 @@ def read_predictions(
 ) -> list[Prediction]:
     """Predictions in (partition, offset) order; within an instrument that is publish order."""
     records = read_topic(kafka, kafka.topic_predictions, expected, timeout_s)
-    records.sort(key=lambda r: (r.partition, r.offset))
     return [decode_prediction(r.value) for r in records]

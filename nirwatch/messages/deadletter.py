@@ -19,12 +19,11 @@ header                     value (UTF-8)
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from nirwatch.errors import NirwatchError
@@ -164,41 +163,11 @@ def read_dead_letters(
 ) -> list[DeadLetter]:
     """Read the dead-letter topic from the beginning (for tests and the CLI).
 
-    Reads without a consumer group (manual assignment, nothing committed) until every
-    partition's position reaches its high-water mark, or ``expected`` letters have arrived,
-    or ``timeout_s`` passes. Returned in (partition, offset) order.
+    Without a consumer group (:func:`nirwatch.transport.kafka.read_topic`), until every
+    partition is read to its end, or ``expected`` letters have arrived, or ``timeout_s``
+    passes. Returned in (partition, offset) order.
     """
-    from nirwatch.transport.kafka import make_consumer
+    from nirwatch.transport.kafka import read_topic
 
     name = topic or kafka.topic_dead_letter
-    consumer = make_consumer(kafka, None, consumer_timeout_ms=int(timeout_s * 1000))
-    letters: list[DeadLetter] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(name)
-        while not parts and time.monotonic() < deadline:
-            time.sleep(0.1)
-            parts = consumer.partitions_for_topic(name)
-        if not parts:
-            return letters
-        tps = [TopicPartition(name, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200)
-            for records in batch.values():
-                letters.extend(decode_dead_letter(r) for r in records)
-            if expected is not None:
-                if len(letters) >= expected:
-                    break
-                continue
-            # Tansu under-reports end_offsets(); highwater() is known once a fetch returned.
-            highs = [consumer.highwater(tp) for tp in tps]
-            if all(h is not None for h in highs) and all(
-                consumer.position(tp) >= h for tp, h in zip(tps, highs, strict=True)
-            ):
-                break
-    finally:
-        consumer.close()
-    letters.sort(key=lambda d: (d.partition, d.offset))
-    return letters
+    return [decode_dead_letter(r) for r in read_topic(kafka, name, expected, timeout_s)]

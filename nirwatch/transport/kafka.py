@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -195,3 +195,62 @@ class ProducerSlot:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             producer.close(timeout=timeout)
+
+
+def read_topic(
+    kafka: KafkaSettings,
+    topic: str,
+    expected: int | None = None,
+    timeout_s: float = 30.0,
+    *,
+    until: Callable[[list[Any]], bool] | None = None,
+    settle_polls: int = 0,
+) -> list[Any]:
+    """Every record of ``topic`` from its beginning, without a consumer group (manual
+    assignment, nothing committed): for the ``dead-letters`` command and tests.
+
+    Reads until ``expected`` records have arrived, or ``until(records)`` holds, or (neither
+    given) every partition is read to its end; then polls on until ``settle_polls`` polls in a
+    row bring nothing, so late records (redeliveries) are seen, not hidden. Returns what
+    arrived by ``timeout_s`` otherwise, in (partition, offset) order.
+    """
+    consumer = make_consumer(kafka, None)
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts = consumer.partitions_for_topic(topic)
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.1)
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return records
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+
+        def done() -> bool:
+            if until is not None:
+                return until(records)
+            if expected is not None:
+                return len(records) >= expected
+            # Tansu under-reports end_offsets(); highwater() is known once a fetch returned.
+            highs = [consumer.highwater(tp) for tp in tps]
+            return all(
+                h is not None and consumer.position(tp) >= h
+                for tp, h in zip(tps, highs, strict=True)
+            )
+
+        while time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=200).values():
+                records.extend(recs)
+            if done():
+                break
+        quiet = 0
+        while quiet < settle_polls and time.monotonic() < deadline + 10:
+            got = [r for recs in consumer.poll(timeout_ms=300).values() for r in recs]
+            records.extend(got)
+            quiet = 0 if got else quiet + 1
+    finally:
+        consumer.close()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
