@@ -149,7 +149,8 @@ def split_augmentation_steps(steps: Sequence[Any]) -> tuple[list[Any], list[Any]
     return steps[:k], steps[k:]
 
 
-def _check_xy(X: Any, y: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+def check_xy(X: Any, y: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training spectra X (n, p) and targets y (n,) as float64, n >= 2, all finite."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
     if X.ndim != 2 or X.shape[0] != y.shape[0] or X.shape[0] < 2:
@@ -202,8 +203,8 @@ def fit_cnn(
     FittedCNN
     """
     train = train or TrainConfig()
-    X_train, y_train = _check_xy(X_train, y_train, "fit_cnn training data")
-    X_val, y_val = _check_xy(X_val, y_val, "fit_cnn validation data")
+    X_train, y_train = check_xy(X_train, y_train, "fit_cnn training data")
+    X_val, y_val = check_xy(X_val, y_val, "fit_cnn validation data")
     if X_val.shape[1] != X_train.shape[1]:
         raise DataError(
             f"fit_cnn: validation spectra have {X_val.shape[1]} points, "

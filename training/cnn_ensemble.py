@@ -19,7 +19,7 @@ from sklearn.base import clone
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN
 from nirwatch.errors import DataError
-from training.cnn import FittedCNN, TrainConfig, _check_xy, fit_cnn
+from training.cnn import FittedCNN, TrainConfig, check_xy, fit_cnn
 from training.cnn_progress import TrainingProgress
 
 __all__ = ["fit_cnn_ensemble", "stratified_folds"]
@@ -70,7 +70,7 @@ def fit_cnn_ensemble(
         spectrum predicted by the member that did not train on it.
     """
     train = train or TrainConfig()
-    X, y = _check_xy(X, y, "fit_cnn_ensemble")
+    X, y = check_xy(X, y, "fit_cnn_ensemble")
     started = time.perf_counter()
     fitted = [clone(s) for s in steps]
     Z = X
