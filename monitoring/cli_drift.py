@@ -23,7 +23,7 @@ from nirwatch.metrics import DriftMetrics
 from nirwatch.models.bundle import read_manifest
 from nirwatch.models.registry import ModelRegistry, RegistrySettings
 from nirwatch.ports import start_metrics_server
-from nirwatch.settings import KafkaSettings, load_settings, require_bootstrap
+from nirwatch.settings import KafkaSettings, load_settings, options_given, require_bootstrap
 from nirwatch.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="RMSECV for the lab checks (default: from the registry, NIRWATCH_REGISTRY_DIR)",
     )
-    parser.add_argument("--group-id", default="nirwatch-drift", help="Kafka consumer group")
+    parser.add_argument("--group-id", help="Kafka consumer group (default nirwatch-drift)")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {
-        k: v
-        for k, v in (("metrics_host", args.metrics_host), ("metrics_port", args.metrics_port))
-        if v is not None
-    }
-    settings = load_settings(DriftSettings, **overrides)
+    settings = load_settings(
+        DriftSettings,
+        **options_given(args, {f: f for f in ("metrics_host", "metrics_port", "group_id")}),
+    )
     kafka = load_settings(KafkaSettings)
     require_bootstrap(kafka, "drift-monitor")
     with stop_on_signals() as stop:
@@ -87,12 +85,12 @@ def run(args: argparse.Namespace) -> int:
                 why="no RMSECV: set NIRWATCH_REGISTRY_DIR (each model's RMSECV) or pass --rmsecv",
             )  # fmt: skip
         log_event(
-            log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=args.group_id,
+            log, "drift_monitor_started", bootstrap=kafka.bootstrap, group=settings.group_id,
             metrics=url,
             registry=reg.dir, rmsecv=args.rmsecv,
         )  # fmt: skip
         try:
-            run_drift_consumer(kafka, monitor, stop, group_id=args.group_id)
+            run_drift_consumer(kafka, monitor, stop, group_id=settings.group_id)
         finally:
             if server is not None:
                 server.shutdown()

@@ -82,6 +82,9 @@ class DriftSettings(NirwatchSettings):
     metrics_host: str = Field(default="127.0.0.1", description="nirwatch drift-monitor endpoint")
     metrics_port: int = Field(default=9109, ge=0, le=65535, description="0: no HTTP endpoint")
     join_cache_size: int = Field(default=100_000, ge=1)
+    group_id: str = Field(
+        default="nirwatch-drift", min_length=1, description="Kafka consumer group (--group-id)"
+    )
 
 
 class _Group:

@@ -45,9 +45,10 @@ def test_drift_monitor_process_exports_drift(kafka_settings: KafkaSettings) -> N
         "NIRWATCH_KAFKA_TOPIC_PREDICTIONS": kafka_settings.topic_predictions,
         "NIRWATCH_KAFKA_TOPIC_LAB_RESULTS": kafka_settings.topic_lab_results,
         "NIRWATCH_DRIFT_WARMUP": "100",
+        # its own group: another test's killed drift monitor holds "nirwatch-drift" ~75 s
+        "NIRWATCH_DRIFT_GROUP_ID": f"drift-cli-{port}",
     }
-    # its own group: another test's killed drift monitor holds "nirwatch-drift" ~75 s
-    args = ["--metrics-port", str(port), "--rmsecv", "2.0", "--group-id", f"drift-cli-{port}"]
+    args = ["--metrics-port", str(port), "--rmsecv", "2.0"]
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], env=env)
     try:
         rng = np.random.default_rng(1)
