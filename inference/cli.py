@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _OVERRIDES = {
     "registry": "registry_dir",
     "bundle": "bundle_path",
+    "bundle_checksum": "bundle_checksum",
     "micro_batch_size": "micro_batch_size",
     "max_wait_ms": "max_wait_ms",
     "device": "device",
@@ -49,6 +50,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--registry", type=Path, help="registry root: serve and hot-reload its champion"
     )
     src.add_argument("--bundle", type=Path, help="serve this one bundle directory")
+    p.add_argument(
+        "--bundle-checksum",
+        help="with --bundle: refuse it unless its checksum (manifest SHA-256) is this one",
+    )
     p.add_argument(
         "--micro-batch-size", type=int, help="most spectra per micro-batch (default 2000)"
     )
@@ -88,8 +93,16 @@ def predictor_source(settings: WorkerSettings, metrics: WorkerMetrics) -> Predic
     reg = load_settings(RegistrySettings)
     loader = functools.partial(load_bundle, hmac_key=reg.key(), device=settings.device)
     if settings.bundle_path is not None:
-        predictor = loader(settings.bundle_path)
+        predictor = loader(settings.bundle_path, expected_checksum=settings.bundle_checksum)
         log_event(log, "model_loaded", bundle=settings.bundle_path, checksum=predictor.checksum)
+        if settings.bundle_checksum is None and reg.key() is None:
+            # The registry records each champion's checksum; a fixed bundle has no such
+            # record unless one is given, so an edited manifest would be served unnoticed.
+            log_event(
+                log, "bundle_unpinned", level=logging.WARNING,
+                why="nothing vouches for this bundle's manifest: set --bundle-checksum "
+                "(NIRWATCH_WORKER_BUNDLE_CHECKSUM) or a signing key (NIRWATCH_REGISTRY_HMAC_KEY)",
+            )  # fmt: skip
         return StaticSource(predictor)
     root = settings.registry_dir or reg.dir
     if root is None:

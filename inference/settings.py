@@ -45,6 +45,12 @@ class WorkerSettings(NirwatchSettings):
 
     registry_dir: Path | None = None
     bundle_path: Path | None = None
+    bundle_checksum: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="with bundle_path: the approved bundle's checksum (its manifest's SHA-256, "
+        "`nirwatch models list`); any other bundle is refused",
+    )
     reload_interval_s: float = Field(
         default=5.0, gt=0, description="check the champion version at most this often"
     )
@@ -93,4 +99,6 @@ class WorkerSettings(NirwatchSettings):
             )
         if self.registry_dir is not None and self.bundle_path is not None:
             raise ValueError("set registry_dir or bundle_path, not both")
+        if self.bundle_checksum is not None and self.bundle_path is None:
+            raise ValueError("bundle_checksum is for a fixed bundle: set bundle_path too")
         return self

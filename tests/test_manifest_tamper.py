@@ -251,3 +251,28 @@ def test_worker_never_serves_an_edited_champion(tmp_path: Path, name: str) -> No
     fresh = RegistrySource(reg, lambda p: load_bundle(p, device="cpu"), metrics)
     with pytest.raises(ModelError, match="no model to serve"):
         fresh.current()
+
+
+def test_a_fixed_bundle_is_served_only_with_its_pinned_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from inference.cli import predictor_source
+    from inference.settings import WorkerSettings
+
+    monkeypatch.delenv("NIRWATCH_REGISTRY_HMAC_KEY", raising=False)
+    path = write_bundle(contents(), tmp_path / "b")
+    recorded = bundle_checksum(path)
+    metrics = WorkerMetrics(CollectorRegistry())
+
+    def settings(checksum: str | None) -> WorkerSettings:
+        return WorkerSettings(bundle_path=path, bundle_checksum=checksum, device="cpu")
+
+    assert predictor_source(settings(recorded), metrics).current().checksum == recorded
+    apply(path, EDITS["fallback_limit_larger"])  # a valid-looking edit: only the pin sees it
+    with pytest.raises(ChecksumMismatchError, match=r"manifest\.json sha256 mismatch"):
+        predictor_source(settings(recorded), metrics)
+    with caplog.at_level("WARNING"):
+        assert predictor_source(settings(None), metrics).current().checksum != recorded
+    assert "bundle_unpinned" in caplog.text  # unpinned and unsigned: served, with a warning
+    with pytest.raises(ValueError, match="bundle_checksum is for a fixed bundle"):
+        WorkerSettings(registry_dir=tmp_path, bundle_checksum=recorded)
