@@ -8,6 +8,7 @@ the IDRC 2002 shootout grid).
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import numpy as np
 
@@ -64,3 +65,14 @@ def grid_id_for(wl: np.ndarray) -> str:
         return f"{v:g}"
 
     return f"lin:{fmt(wl[0])}:{fmt(wl[-1])}:{fmt(steps[0])}"
+
+
+def axis_id(wl: np.ndarray) -> str:
+    """The id a bundle stores for any wavelength axis: its ``lin:`` grid id when evenly
+    spaced, else ``custom:<points>:<first 12 hex of the SHA-256 of the float64 values>``."""
+    wl = np.asarray(wl, dtype=float)
+    try:
+        return grid_id_for(wl)
+    except DataError:
+        digest = hashlib.sha256(wl.astype("<f8").tobytes()).hexdigest()
+        return f"custom:{wl.size}:{digest[:12]}"

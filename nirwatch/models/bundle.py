@@ -47,7 +47,7 @@ import numpy as np
 
 from nirwatch.chemometrics.state import Stateful, dump_steps, load_steps, stateful_class
 from nirwatch.errors import BundleError, DataError
-from nirwatch.grid import grid_id_for
+from nirwatch.grid import axis_id
 from nirwatch.models.bundle_format import (
     FORMAT,
     MANIFEST,
@@ -274,16 +274,12 @@ def write_bundle(
             raise BundleError(f"extra file {name!r} clashes with a bundle file")
         files[name] = data
     created = datetime.now(UTC)
-    try:
-        grid = grid_id_for(wl)
-    except DataError:
-        grid = f"custom:{wl.size}:{sha256_bytes(wl.astype('<f8').tobytes())[:12]}"
     manifest = {
         "format": FORMAT,
         "created_at": created.isoformat(),
         "version": contents.version or new_version(created, contents.data_hash),
         "target": _target(contents),
-        "grid": grid,
+        "grid": axis_id(wl),
         "wavelengths": wl.tolist(),
         "data_hash": contents.data_hash,
         "metrics": dict(contents.metrics),

@@ -14,7 +14,6 @@ validated when present and tolerated when absent: older bundles lack them.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -24,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from nirwatch.errors import DataError, ManifestError
-from nirwatch.grid import grid_id_for
+from nirwatch.errors import ManifestError
+from nirwatch.grid import axis_id
 
-__all__ = ["FIELDS", "ManifestError", "expected_grid", "validate_manifest"]
+__all__ = ["FIELDS", "ManifestError", "validate_manifest"]
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -70,15 +69,6 @@ def _dict(field: str, v: Any, allowed: set[str] | None = None) -> dict[str, Any]
         if unknown:
             raise ManifestError(f"{field}.{unknown[0]}", f"one of the keys {sorted(allowed)}", v)
     return v
-
-
-def expected_grid(wl: np.ndarray) -> str:
-    """The grid id :func:`nirwatch.models.bundle.write_bundle` stores for wavelengths ``wl``."""
-    try:
-        return grid_id_for(wl)
-    except DataError:
-        digest = hashlib.sha256(wl.astype("<f8").tobytes()).hexdigest()
-        return f"custom:{wl.size}:{digest[:12]}"
 
 
 # ---- one checker per field (each receives the field's value)
@@ -265,6 +255,6 @@ def _validate(manifest: Mapping[str, Any]) -> None:
             continue
         check(manifest[name])
     # The grid id is derived from the wavelengths: an edit to either shows as a mismatch.
-    grid = expected_grid(np.asarray(manifest["wavelengths"], dtype=float))
+    grid = axis_id(np.asarray(manifest["wavelengths"], dtype=float))
     if manifest["grid"] != grid:
         raise ManifestError("grid", f"{grid!r} (derived from the wavelengths)", manifest["grid"])
