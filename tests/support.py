@@ -7,9 +7,10 @@ Test modules import helpers from support modules (this one, ``worker_support``, 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from nirwatch.messages.prediction import Prediction, decode_prediction
 from nirwatch.settings import KafkaSettings
@@ -63,21 +64,9 @@ def wait_until(
         time.sleep(interval_s)
 
 
-def read_topic(
-    kafka: KafkaSettings,
-    topic: str,
-    expected: int | None = None,
-    timeout_s: float = 30.0,
-    *,
-    until: Callable[[list[Any]], bool] | None = None,
-    settle_polls: int = 1,
-) -> list[Any]:
-    """:func:`nirwatch.transport.kafka.read_topic`, polling on once more by default so that
-    late records (redeliveries) are seen, not hidden; the caller's assertion says what was
-    missing."""
-    return transport_read_topic(
-        kafka, topic, expected, timeout_s, until=until, settle_polls=settle_polls
-    )
+#: :func:`nirwatch.transport.kafka.read_topic`, polling on once more by default so that late
+#: records (redeliveries) are seen, not hidden; the caller's assertion says what was missing.
+read_topic = functools.partial(transport_read_topic, settle_polls=1)
 
 
 def read_predictions(
