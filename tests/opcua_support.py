@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from asyncua import Client, ua
 from asyncua.crypto import cert_gen, uacrypto
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
@@ -15,7 +17,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from support import read_topic
 
 from nirwatch.messages.prediction import Prediction
-from nirwatch.messages.spectrum import decode_spectrum, new_message_id
+from nirwatch.messages.spectrum import (
+    SpectrumHeader,
+    decode_spectrum,
+    encode_spectrum,
+    new_message_id,
+)
 from nirwatch.settings import KafkaSettings
 
 CLIENT_URI = "urn:nirwatch:test-client"
@@ -98,6 +105,15 @@ def prediction(instrument: str = "probe-1", **changes: object) -> Prediction:
     }
     fields.update(changes)
     return Prediction(**fields)  # type: ignore[arg-type]
+
+
+def spectrum_message(instrument: str = "probe-1", sample: str = "s-1") -> tuple[bytes, str]:
+    """A raw spectrum message (as on the spectra topic) and its SHA-256 (hex)."""
+    header = SpectrumHeader(
+        new_message_id(), instrument, sample, time.time(), "lin:600:1898:2", 650
+    )
+    raw = encode_spectrum(header, np.random.default_rng().normal(size=650))
+    return raw, hashlib.sha256(raw).hexdigest()
 
 
 def read_spectra(kafka: KafkaSettings, expected: int, timeout: float = 30.0) -> list[Any]:

@@ -7,6 +7,7 @@ connect real asyncua clients; the end-to-end test feeds it from a real broker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,13 @@ import pytest
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaError
 from kafka import KafkaConsumer, TopicPartition
-from opcua_support import client_certificate, free_port, prediction, secure_client
+from opcua_support import (
+    client_certificate,
+    free_port,
+    prediction,
+    secure_client,
+    spectrum_message,
+)
 from prometheus_client import CollectorRegistry
 
 from inference.opcua.bridge import PredictionFeed, build_server, endpoint_url, serve
@@ -34,6 +41,7 @@ from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics, make_producer
 
 PREDICTION = stream_node_id("probe-1", "ChemometricModel", "Prediction")
+SPECTRUM_SHA256 = stream_node_id("probe-1", "AcquisitionData", "SpectrumSha256")
 
 
 def _settings(tmp_path: Path, **changes: Any) -> OpcUaServerSettings:
@@ -209,6 +217,29 @@ def test_writes_are_refused(tmp_path: Path) -> None:
     _run(settings, body)
 
 
+def test_spectrum_hash_node_names_the_last_spectrums_raw_message(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    cert = _trusted_client(tmp_path, settings)
+    spectra = [spectrum_message("probe-1", f"s-{i}") for i in range(2)]
+
+    async def body(space: Any) -> None:
+        client = await secure_client(
+            endpoint_url(settings), cert, _server_cert(settings), user="alice", password="s3cret"
+        )
+        async with client:
+            node = client.get_node(f"ns=2;s={SPECTRUM_SHA256}")
+            for raw, sha in spectra:
+                await space.update(prediction(spectrum_sha256=sha), time.monotonic())
+                assert await node.read_value() == hashlib.sha256(raw).hexdigest()
+            assert spectra[0][1] != spectra[1][1]
+            # A prediction from a nirwatch.prediction/1 record has no hash: unknown, not "".
+            await space.update(prediction(), time.monotonic())
+            dv = await node.read_data_value(raise_on_bad_status=False)
+            assert dv.StatusCode.value == STATUS_NO_VALUE and dv.Value.Value is None
+
+    _run(settings, body)
+
+
 def test_nobody_able_to_log_in_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NIRWATCH_OPCUA_USERS"):
         asyncio.run(build_server(_settings(tmp_path, users="")))
@@ -293,7 +324,8 @@ def test_prediction_on_the_topic_becomes_a_data_change(
     settings = _settings(tmp_path, kafka=kafka_settings, group_id="opcua-e2e", idle_poll_ms=50)
     cert = _trusted_client(tmp_path, settings)
     stop = threading.Event()
-    sent = prediction("probe-7", value=199.25, sample_id="s-42")
+    raw, sha = spectrum_message("probe-7", "s-42")
+    sent = prediction("probe-7", value=199.25, sample_id="s-42", spectrum_sha256=sha)
     changes: asyncio.Queue[ua.DataValue] = asyncio.Queue()
 
     class Handler:
@@ -339,6 +371,8 @@ def test_prediction_on_the_topic_becomes_a_data_change(
                 f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SampleId')}"
             )
             assert await sample.read_value() == "s-42"
+            sha_node = f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SpectrumSha256')}"
+            assert await client.get_node(sha_node).read_value() == hashlib.sha256(raw).hexdigest()
         producer.close()
         stop.set()
         assert await asyncio.wait_for(task, 30) == 2
