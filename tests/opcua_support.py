@@ -1,7 +1,9 @@
-"""Helpers of the OPC UA tests: client certificates, secure clients, free ports, predictions."""
+"""Helpers of the OPC UA tests: server settings, client certificates, secure clients, free ports,
+predictions, spectra and a subscription handler that queues data changes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import time
@@ -9,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from asyncua import Client, ua
+from asyncua import Client, Node, ua
 from asyncua.crypto import cert_gen, uacrypto
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from support import read_topic
 
+from inference.opcua.settings import OpcUaServerSettings
 from nirwatch.messages.prediction import Prediction
 from nirwatch.messages.spectrum import (
     SpectrumHeader,
@@ -32,6 +35,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def server_settings(tmp_path: Path, **changes: Any) -> OpcUaServerSettings:
+    """Settings of a server on a free loopback port with one password user, alice:s3cret."""
+    values: dict[str, Any] = {
+        "state_dir": tmp_path / "state",
+        "port": free_port(),
+        "users": "alice:s3cret",
+    }
+    values.update(changes)
+    return OpcUaServerSettings(**values)
+
+
+def server_certificate(settings: OpcUaServerSettings) -> Path:
+    """The server's application certificate (made on its first start)."""
+    return settings.cert_dir / "server_cert.der"
+
+
+def trusted_client(
+    tmp_path: Path, settings: OpcUaServerSettings, name: str = "scada"
+) -> tuple[Path, Path]:
+    """A client application certificate and key, its certificate in the server's trust list."""
+    cert = client_certificate(tmp_path / "clients", name)
+    settings.trust_dir.mkdir(parents=True, exist_ok=True)
+    (settings.trust_dir / f"{name}.der").write_bytes(cert[0].read_bytes())
+    return cert
+
+
+class Notifications:
+    """asyncua subscription handler: each data change as (node id string, DataValue) in a queue."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, ua.DataValue]] = asyncio.Queue()
+
+    def datachange_notification(self, node: Any, _val: Any, data: Any) -> None:
+        self.queue.put_nowait((str(node.nodeid.Identifier), data.monitored_item.Value))
+
+    async def next(self, timeout: float = 30.0, what: str = "") -> tuple[str, ua.DataValue]:
+        """The next data change; AssertionError naming ``what`` after ``timeout`` s without one."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"no data change for {timeout:g} s{f' (waiting for {what})' if what else ''}"
+            ) from None
+
+
+async def wait_for_node(client: Client, node_id: str, timeout: float = 120.0) -> Node:
+    """The node ``ns=2;s=<node_id>`` once the server has it (an instrument's nodes appear with
+    its first prediction; the consumer group's first join is slow on a busy host)."""
+    node = client.get_node(f"ns=2;s={node_id}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await node.read_browse_name()  # whatever the value's status
+            return node
+        except ua.uaerrors.BadNodeIdUnknown:
+            assert time.monotonic() < deadline, f"{node_id} never appeared"
+            await asyncio.sleep(0.1)
 
 
 def client_certificate(directory: Path, name: str, uri: str = CLIENT_URI) -> tuple[Path, Path]:
