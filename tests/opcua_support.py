@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from support import read_topic
 
+from inference.opcua.bridge import endpoint_url
 from inference.opcua.settings import OpcUaServerSettings
 from nirwatch.messages.prediction import Prediction
 from nirwatch.messages.spectrum import (
@@ -61,6 +62,17 @@ def trusted_client(
     settings.trust_dir.mkdir(parents=True, exist_ok=True)
     (settings.trust_dir / f"{name}.der").write_bytes(cert[0].read_bytes())
     return cert
+
+
+async def password_client(settings: OpcUaServerSettings, cert: tuple[Path, Path]) -> Client:
+    """A not yet connected SignAndEncrypt client of the server, logging in as alice:s3cret."""
+    return await secure_client(
+        endpoint_url(settings),
+        cert,
+        server_certificate(settings),
+        user="alice",
+        password="s3cret",
+    )
 
 
 class Notifications:

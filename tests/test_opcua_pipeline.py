@@ -21,8 +21,7 @@ import pytest
 from asyncua import ua
 from opcua_support import (
     Notifications,
-    secure_client,
-    server_certificate,
+    password_client,
     server_settings,
     trusted_client,
     wait_for_node,
@@ -30,7 +29,7 @@ from opcua_support import (
 from support import read_predictions, read_topic
 from worker_support import start_worker, worker_settings
 
-from inference.opcua.bridge import endpoint_url, serve
+from inference.opcua.bridge import serve
 from inference.opcua.space import STATUS_NOT_RELEASABLE, stream_node_id
 from nirwatch.messages.prediction import Prediction
 from nirwatch.messages.spectrum import decode_spectrum
@@ -95,8 +94,7 @@ def test_a_simulated_spectrum_reaches_a_scada_subscription_with_its_hash(
             # A first run creates the instrument's nodes; the client subscribes, then a second
             # run's spectra must reach it as data changes.
             first = await _simulate(kafka, tmp_path, seed=1, duration_s=0.1)
-            url, server_cert = endpoint_url(settings), server_certificate(settings)
-            client = await secure_client(url, cert, server_cert, user="alice", password="s3cret")
+            client = await password_client(settings, cert)
             async with client:
                 nodes = [await wait_for_node(client, n) for n in (PREDICTION, SPECTRUM_SHA256)]
                 sub = await client.create_subscription(10, changes)

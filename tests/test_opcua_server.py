@@ -22,6 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from opcua_support import (
     Notifications,
     client_certificate,
+    password_client,
     prediction,
     secure_client,
     server_certificate,
@@ -187,13 +188,7 @@ def test_writes_are_refused(tmp_path: Path) -> None:
     cert = trusted_client(tmp_path, settings)
 
     async def body(_space: Any) -> None:
-        client = await secure_client(
-            endpoint_url(settings),
-            cert,
-            server_certificate(settings),
-            user="alice",
-            password="s3cret",
-        )
+        client = await password_client(settings, cert)
         async with client:
             node = client.get_node(f"ns=2;s={PREDICTION}")
             with pytest.raises(ua.uaerrors.BadUserAccessDenied):
@@ -209,13 +204,7 @@ def test_spectrum_hash_node_names_the_last_spectrums_raw_message(tmp_path: Path)
     spectra = [spectrum_message("probe-1", f"s-{i}") for i in range(2)]
 
     async def body(space: Any) -> None:
-        client = await secure_client(
-            endpoint_url(settings),
-            cert,
-            server_certificate(settings),
-            user="alice",
-            password="s3cret",
-        )
+        client = await password_client(settings, cert)
         async with client:
             node = client.get_node(f"ns=2;s={SPECTRUM_SHA256}")
             for raw, sha in spectra:
@@ -329,13 +318,7 @@ def test_prediction_on_the_topic_becomes_a_data_change(
             kafka_settings.topic_predictions, prediction("probe-7").encode(), key=b"probe-7"
         )
         producer.flush()
-        client = await secure_client(
-            endpoint_url(settings),
-            cert,
-            server_certificate(settings),
-            user="alice",
-            password="s3cret",
-        )
+        client = await password_client(settings, cert)
         node_id = stream_node_id("probe-7", "ChemometricModel", "Prediction")
         async with client:
             node = await wait_for_node(client, node_id)
