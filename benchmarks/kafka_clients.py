@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from throughput import MessageFactory
 
 PREDICTION = json.dumps(
-    {"schema": "nirwatch.prediction/1", "prediction_id": "0" * 32, "sample_id": "probe-00-1"}
+    {"schema": "nirwatch.prediction/2", "prediction_id": "0" * 32, "sample_id": "probe-00-1"}
     | {k: 123.456789 for k in ("value", "cnn_value", "pls_value", "t2", "q", "timestamp")}
     | {"model": "cnn", "model_version": "20261126T000000Z-abcdef12-0000", "pad": "x" * 300}
 ).encode()

@@ -1,12 +1,13 @@
 """The worker's record encoding alone: ``inference.records.encode_batch`` per prediction.
 
 Times turning one micro-batch's :class:`~nirwatch.models.predictor.BatchPrediction` into its
-``nirwatch.prediction/1`` records (the worker's "predict" stage after the model), with and
-without the audit records (SHA-256 of each 2.7 kB spectrum message included). No model, no
-broker: fixed arrays of ``--batch`` predictions.
+prediction records (the worker's "predict" stage after the model): without the raw spectrum
+messages, with them (each 2.7 kB message hashed with SHA-256 into ``spectrum_sha256``, as the
+worker does), and with the audit records as well. No model, no broker: fixed arrays of
+``--batch`` predictions.
 
-The last output line is one JSON object: ``us_per_record`` and ``us_per_record_audited``
-(best of ``--repeats``).
+The last output line is one JSON object: ``us_per_record``, ``us_per_record_hashed`` (the
+worker without an audit trail) and ``us_per_record_audited`` (best of ``--repeats``).
 
     .venv/bin/python benchmarks/prediction_records.py [--batch 2000] [--repeats 7]
 """
@@ -50,11 +51,16 @@ def run(n: int, repeats: int) -> dict[str, Any]:
     predictor: Any = SimpleNamespace(version="v1", checksum="c" * 64, target="api", unit="mg")
     raw = [b"x" * 2700] * n
     out: dict[str, Any] = {"batch": n, "repeats": repeats}
-    for key, values in (("us_per_record", None), ("us_per_record_audited", raw)):
+    modes = (
+        ("us_per_record", None, False),
+        ("us_per_record_hashed", raw, False),
+        ("us_per_record_audited", raw, True),
+    )
+    for key, values, audit in modes:
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            encode_batch(headers, bp, predictor, time.time(), values)
+            encode_batch(headers, bp, predictor, time.time(), values, audit=audit)
             best = min(best, time.perf_counter() - t0)
         out[key] = round(best / n * 1e6, 2)
     return out

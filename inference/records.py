@@ -9,7 +9,8 @@ per-spectrum work is filling that template. The bytes are identical to what
 
 The audit records of a batch are built from the very lists the JSON is filled from, so the
 audit trail holds what is published without parsing the JSON back (a test checks that they
-equal the records decoded from the published bytes).
+equal the records decoded from the published bytes). Each raw spectrum message is hashed
+once: the SHA-256 is the record's ``spectrum_sha256`` and the audit record's.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ def prediction_ids(n: int, now: float | None = None) -> list[str]:
 
 
 def _per_record(
-    headers: Sequence[SpectrumHeader], bp: BatchPrediction, n: int
+    headers: Sequence[SpectrumHeader], bp: BatchPrediction, hashes: list[str]
 ) -> dict[str, list[Any]]:
     """The values of the fields that vary per record, as Python lists (converted once)."""
+    n = len(hashes)
     value = _finite_or_none(bp.value)
     held = np.asarray(bp.out_of_model, dtype=bool)
     for extra in (bp.outside_range, bp.too_wide):
@@ -130,6 +132,7 @@ def _per_record(
     }
     out.update(
         prediction_id=prediction_ids(n),
+        spectrum_sha256=hashes,
         value=value,
         model=[str(m) for m in np.asarray(bp.model).tolist()],
         fallback_reason=list(bp.fallback_reason),
@@ -166,7 +169,7 @@ class EncodedBatch(NamedTuple):
     values: list[bytes]
     #: Per record: a finite value, inside the applicability domain and the calibrated range.
     releasable: list[bool]
-    #: The audit records of exactly these values (empty unless ``raw_values`` was given).
+    #: The audit records of exactly these values (empty without ``raw_values`` or ``audit``).
     audit: list[AuditRecord]
 
 
@@ -176,7 +179,7 @@ def encode_predictions(
     predictor: Predictor,
     published_at: float,
 ) -> tuple[list[bytes], list[bool]]:
-    """Encode one ``nirwatch.prediction/1`` record per spectrum.
+    """Encode one prediction record per spectrum (``spectrum_sha256`` empty: no raw values).
 
     Returns
     -------
@@ -195,8 +198,10 @@ def encode_batch(
     predictor: Predictor,
     published_at: float,
     raw_values: Sequence[bytes] | None = None,
+    *,
+    audit: bool = True,
 ) -> EncodedBatch:
-    """Encode one ``nirwatch.prediction/1`` record per spectrum, and its audit record.
+    """Encode one prediction record per spectrum, and its audit record.
 
     Parameters
     ----------
@@ -207,13 +212,22 @@ def encode_batch(
     published_at : float
         Unix time stamped on the batch.
     raw_values : sequence of bytes, length n, optional
-        The consumed spectrum messages (hashed with SHA-256 into the audit records).
+        The consumed spectrum messages, hashed with SHA-256 into each record's
+        ``spectrum_sha256`` (``""`` without them) and its audit record.
+    audit : bool
+        Build the audit records too (only with ``raw_values``).
     """
     n = len(headers)
     check_batch_prediction(bp, n)
-    if raw_values is not None and len(raw_values) != n:
+    if raw_values is None:
+        hashes = [""] * n
+    elif len(raw_values) != n:
         raise ModelError(f"expected {n} raw spectrum values to audit, got {len(raw_values)}")
-    records, batch = _per_record(headers, bp, n), _per_batch(bp, predictor, published_at)
+    else:
+        sha256 = hashlib.sha256
+        hashes = [sha256(raw).hexdigest() for raw in raw_values]
+    records = _per_record(headers, bp, hashes)
+    batch = _per_batch(bp, predictor, published_at)
     missing = [name for name, _ in _FIELDS if name not in records and name not in batch]
     if missing:  # a new Prediction field: _per_record or _per_batch must give its values
         raise TypeError(f"Prediction fields without values in inference.records: {missing}")
@@ -221,16 +235,14 @@ def encode_batch(
     # Column by column: one map over each field's values, then one % per record.
     columns = [_JSON[kind](records[name]) for name, kind in _FIELDS if name in records]
     out = [(template % row).encode() for row in zip(*columns, strict=True)]
-    audit = [] if raw_values is None else _audit_records(records, batch, raw_values)
-    return EncodedBatch(out, records["releasable"], audit)
+    audited = [] if raw_values is None or not audit else _audit_records(records, batch, n)
+    return EncodedBatch(out, records["releasable"], audited)
 
 
 def _audit_records(
-    records: dict[str, list[Any]], batch: dict[str, Any], raw_values: Sequence[bytes]
+    records: dict[str, list[Any]], batch: dict[str, Any], n: int
 ) -> list[AuditRecord]:
-    # Filled from the same values as the JSON (NaN/inf already None), so both say the same.
-    sha256 = hashlib.sha256
-    n = len(raw_values)
-    values = {**records, "spectrum_sha256": [sha256(raw).hexdigest() for raw in raw_values]}
-    columns = [values[c] if c in values else [batch[c]] * n for c in COLUMNS]
+    # Filled from the same values as the JSON (NaN/inf already None, the spectrum's hash
+    # computed once), so both say the same.
+    columns = [records[c] if c in records else [batch[c]] * n for c in COLUMNS]
     return [AuditRecord._make(row) for row in zip(*columns, strict=True)]

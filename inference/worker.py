@@ -236,12 +236,14 @@ class InferenceWorker:
         values: list[bytes] = []
         audit: list[AuditRecord] = []
         if decoded.headers:
-            raw = None
-            if self.audit is not None:
-                raw = [records[i].value for i in decoded.good_index]
+            # The raw messages: each prediction carries its spectrum's SHA-256 (and the audit).
+            raw = [records[i].value for i in decoded.good_index]
+            audited = self.audit is not None
             try:
                 bp = predictor.predict(decoded.spectra)
-                values, _, audit = encode_batch(decoded.headers, bp, predictor, time.time(), raw)
+                values, _, audit = encode_batch(
+                    decoded.headers, bp, predictor, time.time(), raw, audit=audited
+                )
             except Exception as exc:  # noqa: BLE001 - any model fault: retry, never lose
                 self._retry_later(batch, consumer, exc)
                 return

@@ -16,7 +16,17 @@ from typing import Any
 
 #: Commands that run as long-lived services: they log their decisions at INFO by default.
 SERVICE_COMMANDS = frozenset(
-    {"broker", "simulate", "replay", "file-drop", "worker", "drift-monitor", "retrain-service"}
+    {
+        "broker",
+        "simulate",
+        "replay",
+        "file-drop",
+        "worker",
+        "drift-monitor",
+        "retrain-service",
+        "opcua-server",
+        "opcua-ingest",
+    }
 )
 
 
@@ -66,7 +76,9 @@ def configure_logging(command: str | None, verbose: int = 0, quiet: bool = False
     handler._nirwatch = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # kafka-python is chatty at INFO/DEBUG (every connection, every metadata refresh): its own
-    # level follows -v alone (WARNING, -v INFO, -vv DEBUG); the services log broker lost/back.
-    kafka_level = logging.WARNING - 10 * min(verbose, 2)
-    logging.getLogger("kafka").setLevel(max(kafka_level, level))
+    # kafka-python and asyncua are chatty at INFO/DEBUG (every connection attempt, metadata
+    # refresh, endpoint list): their level follows -v alone (WARNING, -v INFO, -vv DEBUG); the
+    # services log broker and analyser lost/back themselves.
+    library_level = max(logging.WARNING - 10 * min(verbose, 2), level)
+    for library in ("kafka", "asyncua"):
+        logging.getLogger(library).setLevel(library_level)

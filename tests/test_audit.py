@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -58,7 +59,7 @@ def test_the_audit_columns_are_the_predictions_fields_and_the_table_is_unchanged
     trail: SQLiteAuditTrail,
 ) -> None:
     audited = {f.name for f in fields(Prediction)} - set(NOT_AUDITED)
-    assert set(COLUMNS) == audited | {"spectrum_sha256"}
+    assert set(COLUMNS) == audited and "spectrum_sha256" in audited
     db = sqlite3.connect(trail.path)
     try:
         got = [(r[1], r[2], r[3]) for r in db.execute("PRAGMA table_info(prediction_audit)")]
@@ -75,6 +76,16 @@ def test_records_carry_hash_of_raw_bytes_and_diagnostics() -> None:
     assert (rec.t2, rec.q, rec.model_version) == (1.2, 0.03, "3")
     with pytest.raises(AuditError, match="2 predictions, 1 raw"):
         audit_records([p, p], [raw])
+
+
+def test_the_predictions_own_hash_is_recorded_and_must_be_its_spectrums() -> None:
+    p, raw = publication("s1")
+    sha = hashlib.sha256(raw).hexdigest()
+    (rec,) = audit_records([dataclasses.replace(p, spectrum_sha256=sha)], [raw])
+    assert rec.spectrum_sha256 == sha
+    _, other = publication("s2")
+    with pytest.raises(AuditError, match=f"says spectrum_sha256 {sha}, its raw spectrum's is"):
+        audit_records([dataclasses.replace(p, spectrum_sha256=sha)], [other])
 
 
 def test_append_query_and_idempotent_retry(trail: SQLiteAuditTrail) -> None:

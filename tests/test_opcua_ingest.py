@@ -7,11 +7,17 @@ id and time first and the array last, as the adapter expects.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -201,6 +207,111 @@ def test_bad_arrays_are_dead_lettered_with_a_reason(kafka_settings: KafkaSetting
     assert "150" in letters["length_mismatch"].detail
     assert letters["non_finite"].stage == "ingest" and letters["non_finite"].source == "opcua:test"
     assert sorted(h.sample_id for h, _ in read_spectra(kafka_settings, expected=2)) == ["b0", "b3"]
+
+
+class _Output:
+    """A process's output lines, collected by a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        assert proc.stdout is not None
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def events(self, name: str) -> list[str]:
+        return [line for line in list(self.lines) if f"event={name} " in line]
+
+    async def wait_for(self, name: str, count: int = 1, timeout: float = 60.0) -> list[str]:
+        """The process's first ``count`` log lines of event ``name``, once it has written them."""
+        deadline = time.monotonic() + timeout
+        while len(self.events(name)) < count:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.text()}"
+            assert time.monotonic() < deadline, f"no {count} {name} lines: {self.text()}"
+            await asyncio.sleep(0.05)
+        return self.events(name)[:count]
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_opcua_ingest_started_before_the_analyser_retries_then_publishes_each_spectrum_once(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    ensure_topics(kafka_settings, [kafka_settings.topic_spectra, kafka_settings.topic_dead_letter])
+    analyser = Analyser(free_port())
+    url = f"opc.tcp://127.0.0.1:{analyser.port}/analyser/"
+    env = {
+        **os.environ,
+        "NIRWATCH_KAFKA_BOOTSTRAP": str(kafka_settings.bootstrap),
+        "NIRWATCH_KAFKA_TOPIC_SPECTRA": kafka_settings.topic_spectra,
+        "NIRWATCH_KAFKA_TOPIC_DEAD_LETTER": kafka_settings.topic_dead_letter,
+        "NIRWATCH_STATE_DIR": str(tmp_path / "state"),
+        "NIRWATCH_OPCUA_INGEST_URL": url,
+        "NIRWATCH_OPCUA_INGEST_SPECTRUM_NODE": "ns=2;s=Spectrum",
+        "NIRWATCH_OPCUA_INGEST_SAMPLE_ID_NODE": "ns=2;s=SampleId",
+        "NIRWATCH_OPCUA_INGEST_TIMESTAMP_NODE": "ns=2;s=AcquisitionTime",
+        "NIRWATCH_OPCUA_INGEST_INSTRUMENT_ID": "nir-1",
+        "NIRWATCH_OPCUA_INGEST_GRID": GRID,
+        "NIRWATCH_OPCUA_INGEST_PUBLISHING_INTERVAL_MS": "50",
+        "NIRWATCH_OPCUA_INGEST_RECONNECT_MAX_S": "1",
+    }
+    t0 = time.time() - 100
+    acquired = [(f"s{i}", t0 + i, _spectrum(i)) for i in range(4)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nirwatch.apps.cli", "opcua-ingest"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = _Output(proc)
+
+    async def main() -> list[str]:
+        # The analyser is not up: the adapter retries, waiting longer each time, up to 1 s.
+        refused = await output.wait_for("analyser_unreachable", count=3)
+        # It comes up still showing a spectrum taken while the adapter could not connect.
+        await analyser.start(last=acquired[0])
+        try:
+            await output.wait_for("analyser_connected")
+            # One spectrum at a time: the adapter reads the metadata nodes when the array's
+            # change reaches it, so the next acquisition must not come before (README).
+            for i in range(len(acquired)):
+                if i:
+                    await analyser.acquire(*acquired[i])
+                got = await asyncio.to_thread(read_spectra, kafka_settings, i + 1)
+                assert len(got) == i + 1, f"spectrum {i} was not published: {output.text()}"
+        finally:
+            # The adapter stops first (SIGTERM, as systemd or docker stop sends it): asyncua's
+            # server, stopped under a connected client in another process, can spin for ever.
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 60)
+            await analyser.stop()
+        return refused
+
+    try:
+        refused = asyncio.run(main())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output.text()
+    # Backoff: it doubles from 0.5 s and stays at NIRWATCH_OPCUA_INGEST_RECONNECT_MAX_S.
+    assert [float(re.findall(r"retry_s=(\S+)", line)[0]) for line in refused] == [0.5, 1.0, 1.0]
+    assert all(f"url={url}" in line and "ConnectionRefusedError" in line for line in refused)
+    assert "WARNING" in refused[0]
+    # A service logs its own decisions at INFO (analyser_connected), not asyncua's chatter.
+    assert output.events("analyser_connected") and " INFO asyncua" not in output.text()
+    spectra = read_spectra(kafka_settings, expected=4)
+    assert sorted(h.sample_id for h, _ in spectra) == ["s0", "s1", "s2", "s3"]
+    for header, values in spectra:
+        i = int(header.sample_id[1:])
+        assert header.message_id == spectrum_message_id("nir-1", f"s{i}", t0 + i)
+        np.testing.assert_allclose(values, _spectrum(i), rtol=1e-6)
+    assert "4 spectra sent, 0 dead-lettered, 0 re-reads skipped, 1 connections" in output.text()
 
 
 def test_message_id_is_fixed_by_the_spectrum_and_time_ordered() -> None:

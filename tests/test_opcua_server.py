@@ -7,8 +7,10 @@ connect real asyncua clients; the end-to-end test feeds it from a real broker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,18 @@ import pytest
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaError
 from kafka import KafkaConsumer, TopicPartition
-from opcua_support import client_certificate, free_port, prediction, secure_client
+from opcua_support import (
+    Notifications,
+    client_certificate,
+    password_client,
+    prediction,
+    secure_client,
+    server_certificate,
+    server_settings,
+    spectrum_message,
+    trusted_client,
+    wait_for_node,
+)
 from prometheus_client import CollectorRegistry
 
 from inference.opcua.bridge import PredictionFeed, build_server, endpoint_url, serve
@@ -34,25 +47,7 @@ from nirwatch.settings import KafkaSettings
 from nirwatch.transport.kafka import ensure_topics, make_producer
 
 PREDICTION = stream_node_id("probe-1", "ChemometricModel", "Prediction")
-
-
-def _settings(tmp_path: Path, **changes: Any) -> OpcUaServerSettings:
-    values: dict[str, Any] = {
-        "state_dir": tmp_path / "state",
-        "port": free_port(),
-        "users": "alice:s3cret",
-    }
-    values.update(changes)
-    return OpcUaServerSettings(**values)
-
-
-def _trusted_client(
-    tmp_path: Path, settings: OpcUaServerSettings, name: str = "scada"
-) -> tuple[Path, Path]:
-    cert = client_certificate(tmp_path / "clients", name)
-    settings.trust_dir.mkdir(parents=True, exist_ok=True)
-    (settings.trust_dir / f"{name}.der").write_bytes(cert[0].read_bytes())
-    return cert
+SPECTRUM_SHA256 = stream_node_id("probe-1", "AcquisitionData", "SpectrumSha256")
 
 
 def _run(
@@ -71,10 +66,6 @@ def _run(
     asyncio.run(main())
 
 
-def _server_cert(settings: OpcUaServerSettings) -> Path:
-    return settings.cert_dir / "server_cert.der"
-
-
 async def _refused(client: Client) -> BaseException:
     with pytest.raises((UaError, OSError, asyncio.TimeoutError)) as info:
         async with client:
@@ -83,12 +74,12 @@ async def _refused(client: Client) -> BaseException:
 
 
 def test_password_user_reads_and_wrong_password_is_refused(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    cert = _trusted_client(tmp_path, settings)
+    settings = server_settings(tmp_path)
+    cert = trusted_client(tmp_path, settings)
     metrics = OpcUaServerMetrics(CollectorRegistry())
 
     async def body(_space: Any) -> None:
-        url, server_cert = endpoint_url(settings), _server_cert(settings)
+        url, server_cert = endpoint_url(settings), server_certificate(settings)
         ok = await secure_client(url, cert, server_cert, user="alice", password="s3cret")
         async with ok:
             assert await ok.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(201.5)
@@ -107,20 +98,20 @@ def test_password_user_reads_and_wrong_password_is_refused(tmp_path: Path) -> No
 
 
 def test_anonymous_login_is_refused_unless_enabled(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    cert = _trusted_client(tmp_path, settings)
+    settings = server_settings(tmp_path)
+    cert = trusted_client(tmp_path, settings)
 
     async def body(_space: Any) -> None:
-        anonymous = await secure_client(endpoint_url(settings), cert, _server_cert(settings))
+        anonymous = await secure_client(endpoint_url(settings), cert, server_certificate(settings))
         exc = await _refused(anonymous)
         assert isinstance(exc, ua.uaerrors.BadIdentityTokenRejected), exc
 
     _run(settings, body)
 
-    enabled = _settings(tmp_path, allow_anonymous=True, users="")
+    enabled = server_settings(tmp_path, allow_anonymous=True, users="")
 
     async def reads(_space: Any) -> None:
-        anonymous = await secure_client(endpoint_url(enabled), cert, _server_cert(enabled))
+        anonymous = await secure_client(endpoint_url(enabled), cert, server_certificate(enabled))
         async with anonymous:
             assert await anonymous.get_node(f"ns=2;s={PREDICTION}").read_value() == pytest.approx(
                 201.5
@@ -130,7 +121,7 @@ def test_anonymous_login_is_refused_unless_enabled(tmp_path: Path) -> None:
 
 
 def test_none_policy_is_not_offered_by_default(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+    settings = server_settings(tmp_path)
 
     async def body(_space: Any) -> None:
         client = Client(endpoint_url(settings), timeout=5)
@@ -151,15 +142,15 @@ def test_none_policy_is_not_offered_by_default(tmp_path: Path) -> None:
 
 
 def test_untrusted_client_certificate_is_refused(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    _trusted_client(tmp_path, settings, "scada")
+    settings = server_settings(tmp_path)
+    trusted_client(tmp_path, settings, "scada")
     stranger = client_certificate(tmp_path / "elsewhere", "stranger")
 
     async def body(_space: Any) -> None:
         client = await secure_client(
             endpoint_url(settings),
             stranger,
-            _server_cert(settings),
+            server_certificate(settings),
             user="alice",
             password="s3cret",
         )
@@ -170,14 +161,14 @@ def test_untrusted_client_certificate_is_refused(tmp_path: Path) -> None:
 
 
 def test_certificate_user_logs_in_with_sign_only(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, users="")
-    cert = _trusted_client(tmp_path, settings, "mes")
-    other = _trusted_client(tmp_path, settings, "historian")
+    settings = server_settings(tmp_path, users="")
+    cert = trusted_client(tmp_path, settings, "mes")
+    other = trusted_client(tmp_path, settings, "historian")
     settings.user_cert_dir.mkdir(parents=True, exist_ok=True)
     (settings.user_cert_dir / "mes.der").write_bytes(cert[0].read_bytes())
 
     async def body(_space: Any) -> None:
-        url, server_cert = endpoint_url(settings), _server_cert(settings)
+        url, server_cert = endpoint_url(settings), server_certificate(settings)
         sign = ua.MessageSecurityMode.Sign
         client = await secure_client(url, cert, server_cert, mode=sign, certificate_user=True)
         async with client:
@@ -193,13 +184,11 @@ def test_certificate_user_logs_in_with_sign_only(tmp_path: Path) -> None:
 
 
 def test_writes_are_refused(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    cert = _trusted_client(tmp_path, settings)
+    settings = server_settings(tmp_path)
+    cert = trusted_client(tmp_path, settings)
 
     async def body(_space: Any) -> None:
-        client = await secure_client(
-            endpoint_url(settings), cert, _server_cert(settings), user="alice", password="s3cret"
-        )
+        client = await password_client(settings, cert)
         async with client:
             node = client.get_node(f"ns=2;s={PREDICTION}")
             with pytest.raises(ua.uaerrors.BadUserAccessDenied):
@@ -209,19 +198,40 @@ def test_writes_are_refused(tmp_path: Path) -> None:
     _run(settings, body)
 
 
+def test_spectrum_hash_node_names_the_last_spectrums_raw_message(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path)
+    cert = trusted_client(tmp_path, settings)
+    spectra = [spectrum_message("probe-1", f"s-{i}") for i in range(2)]
+
+    async def body(space: Any) -> None:
+        client = await password_client(settings, cert)
+        async with client:
+            node = client.get_node(f"ns=2;s={SPECTRUM_SHA256}")
+            for raw, sha in spectra:
+                await space.update(prediction(spectrum_sha256=sha), time.monotonic())
+                assert await node.read_value() == hashlib.sha256(raw).hexdigest()
+            assert spectra[0][1] != spectra[1][1]
+            # A prediction from a nirwatch.prediction/1 record has no hash: unknown, not "".
+            await space.update(prediction(), time.monotonic())
+            dv = await node.read_data_value(raise_on_bad_status=False)
+            assert dv.StatusCode.value == STATUS_NO_VALUE and dv.Value.Value is None
+
+    _run(settings, body)
+
+
 def test_nobody_able_to_log_in_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NIRWATCH_OPCUA_USERS"):
-        asyncio.run(build_server(_settings(tmp_path, users="")))
+        asyncio.run(build_server(server_settings(tmp_path, users="")))
 
 
 def test_server_certificate_is_made_once_and_kept(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+    settings = server_settings(tmp_path)
     asyncio.run(build_server(settings))
-    cert = _server_cert(settings).read_bytes()
+    cert = server_certificate(settings).read_bytes()
     key = settings.cert_dir / "server_key.pem"
     assert key.stat().st_mode & 0o077 == 0, "the private key must not be readable by others"
     asyncio.run(build_server(settings))
-    assert _server_cert(settings).read_bytes() == cert
+    assert server_certificate(settings).read_bytes() == cert
 
 
 class _NoConsumer:
@@ -239,7 +249,7 @@ class _NoConsumer:
 
 
 def test_value_status_follows_releasable_missing_and_stale(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, stale_after_s=0.5, idle_poll_ms=50)
+    settings = server_settings(tmp_path, stale_after_s=0.5, idle_poll_ms=50)
     metrics = OpcUaServerMetrics(CollectorRegistry())
     node_id = ua.NodeId(PREDICTION, 2)
 
@@ -290,15 +300,13 @@ def test_prediction_on_the_topic_becomes_a_data_change(
     tmp_path: Path, kafka_settings: KafkaSettings
 ) -> None:
     ensure_topics(kafka_settings, [kafka_settings.topic_predictions], partitions=1)
-    settings = _settings(tmp_path, kafka=kafka_settings, group_id="opcua-e2e", idle_poll_ms=50)
-    cert = _trusted_client(tmp_path, settings)
+    group = f"opcua-e2e-{uuid.uuid4().hex[:8]}"
+    settings = server_settings(tmp_path, kafka=kafka_settings, group_id=group, idle_poll_ms=50)
+    cert = trusted_client(tmp_path, settings)
     stop = threading.Event()
-    sent = prediction("probe-7", value=199.25, sample_id="s-42")
-    changes: asyncio.Queue[ua.DataValue] = asyncio.Queue()
-
-    class Handler:
-        def datachange_notification(self, _node: Any, _val: Any, data: Any) -> None:
-            changes.put_nowait(data.monitored_item.Value)
+    raw, sha = spectrum_message("probe-7", "s-42")
+    sent = prediction("probe-7", value=199.25, sample_id="s-42", spectrum_sha256=sha)
+    changes = Notifications()
 
     async def main() -> None:
         ready = asyncio.Event()
@@ -310,27 +318,17 @@ def test_prediction_on_the_topic_becomes_a_data_change(
             kafka_settings.topic_predictions, prediction("probe-7").encode(), key=b"probe-7"
         )
         producer.flush()
-        client = await secure_client(
-            endpoint_url(settings), cert, _server_cert(settings), user="alice", password="s3cret"
-        )
+        client = await password_client(settings, cert)
         node_id = stream_node_id("probe-7", "ChemometricModel", "Prediction")
         async with client:
-            node = client.get_node(f"ns=2;s={node_id}")
-            deadline = time.monotonic() + 120  # the group's first join is slow on a busy host
-            while True:
-                try:
-                    await node.read_value()
-                    break
-                except ua.uaerrors.BadNodeIdUnknown:
-                    assert time.monotonic() < deadline, "the first prediction never arrived"
-                    await asyncio.sleep(0.1)
-            sub = await client.create_subscription(10, Handler())
+            node = await wait_for_node(client, node_id)
+            sub = await client.create_subscription(10, changes)
             await sub.subscribe_data_change(node)
-            await asyncio.wait_for(changes.get(), 10)  # the initial value
+            await changes.next(10)  # the initial value
             producer.send(kafka_settings.topic_predictions, sent.encode(), key=b"probe-7")
             producer.flush()
             while True:
-                dv = await asyncio.wait_for(changes.get(), 30)
+                _, dv = await changes.next(30)
                 if dv.Value.Value == pytest.approx(199.25):
                     break
             assert dv.StatusCode.is_good()
@@ -339,19 +337,21 @@ def test_prediction_on_the_topic_becomes_a_data_change(
                 f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SampleId')}"
             )
             assert await sample.read_value() == "s-42"
+            sha_node = f"ns=2;s={stream_node_id('probe-7', 'AcquisitionData', 'SpectrumSha256')}"
+            assert await client.get_node(sha_node).read_value() == hashlib.sha256(raw).hexdigest()
         producer.close()
         stop.set()
         assert await asyncio.wait_for(task, 30) == 2
 
     asyncio.run(main())
-    consumer = KafkaConsumer(**kafka_settings.client_options(), group_id="opcua-e2e")
+    consumer = KafkaConsumer(**kafka_settings.client_options(), group_id=group)
     tp = TopicPartition(kafka_settings.topic_predictions, 0)
     assert consumer.committed(tp) == 2, "offsets are committed once the values are written"
     consumer.close()
 
 
 def test_users_setting_is_parsed_and_checked(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, users="alice:s3cret, bob:pa:ss")
+    settings = server_settings(tmp_path, users="alice:s3cret, bob:pa:ss")
     assert settings.user_passwords() == {"alice": "s3cret", "bob": "pa:ss"}
     with pytest.raises(ConfigError, match="name:password"):
-        _settings(tmp_path, users="alice").user_passwords()
+        server_settings(tmp_path, users="alice").user_passwords()

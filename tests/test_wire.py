@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -12,7 +13,7 @@ import pytest
 from nirwatch.errors import WireFormatError
 from nirwatch.grid import grid_id_for, points_in_grid, wavelengths
 from nirwatch.messages.lab_result import LabResult, decode_lab_result
-from nirwatch.messages.prediction import Prediction, decode_prediction
+from nirwatch.messages.prediction import PREDICTION_SCHEMA, Prediction, decode_prediction
 from nirwatch.messages.spectrum import (
     SpectrumHeader,
     decode_batch,
@@ -174,6 +175,40 @@ def test_prediction_round_trip_and_validation() -> None:
     with pytest.raises(WireFormatError, match="bad_field"):
         decode_prediction(p.encode().replace(b'"value":201.5', b'"value":NaN'))
     assert decode_prediction(p.encode().replace(b'"value":201.5', b'"value":201')).value == 201.0
+
+
+#: A prediction record exactly as workers wrote them before version 2 (no spectrum_sha256).
+PREDICTION_V1 = (
+    b'{"prediction_id":"p","message_id":"m","instrument_id":"i","sample_id":"s",'
+    b'"timestamp":1.0,"published_at":2.0,"target":"assay","value":201.5,"model":"cnn",'
+    b'"model_version":"v1","bundle_checksum":"abc","product":"","batch":"","unit":"",'
+    b'"fallback_reason":null,"cnn_value":null,"pls_value":null,"t2":1.0,"q":0.1,'
+    b'"t2_limit":null,"q_limit":null,"out_of_model":false,"releasable":true,'
+    b'"interval_low":null,"interval_high":null,"schema":"nirwatch.prediction/1"}'
+)
+
+
+def test_prediction_v2_carries_the_spectrum_hash_and_v1_records_still_decode() -> None:
+    raw = b"NIRS raw spectrum message"
+    sha = hashlib.sha256(raw).hexdigest()
+    old = decode_prediction(PREDICTION_V1)
+    assert (old.value, old.t2, old.model_version) == (201.5, 1.0, "v1")
+    assert old.spectrum_sha256 == "" and old.schema == PREDICTION_SCHEMA == "nirwatch.prediction/2"
+    new = dataclasses.replace(old, spectrum_sha256=sha)
+    obj = json.loads(new.encode())
+    assert obj["schema"] == "nirwatch.prediction/2" and obj["spectrum_sha256"] == sha
+    assert list(obj).index("spectrum_sha256") == list(obj).index("bundle_checksum") + 1
+    assert decode_prediction(new.encode()) == new
+    # A /1 record never had the field: one that has it is malformed, not a /2 record.
+    v1_with_hash = json.dumps({**json.loads(PREDICTION_V1), "spectrum_sha256": sha}).encode()
+    with pytest.raises(WireFormatError, match="bad_field.*spectrum_sha256") as exc:
+        decode_prediction(v1_with_hash)
+    assert exc.value.reason == "bad_field"
+    with pytest.raises(WireFormatError, match="nirwatch.prediction/3") as exc:
+        decode_prediction(new.encode().replace(b"prediction/2", b"prediction/3"))
+    assert exc.value.reason == "unknown_version"
+    with pytest.raises(WireFormatError, match="spectrum_sha256 must be a string"):
+        decode_prediction(json.dumps({**obj, "spectrum_sha256": 7}).encode())
 
 
 def test_decode_batch_dead_letters_non_finite_rows_and_keeps_order() -> None:

@@ -63,6 +63,9 @@ def test_n_in_exactly_n_out_in_order_with_metrics(kafka_settings: KafkaSettings)
     assert p.fallback_reason == "cnn_unavailable" and p.target == "api"
     assert p.value is not None and 0.0 < p.value < 1.0 and p.releasable and not p.out_of_model
     assert p.t2 is not None and p.q is not None and p.t2_limit and p.q_limit
+    # Without an audit trail too, every prediction names the exact bytes it was made from.
+    raw = {h.message_id: v for _, v, h in sent}
+    assert all(q.spectrum_sha256 == hashlib.sha256(raw[q.message_id]).hexdigest() for q in preds)
     # Metrics, read from this worker's own registry.
     assert w.value("nirwatch_spectra_consumed_total", {"instrument": "probe-0"}) == 50
     assert (
@@ -381,7 +384,9 @@ def test_every_publication_is_in_the_audit_trail_once(
         r = by_id[p.prediction_id]
         assert r.message_id == p.message_id and r.value == p.value
         assert r.model_version == p.model_version and r.releasable == p.releasable
-        assert r.spectrum_sha256 == hashlib.sha256(raw[p.message_id]).hexdigest()
+        assert (
+            r.spectrum_sha256 == p.spectrum_sha256 == hashlib.sha256(raw[p.message_id]).hexdigest()
+        )
 
 
 def test_idle_worker_reports_a_broker_outage_and_recovers() -> None:

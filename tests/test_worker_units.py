@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections import namedtuple
 from pathlib import Path
@@ -190,7 +191,12 @@ def test_audit_records_say_exactly_what_is_published() -> None:
     bp.fallback_reason = ["cnn_pls_disagree", None, None, "cnn_error", None]
     raw = [f"spectrum-{i}".encode() for i in range(5)]
     enc = encode_batch(headers, bp, predictor, published_at=99.25, raw_values=raw)
-    assert enc.audit == audit_records([decode_prediction(v) for v in enc.values], raw)
+    published = [decode_prediction(v) for v in enc.values]
+    # Each record carries its raw spectrum's SHA-256, written as Prediction.encode writes it.
+    assert [p.spectrum_sha256 for p in published] == [hashlib.sha256(r).hexdigest() for r in raw]
+    assert enc.values == [p.encode() for p in published]
+    assert enc.audit == audit_records(published, raw)
+    assert encode_batch(headers, bp, predictor, 1.0, raw, audit=False).audit == []
     assert enc.audit[2].value is None and enc.audit[4].out_of_model
     assert not enc.audit[4].releasable and enc.audit[0].releasable
     assert encode_batch(headers, bp, predictor, 1.0).audit == []  # no raw values: no audit

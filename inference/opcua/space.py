@@ -8,7 +8,8 @@ not load the ADI type nodeset)::
     Objects/Analysers/<instrument>                     AnalyserDevice
         Channel1                                       AnalyserChannel
             Stream1                                    Stream
-                AcquisitionData/  SpectrumTimestamp, SampleId, MessageId (the spectrum's id)
+                AcquisitionData/  SpectrumTimestamp, SampleId, MessageId (the spectrum's id),
+                                  SpectrumSha256 (SHA-256 of its raw message)
                 ChemometricModel/ Prediction (EngineeringUnits), Target, IntervalLow,
                                   IntervalHigh, ModelName, ModelVersion, BundleChecksum,
                                   FallbackReason
@@ -49,6 +50,7 @@ _VARIABLES: tuple[tuple[str, str, ua.VariantType], ...] = (
     ("AcquisitionData", "SpectrumTimestamp", ua.VariantType.DateTime),
     ("AcquisitionData", "SampleId", ua.VariantType.String),
     ("AcquisitionData", "MessageId", ua.VariantType.String),
+    ("AcquisitionData", "SpectrumSha256", ua.VariantType.String),
     ("ChemometricModel", "Target", ua.VariantType.String),
     ("ChemometricModel", "IntervalLow", ua.VariantType.Double),
     ("ChemometricModel", "IntervalHigh", ua.VariantType.Double),
@@ -209,6 +211,8 @@ class AddressSpace:
             "SpectrumTimestamp": source,
             "SampleId": p.sample_id,
             "MessageId": p.message_id,
+            # As the audit trail has it; unknown (BadNoData) from a nirwatch.prediction/1 record.
+            "SpectrumSha256": p.spectrum_sha256 or None,
             "Target": p.target,
             "IntervalLow": p.interval_low,
             "IntervalHigh": p.interval_high,

@@ -2,7 +2,9 @@
 
 Predictions and lab results travel as small UTF-8 JSON objects with a ``"schema"`` field
 naming their type and version; :func:`encode_json_record` writes one from a dataclass and
-:func:`decode_json_record` reads and checks one against the dataclass's field types. Any decoder failure raises
+:func:`decode_json_record` reads and checks one against the dataclass's field types
+(:func:`decode_json_object` does the checking, for a decoder that parsed the JSON itself, e.g.
+to read an older schema version). Any decoder failure raises
 :class:`~nirwatch.errors.WireFormatError` with a code from :data:`REASONS`.
 """
 
@@ -134,6 +136,19 @@ def decode_json_record(
     """
     obj = parse_json_object(value, what)
     _check_schema(obj, schema, required=require_schema)
+    return decode_json_object(obj, cls, what, allow_unknown=allow_unknown)
+
+
+def decode_json_object(
+    obj: dict[str, Any], cls: type[R], what: str, *, allow_unknown: bool = False
+) -> R:
+    """A parsed JSON object (schema already checked) as dataclass ``cls``, every field checked.
+
+    Raises
+    ------
+    WireFormatError
+        ``bad_field`` (unknown field, or a value of the wrong type) or ``missing_field``.
+    """
     spec = _spec(cls)
     if not allow_unknown:
         unknown = set(obj).difference(name for name, _, _ in spec)

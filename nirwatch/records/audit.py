@@ -69,7 +69,7 @@ class AuditSettings(NirwatchSettings):
 
 #: Prediction fields the audit table does not have: the interval came after the table (a
 #: column added here would not exist in audit databases written before), and every record
-#: has the same schema.
+#: has the same schema. ``spectrum_sha256`` was a column before it was a Prediction field.
 NOT_AUDITED = ("interval_low", "interval_high", "schema")
 #: The table's column order, fixed when it was created (existing databases and the output of
 #: ``nirwatch audit --json`` keep it): identity and provenance first, with the hash of the
@@ -85,7 +85,6 @@ _TRAILING = ("product", "batch", "unit")
 def _audit_fields() -> list[tuple[str, str]]:
     """(column, type as written in Prediction) of the audit table, in column order."""
     types = {f.name: str(f.type) for f in fields(Prediction) if f.name not in NOT_AUDITED}
-    types["spectrum_sha256"] = "str"
     rest = [name for name in types if name not in _LEADING + _TRAILING]
     return [(name, types[name]) for name in (*_LEADING, *rest, *_TRAILING)]
 
@@ -109,8 +108,8 @@ if TYPE_CHECKING:
 
 else:
     #: One published prediction as recorded: the audited fields of
-    #: :class:`~nirwatch.messages.prediction.Prediction` plus ``spectrum_sha256`` (the SHA-256
-    #: of the raw spectrum message), in :data:`COLUMNS` order. A named tuple rather than a
+    #: :class:`~nirwatch.messages.prediction.Prediction` (``spectrum_sha256`` among them: the
+    #: SHA-256 of the raw spectrum message), in :data:`COLUMNS` order. A named tuple rather than a
     #: frozen dataclass: the worker builds one per published prediction, and a frozen
     #: dataclass of 24 fields costs ~7 µs to construct (one ``object.__setattr__`` per field),
     #: a named tuple ~1 µs; it is also the database row as is.
@@ -134,7 +133,13 @@ def audit_records(
     ----------
     predictions : sequence of Prediction, length n
     raw_values : sequence of bytes, length n
-        The spectrum messages' values exactly as consumed (hashed with SHA-256).
+        The spectrum messages' values exactly as consumed. A prediction's own
+        ``spectrum_sha256`` must be theirs; one without (``""``, a ``/1`` record) gets it.
+
+    Raises
+    ------
+    AuditError
+        When the lengths differ, or a prediction's hash is not its raw value's.
     """
     if len(predictions) != len(raw_values):
         raise AuditError(
@@ -143,15 +148,18 @@ def audit_records(
         )
     # The audit holds finite numbers or None, and real booleans, whatever the record held.
     convert: dict[str, Callable[[Any], Any]] = {"float | None": _finite_or_none, "bool": bool}
-    columns = [
-        (name, convert.get(kind, _same))
-        for name, kind in COLUMN_TYPES.items()
-        if name != "spectrum_sha256"
-    ]
+    columns = [(name, convert.get(kind, _same)) for name, kind in COLUMN_TYPES.items()]
     out = []
     for p, raw in zip(predictions, raw_values, strict=True):
         row = {name: conv(getattr(p, name)) for name, conv in columns}
-        out.append(AuditRecord(**row, spectrum_sha256=hashlib.sha256(raw).hexdigest()))
+        sha = hashlib.sha256(raw).hexdigest()
+        if p.spectrum_sha256 and p.spectrum_sha256 != sha:
+            raise AuditError(
+                f"prediction {p.prediction_id} says spectrum_sha256 {p.spectrum_sha256}, "
+                f"its raw spectrum's is {sha}"
+            )
+        row["spectrum_sha256"] = sha
+        out.append(AuditRecord(**row))
     return out
 
 
