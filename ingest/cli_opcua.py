@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         stats = asyncio.run(adapter.run(stop))
     print(
         f"{stats.sent} spectra sent, {stats.dead_lettered} dead-lettered, "
-        f"{stats.duplicates} re-reads skipped, {stats.connects} connections"
+        f"{stats.duplicates} re-reads skipped, {stats.overwritten} overwritten before they "
+        f"could be read, {stats.connects} connections"
     )
     return 0

@@ -82,6 +82,7 @@ class IngestStats:
     sent: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    overwritten: int = 0
     connects: int = 0
 
 
@@ -210,12 +211,22 @@ class OpcUaIngest:
 
     # -- one spectrum -----------------------------------------------------------------------
     async def _metadata(self, client: Client, value: ua.DataValue) -> dict[str, Any]:
+        """The spectrum's id, time, instrument and axis; with any of their nodes configured,
+        also the spectrum array itself (``meta["spectrum"]``), read in the same request.
+
+        The notification brings only the array; the other nodes are read after it arrives.
+        Were they read alone, an analyser that took its next spectrum in between would have
+        the older array published under the newer spectrum's id. One Read request of all
+        nodes gives one consistent spectrum, the analyser writing them together.
+        """
         s = self.settings
         names = [
             n
             for n in ("timestamp", "sample_id", "instrument_id", "wavelengths")
             if getattr(s, f"{n}_node")
         ]
+        if names:
+            names.append("spectrum")
         read = (
             await client.read_values([client.get_node(getattr(s, f"{n}_node")) for n in names])
             if names
@@ -239,6 +250,7 @@ class OpcUaIngest:
             log.debug("spectrum node has no value yet")
             return
         meta = await self._metadata(client, value)
+        raw = self._consistent(raw, meta.pop("spectrum", raw))
         message_id = spectrum_message_id(
             meta["instrument_id"], meta["sample_id"], meta["timestamp"]
         )
@@ -277,6 +289,22 @@ class OpcUaIngest:
             self.stats.dead_lettered += 1
         if self.metrics is not None:
             self.metrics.spectra.labels(result).inc()
+
+    def _consistent(self, notified: Any, read: Any) -> Any:
+        """The array read with the metadata; counted and logged when it is not the notified
+        one (the analyser overwrote that spectrum before it could be read: it is lost, never
+        published under another spectrum's id)."""
+        if read is None or np.array_equal(np.asarray(read), np.asarray(notified)):
+            return notified if read is None else read
+        self.stats.overwritten += 1
+        if self.metrics is not None:
+            self.metrics.spectra.labels("overwritten").inc()
+        log_event(
+            log, "spectrum_overwritten", level=logging.WARNING, url=self.settings.url,
+            why="the analyser took its next spectrum before this one's id and time were read; "
+            "publishing interval or analyser cycle too short",
+        )  # fmt: skip
+        return read
 
     def _on_grid(self, wavelengths: Any, raw: Any) -> tuple[np.ndarray, str, str]:
         """The absorbances on a grid, its id, and (when the axis does not fit) why not.

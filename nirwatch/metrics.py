@@ -308,7 +308,8 @@ class OpcUaIngestMetrics:
         r = registry
         self.spectra = Counter(
             "nirwatch_opcua_ingest_spectra",
-            "Spectra read from the analyser, by result (sent, dead_lettered, duplicate)",
+            "Spectra read from the analyser, by result (sent, dead_lettered, duplicate, overwritten: "
+            "replaced on the analyser before its id and time could be read)",
             ["result"],
             registry=r,
         )
@@ -322,7 +323,7 @@ class OpcUaIngestMetrics:
             "1 while connected to the analyser's OPC UA server",
             registry=r,
         )
-        for result in ("sent", "dead_lettered", "duplicate"):
+        for result in ("sent", "dead_lettered", "duplicate", "overwritten"):
             self.spectra.labels(result)
 
 

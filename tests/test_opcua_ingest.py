@@ -311,7 +311,11 @@ def test_opcua_ingest_started_before_the_analyser_retries_then_publishes_each_sp
         i = int(header.sample_id[1:])
         assert header.message_id == spectrum_message_id("nir-1", f"s{i}", t0 + i)
         np.testing.assert_allclose(values, _spectrum(i), rtol=1e-6)
-    assert "4 spectra sent, 0 dead-lettered, 0 re-reads skipped, 1 connections" in output.text()
+    summary = (
+        "4 spectra sent, 0 dead-lettered, 0 re-reads skipped, 0 overwritten before they could "
+        "be read, 1 connections"
+    )
+    assert summary in output.text()
 
 
 def test_message_id_is_fixed_by_the_spectrum_and_time_ordered() -> None:
@@ -346,3 +350,63 @@ def test_a_spectrum_node_the_analyser_lacks_is_a_config_error() -> None:
             await analyser.stop()
 
     asyncio.run(main())
+
+
+class _ReplacedAnalyser:
+    """A client whose analyser has already replaced the notified spectrum by the next one:
+    every read returns the newer spectrum's time, id and array."""
+
+    def __init__(self, newer: tuple[str, float, list[float]]) -> None:
+        self.newer = newer
+        self.reads: list[list[str]] = []
+
+    def get_node(self, node_id: str) -> str:
+        return node_id
+
+    async def read_values(self, nodes: list[str]) -> list[Any]:
+        self.reads.append(nodes)
+        sample_id, ts, array = self.newer
+        by_node = {"ns=2;s=AcquisitionTime": datetime.fromtimestamp(ts, UTC),
+                   "ns=2;s=SampleId": sample_id, "ns=2;s=Spectrum": array}  # fmt: skip
+        return [by_node[n] for n in nodes]
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.headers: list[Any] = []
+        self.arrays: list[np.ndarray] = []
+
+    def send(self, header: Any, absorbances: np.ndarray) -> bool:
+        self.headers.append(header)
+        self.arrays.append(absorbances)
+        return True
+
+
+def test_a_spectrum_replaced_before_its_metadata_is_read_is_never_published_under_another_id() -> (
+    None
+):
+    older, newer = _spectrum(1), _spectrum(2)
+    client = _ReplacedAnalyser(("s2", 1_700_000_002.0, newer))
+    producer = _Sent()
+    metrics = OpcUaIngestMetrics(CollectorRegistry())
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9")  # never used: the producer is a fake
+    adapter = OpcUaIngest(_settings(kafka, 4840), producer, metrics)  # type: ignore[arg-type]
+    notified = ua.DataValue(ua.Variant(older, ua.VariantType.Double))
+
+    asyncio.run(adapter._publish(client, notified))  # type: ignore[arg-type]
+    # One request read the array with the id and time: the published triple is the newer one.
+    assert "ns=2;s=Spectrum" in client.reads[0] and len(client.reads) == 1
+    assert [h.sample_id for h in producer.headers] == ["s2"]
+    np.testing.assert_array_equal(producer.arrays[0], newer)
+    assert adapter.stats.overwritten == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "nirwatch_opcua_ingest_spectra_total", {"result": "overwritten"}
+        )
+        == 1
+    )
+
+    # The newer spectrum's own notification then reads the same spectrum: a re-read, skipped.
+    asyncio.run(adapter._publish(client, ua.DataValue(ua.Variant(newer, ua.VariantType.Double))))  # type: ignore[arg-type]
+    assert len(producer.headers) == 1 and adapter.stats.duplicates == 1
+    assert adapter.stats.overwritten == 1
