@@ -26,7 +26,12 @@ from nirwatch.chemometrics.pls import PLSCalibration
 from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe, default_recipes
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.bundle_predictor import LoadedBundle
-from training.calibration import choose_blend, conformal_quantile, range_end_split
+from training.calibration import (
+    choose_blend,
+    conformal_quantile,
+    cross_validated_coverage,
+    range_end_split,
+)
 from training.cnn_ensemble import stratified_folds
 from training.fit import fit_bundle
 
@@ -134,6 +139,20 @@ def test_conformal_quantile_is_the_finite_sample_order_statistic() -> None:
     assert conformal_quantile(np.array([4.0, -2.0]), np.array([2.0, 1.0]), 0.5) == 2.0
 
 
+def test_cross_validated_coverage_checks_the_intervals_on_held_out_folds() -> None:
+    rng = np.random.default_rng(7)
+    n = 4000
+    folds = np.arange(n) % 5
+    scale = rng.uniform(0.5, 2.0, n)
+    tracked = rng.normal(0, 1, n) * scale  # the scale tracks the error: about 95 % covered
+    assert 0.935 <= cross_validated_coverage(tracked, scale, folds, 0.95) <= 0.965
+    # Errors that grow on one fold only: calibrated on the others, that fold is under-covered
+    # and the whole falls clearly below the nominal 95 % (binomial SD here 0.3 points).
+    shifted = np.where(folds == 0, 3.0, 1.0) * tracked
+    assert cross_validated_coverage(shifted, scale, folds, 0.95) < 0.92
+    assert cross_validated_coverage(np.r_[tracked[:-1], np.nan], scale, folds) is None
+
+
 def test_range_end_split_holds_out_both_ends() -> None:
     y = np.arange(50.0)[::-1]
     mid, ends = range_end_split(y, 0.1)
@@ -182,6 +201,7 @@ def test_manifest_and_report_say_what_was_compared(linear_bundle: Path) -> None:
     assert set(interval["quantiles"]) >= {"pls", "cnn"} and interval["quantile"] > 0
     assert manifest["extrapolation"]["model"] == "pls"
     assert report["served_by"] == "pls" and report["selection"] == sel
+    assert 0.8 <= report["interval"]["cv_coverage"] <= 1.0  # checked on held-out folds
     assert manifest["metrics"]["rmsecv"] == pytest.approx(sel["rmsecv"])
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "choose_search",
     "cnn_epochs",
     "conformal_quantile",
+    "cross_validated_coverage",
     "leverage_scale",
     "nested_pls_predictions",
     "range_end_split",
@@ -216,6 +217,29 @@ def conformal_quantile(residuals: np.ndarray, scale: np.ndarray, level: float = 
     scores = scores[np.isfinite(scores)]
     k = math.ceil((scores.size + 1) * level)
     return float(scores[k - 1]) if k <= scores.size else math.inf
+
+
+def cross_validated_coverage(
+    residuals: np.ndarray, scale: np.ndarray, folds: np.ndarray, level: float = 0.95
+) -> float | None:
+    """Share of held-out residuals inside intervals calibrated without them (None when some
+    residual is not finite: a model without held-out predictions).
+
+    For each outer fold, the conformal quantile of the other folds' normalised residuals;
+    then whether each of this fold's residuals lies within ``quantile * scale``. A check of
+    the intervals on calibration data alone, before any test set: near ``level`` when the
+    scale tracks difficulty the same way across the folds.
+    """
+    residuals = np.asarray(residuals, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    if not np.isfinite(residuals).all():
+        return None
+    covered = np.zeros(residuals.size, dtype=bool)
+    for k in range(int(folds.max()) + 1):
+        test = folds == k
+        q = conformal_quantile(residuals[~test], scale[~test], level)
+        covered[test] = np.abs(residuals[test]) <= q * scale[test]
+    return float(covered.mean())
 
 
 def range_end_split(y: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

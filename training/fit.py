@@ -36,7 +36,13 @@ import numpy as np
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.errors import DataError
 from nirwatch.models.bundle import BundleContents, data_hash, load_bundle, write_bundle
-from training.calibration import BlendChoice, conformal_quantile, leverage_scale, rmse
+from training.calibration import (
+    BlendChoice,
+    conformal_quantile,
+    cross_validated_coverage,
+    leverage_scale,
+    rmse,
+)
 from training.candidates import (
     CNNCandidate,
     PLSCandidate,
@@ -174,6 +180,7 @@ class _Fit:
     oof: dict[str, np.ndarray]
     served: str
     quantiles: dict[str, float]
+    cv_coverage: float | None
 
 
 def _fit_models(
@@ -203,7 +210,10 @@ def _fit_models(
     quantiles = {
         name: conformal_quantile(y - pred, scale, s.interval_level) for name, pred in oof.items()
     }
-    return _Fit(pls, stats, cnn, blend, weight, ends, oof, served, quantiles)
+    coverage = cross_validated_coverage(y - oof[served], scale, folds, s.interval_level)
+    if coverage is not None:
+        say(f"intervals: {coverage:.1%} of held-out calibration spectra covered in CV")
+    return _Fit(pls, stats, cnn, blend, weight, ends, oof, served, quantiles, coverage)
 
 
 def _contents(
@@ -280,7 +290,8 @@ def _with_report(
         "model": model,
         "served_by": fit.served,
         "selection": contents.selection,
-        "interval": dict(contents.interval or {}) | {"test_coverage": test.get("coverage")},
+        "interval": dict(contents.interval or {})
+        | {"cv_coverage": fit.cv_coverage, "test_coverage": test.get("coverage")},
         "fallback_limit": contents.fallback_limit,
         "calibration_statistics": {
             "n_components": int(stats.n_components_),
