@@ -60,6 +60,24 @@ class _UTCFormatter(logging.Formatter):
         return f"{t}.{int(record.msecs):03d}Z"
 
 
+class _ClosingTransportRace(logging.Filter):
+    """Drop kafka-python's traceback for a socket it has itself just closed.
+
+    kafka-python 3.0.12 can wake a transport's reader after the client closed the socket
+    (a consumer closed while its group join or a metadata refresh is in flight): ``recv`` on
+    ``None`` raises AttributeError, which it logs at ERROR with a traceback, although the client
+    is shutting down as asked and nothing is lost. Every other transport error still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        closed = "(closed)" in record.getMessage()
+        return not (isinstance(exc, AttributeError) and "recv" in str(exc) and closed)
+
+
+_TRANSPORT_RACE = _ClosingTransportRace()
+
+
 def configure_logging(command: str | None, verbose: int = 0, quiet: bool = False) -> None:
     """Root logging on stderr: INFO for services, WARNING for one-shot commands.
 
@@ -82,3 +100,6 @@ def configure_logging(command: str | None, verbose: int = 0, quiet: bool = False
     library_level = max(logging.WARNING - 10 * min(verbose, 2), level)
     for library in ("kafka", "asyncua"):
         logging.getLogger(library).setLevel(library_level)
+    transport = logging.getLogger("kafka.net.transport")
+    if _TRANSPORT_RACE not in transport.filters:
+        transport.addFilter(_TRANSPORT_RACE)
