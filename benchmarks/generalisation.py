@@ -118,6 +118,8 @@ def run_one(name: str, path: Path, target: str, cal: str, tmp: Path, extra: list
         "pls_recipe": report["selection"]["candidates"]["pls"]["recipe"]["name"],
         "pls_lvs": report["selection"]["candidates"]["pls"]["n_components"],
         "pls_set": report["selection"]["candidates"]["pls"]["candidate_set"]["chosen"],
+        "pls_averaged": len(report["selection"]["candidates"]["pls"].get("averaged", [None])),
+        "cv_coverage": report["interval"].get("cv_coverage"),
         "candidates": {k: v.get("rmsecv") for k, v in report["selection"]["candidates"].items()},
         "coverage": float(covered.mean()),
         "coverage_in_range": float(covered[(yt >= lo) & (yt <= hi)].mean())
@@ -135,19 +137,23 @@ def geomean(v: list[float]) -> float:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| set | target | n cal / test (beyond range) | plain PLS | CV-selected PLS | deployed "
-        "| deployed / plain | served | PLS candidate set: recipe (LVs) | nested RMSECV | 95 % interval coverage "
-        "(in range) | train s |",
+        "| deployed / plain | served | PLS candidate set: lead recipe (LVs) + recipes averaged "
+        "| nested RMSECV | 95 % interval coverage: test (in range); CV | train s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         cov_in = "-" if r["coverage_in_range"] is None else f"{r['coverage_in_range']:.0%}"
         recipe = r["pls_recipe"].replace("|", "\\|")  # a recipe name's steps, not a column
+        more = r.get("pls_averaged", 1) - 1
+        cv_cov = "-" if r.get("cv_coverage") is None else f"{r['cv_coverage']:.0%}"
         lines.append(
             f"| {r['set']} | {r['target']} | {r['n_cal']} / {r['n_test']} "
             f"({r['test_beyond_range']}) | {r['plain_pls']:.4g} | {r['tuned_pls']:.4g} "
             f"| {r['deployed']:.4g} | {r['deployed'] / r['plain_pls']:.2f} | {r['served']} "
-            f"| {r['pls_set']}: {recipe} ({r['pls_lvs']}) | {r['rmsecv']:.4g} "
-            f"| {r['coverage']:.0%} ({cov_in}) | {r['seconds']:.0f} |"
+            f"| {r['pls_set']}: {recipe} ({r['pls_lvs']})"
+            + (f" + {more}" if more else "")
+            + f" | {r['rmsecv']:.4g} | {r['coverage']:.0%} ({cov_in}); {cv_cov} "
+            f"| {r['seconds']:.0f} |"
         )
     ratios = [r["deployed"] / r["plain_pls"] for r in rows]
     tuned = [r["tuned_pls"] / r["plain_pls"] for r in rows]

@@ -23,7 +23,8 @@ from nirwatch.chemometrics.krylov import (
     krylov_pls_predictions,
 )
 from nirwatch.chemometrics.pls import PLSCalibration
-from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe, default_recipes
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV
+from nirwatch.chemometrics.recipes import Recipe, default_recipes
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.bundle_predictor import LoadedBundle
 from training.calibration import (
@@ -195,6 +196,11 @@ def test_manifest_and_report_say_what_was_compared(linear_bundle: Path) -> None:
     assert pls["candidates_searched"] == (
         16 if family["chosen"] == "compact" else len(default_recipes(WL))
     )
+    averaged = pls["averaged"]  # the served PLS: the recipes within 1 SE of the best, averaged
+    assert 1 <= len(averaged) <= 10 and averaged[0]["recipe"] == pls["recipe"]["name"]
+    assert averaged[0]["n_components"] == pls["n_components"]
+    served = load_bundle(linear_bundle).pls_model
+    assert len(getattr(served, "calibrations_", [served])) == len(averaged)
     assert set(sel["range_ends"]["rmse_at_ends"]) == {"pls"}  # the CNN does not serve
     interval = manifest["interval"]
     assert interval["method"] == "conformal" and interval["level"] == 0.95

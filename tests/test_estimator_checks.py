@@ -19,7 +19,9 @@ from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.diagnostics import CalibrationStatistics
 from nirwatch.chemometrics.pls import PLSCalibration, PLSComponentsCV
-from nirwatch.chemometrics.pls_search import PLSCalibrationCV, Recipe
+from nirwatch.chemometrics.pls_average import AveragedPLSCalibration
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV
+from nirwatch.chemometrics.recipes import Recipe
 from nirwatch.chemometrics.scaling import UnitVarianceScaling
 from nirwatch.chemometrics.scatter import (
     ExtendedMultiplicativeScatterCorrection,
@@ -86,6 +88,13 @@ ESTIMATORS = [
     PLSCalibration(steps=[WavelengthRange(start=0.0)], n_components=1),
     PLSComponentsCV(steps=[WavelengthRange(start=0.0)], max_components=2, cv=3),
     PLSCalibrationCV(recipes=RECIPES, max_components=2, cv=3, repeats=1),
+    PLSCalibrationCV(recipes=RECIPES, max_components=2, cv=3, repeats=1, max_average=2),
+    AveragedPLSCalibration(
+        [
+            PLSCalibration(n_components=1),
+            PLSCalibration(steps=[WavelengthRange(start=0.0)], n_components=1),
+        ]
+    ),
     CalibrationStatistics(),
 ]
 

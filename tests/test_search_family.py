@@ -9,13 +9,8 @@ import pytest
 from sklearn.cross_decomposition import PLSRegression
 from sklearn.preprocessing import StandardScaler
 
-from nirwatch.chemometrics.pls_search import (
-    AUTOSCALED_RAW,
-    PLSCalibrationCV,
-    Recipe,
-    compact_recipes,
-    default_recipes,
-)
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV
+from nirwatch.chemometrics.recipes import AUTOSCALED_RAW, Recipe, compact_recipes, default_recipes
 from nirwatch.chemometrics.scaling import UnitVarianceScaling
 from nirwatch.chemometrics.state import dump_steps, load_steps
 from nirwatch.errors import DataError

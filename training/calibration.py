@@ -86,7 +86,13 @@ def nested_pls_predictions(
         test = folds == k
         search = make_search().fit(X[~test], y[~test])
         pred[test] = search.predict(X[test])
-        chosen.append({"recipe": search.recipe_.name, "n_components": search.n_components_})
+        chosen.append(
+            {
+                "recipe": search.recipe_.name,
+                "n_components": search.n_components_,
+                "averaged": len(getattr(search, "averaged_", [None])),
+            }
+        )
         if on_fold is not None:
             on_fold(k + 1, k_max)
     return pred, chosen

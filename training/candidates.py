@@ -20,9 +20,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
 
 from nirwatch.chemometrics.pls import PLSCalibration
-from nirwatch.chemometrics.pls_search import PLSCalibrationCV, compact_recipes, default_recipes
+from nirwatch.chemometrics.pls_average import AveragedPLSCalibration
+from nirwatch.chemometrics.pls_search import PLSCalibrationCV
+from nirwatch.chemometrics.recipes import compact_recipes, default_recipes
 from training.calibration import (
     choose_search,
     cnn_epochs,
@@ -59,6 +62,9 @@ class PLSCandidate:
             "cv": {"folds": s.cv_results_["folds"], "repeats": s.cv_results_["repeats"]},
             "candidates_searched": len(s.cv_results_["recipes"]),
             "top_recipes": s.summary(8),
+            "averaged": s.averaged_,
+            "average_rule": "equal-weight mean of up to pls_average recipes whose RMSECV (each at "
+            "its own 1-SE latent variables) is within one standard error of the best's",
             "outer_fold_choices": self.nested_choices,
             "candidate_set": self.family,
             "seconds": self.seconds,
@@ -91,6 +97,7 @@ def make_search(
             rule=s.pls_rule,
             random_state=s.seed,
             max_search_samples=s.search_max_samples,
+            max_average=s.pls_average,
         )
 
     return make
@@ -148,9 +155,11 @@ def _search_family(
     t0 = time.perf_counter()
     make = make_search(wl, s, family)
     search = make().fit(X, y)
+    more = len(search.averaged_) - 1
     say(
         f"PLS ({family}): {search.recipe_.name}, {search.n_components_} LVs "
-        f"(of {len(search.cv_results_['recipes'])} recipes, {search.cv_results_['folds']}-fold "
+        + (f"averaged with {more} recipe(s) within 1 SE " if more else "")
+        + f"(of {len(search.cv_results_['recipes'])} recipes, {search.cv_results_['folds']}-fold "
         f"CV x {search.cv_results_['repeats']}), RMSECV {search.rmsecv_:.4g}"
     )
     if not s.nested_cv:
@@ -276,15 +285,12 @@ def range_end_check(
 ) -> dict[str, Any]:
     """Refit without the bottom and top 10 % of ``y``, predict them; RMSE per model.
 
-    PLS keeps its chosen recipe and components (capped by the smaller set); the CNN is one
+    PLS keeps its chosen recipe(s) and components (capped by the smaller set); the CNN is one
     network with the same settings. The model with the lowest RMSE on the ends serves
     predictions at the range ends (:class:`nirwatch.models.bundle_predictor.LoadedBundle`).
     """
     mid, ends = range_end_split(y, s.extrapolation_fraction)
-    recipe = pls.search.recipe_
-    a = min(int(pls.search.n_components_), int(mid.sum()) - 2)
-    pls_mid = PLSCalibration(steps=recipe.steps(wl), n_components=max(1, a)).fit(X[mid], y[mid])
-    preds = {"pls": pls_mid.predict(X[ends])}
+    preds = {"pls": refit_pls(pls.model, X[mid], y[mid]).predict(X[ends])}
     if cnn is not None and cnn.oof is not None and weight > 0:
         from nirwatch.chemometrics.augmentation import SpectralAugmenter
         from nirwatch.chemometrics.cnn import CNNConfig
@@ -311,6 +317,20 @@ def range_end_check(
         "n_ends": int(ends.sum()),
         "fraction": s.extrapolation_fraction,
     }
+
+
+def refit_pls(model: Any, X: np.ndarray, y: np.ndarray) -> Any:
+    """``model`` (a PLSCalibration or an average of them) refitted on X, y with the same
+    recipes, each member's latent variables capped at ``n - 2``."""
+    members = model.calibrations_ if isinstance(model, AveragedPLSCalibration) else [model]
+    fresh = [
+        PLSCalibration(
+            steps=[clone(step) for step in m.steps],
+            n_components=max(1, min(int(m.n_components_), X.shape[0] - 2)),
+        )
+        for m in members
+    ]
+    return (fresh[0] if len(fresh) == 1 else AveragedPLSCalibration(fresh)).fit(X, y)
 
 
 def evaluation(

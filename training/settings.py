@@ -92,6 +92,14 @@ class TrainingSettings(NirwatchSettings):
         "both and serves the full search only when its nested RMSECV beats the compact one's "
         "by more than one standard error",
     )
+    pls_average: int = Field(
+        default=10,
+        ge=1,
+        le=50,
+        description="serve the equal-weight average of up to this many PLS recipes whose "
+        "RMSECV lies within one standard error of the best (model averaging over the recipes "
+        "CV cannot tell apart); 1 serves the best recipe alone",
+    )
     pls_rule: Literal["1se", "min"] = Field(
         default="1se", description="latent variables: one-standard-error rule or minimum"
     )

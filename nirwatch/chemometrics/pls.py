@@ -157,6 +157,12 @@ class PLSCalibration(RegressorMixin, BaseEstimator):
             )
         return Z.astype(np.float64) @ self.coef_ + self.intercept_
 
+    def predict_and_preprocess(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted values (n,) in float64, preprocessed spectra): one preprocessing pass for
+        a caller that needs both (the bundle's T²/Q statistics)."""
+        Z = self.preprocess(X)
+        return self.predict_preprocessed(Z), Z
+
     def to_state(self) -> tuple[StateArrays, StateMeta]:
         """Coefficients and the steps' arrays; scalars and step classes as metadata."""
         check_is_fitted(self, "coef_")

@@ -19,7 +19,6 @@ repeating it inside outer folds (:mod:`training.calibration`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
@@ -30,175 +29,16 @@ from threadpoolctl import threadpool_limits
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.krylov import FoldIndex, cv_splits, fold_kernels, krylov_pls_predictions
 from nirwatch.chemometrics.pls import PLSCalibration, check_calibration_xy
+from nirwatch.chemometrics.pls_average import AveragedPLSCalibration, one_se_tied
+from nirwatch.chemometrics.recipes import Recipe, default_recipes
 from nirwatch.chemometrics.scaling import UnitVarianceScaling
-from nirwatch.chemometrics.scatter import (
-    ExtendedMultiplicativeScatterCorrection,
-    MultiplicativeScatterCorrection,
-    StandardNormalVariate,
-)
 from nirwatch.chemometrics.selection import WavelengthRange
 from nirwatch.errors import DataError, ModelError
 
 __all__ = [
     "PLSCalibrationCV",
-    "Recipe",
-    "compact_recipes",
-    "default_recipes",
     "spread_subset",
 ]
-
-SCATTERS = ("none", "snv", "msc", "emsc1", "emsc2")
-SCALINGS = ("none", "autoscale")
-#: Wavelength windows as fractions of the axis (by index): full, thirds and halves.
-RANGE_FRACTIONS = ((0.0, 1.0), (1 / 3, 1.0), (0.0, 2 / 3), (1 / 6, 5 / 6), (0.5, 1.0), (0.0, 0.5))
-#: Savitzky-Golay windows as fractions of the full axis length (rounded to odd, >= 5 points).
-WINDOW_FRACTIONS = (1 / 80, 1 / 40, 1 / 20)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One preprocessing candidate: range, scatter correction, derivative.
-
-    ``start``/``stop`` are in the wavelength axis' units (None keeps that end); ``derivative``
-    0 means no Savitzky-Golay step (``window`` then 0); ``scaling`` "autoscale" divides every
-    wavelength by its standard deviation last (:class:`UnitVarianceScaling`).
-    """
-
-    start: float | None
-    stop: float | None
-    scatter: str
-    derivative: int = 0
-    window: int = 0
-    polyorder: int = 2
-    scaling: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.scatter not in SCATTERS:
-            raise DataError(f"Recipe: scatter must be one of {SCATTERS}, got {self.scatter!r}")
-        if self.derivative not in (0, 1, 2):
-            raise DataError(f"Recipe: derivative must be 0, 1 or 2, got {self.derivative!r}")
-        if self.scaling not in SCALINGS:
-            raise DataError(f"Recipe: scaling must be one of {SCALINGS}, got {self.scaling!r}")
-
-    @property
-    def name(self) -> str:
-        rng = (
-            "full" if self.start is None and self.stop is None else f"{self.start:g}-{self.stop:g}"
-        )
-        parts = [rng, self.scatter]
-        if self.derivative:
-            parts.append(f"SG d{self.derivative} w{self.window}")
-        if self.scaling != "none":
-            parts.append(self.scaling)
-        return " | ".join(parts)
-
-    @property
-    def complexity(self) -> int:
-        """Tie-break order among equally good recipes: fewer steps first."""
-        return (
-            (self.scatter != "none")
-            + (self.derivative > 0)
-            + (self.start is not None or self.stop is not None)
-            + (self.scaling != "none")
-        )
-
-    def scatter_step(self) -> Any | None:
-        return {
-            "none": None,
-            "snv": StandardNormalVariate(),
-            "msc": MultiplicativeScatterCorrection(),
-            "emsc1": ExtendedMultiplicativeScatterCorrection(order=1),
-            "emsc2": ExtendedMultiplicativeScatterCorrection(order=2),
-        }[self.scatter]
-
-    def steps(self, wavelengths: Any) -> list[Any]:
-        """Unfitted transformers for raw spectra on ``wavelengths``."""
-        out: list[Any] = []
-        if self.start is not None or self.stop is not None:
-            out.append(WavelengthRange(wavelengths, start=self.start, stop=self.stop))
-        scatter = self.scatter_step()
-        if scatter is not None:
-            out.append(scatter)
-        if self.derivative:
-            out.append(
-                SavitzkyGolay(
-                    window_length=self.window, polyorder=self.polyorder, deriv=self.derivative
-                )
-            )
-        if self.scaling == "autoscale":
-            out.append(UnitVarianceScaling())
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "start": self.start,
-            "stop": self.stop,
-            "scatter": self.scatter,
-            "derivative": self.derivative,
-            "window": self.window,
-            "polyorder": self.polyorder,
-            "scaling": self.scaling,
-        }
-
-
-def _odd_window(p: int, fraction: float) -> int:
-    w = max(5, int(round(p * fraction)))
-    return w + 1 if w % 2 == 0 else w
-
-
-#: The ten-line script's recipe (scikit-learn's ``PLSRegression()``: raw spectra, autoscaled).
-AUTOSCALED_RAW = Recipe(None, None, "none", scaling="autoscale")
-
-
-def compact_recipes(wavelengths: Any) -> list[Recipe]:
-    """The common recipes: the full axis x 5 scatter corrections x {no derivative, first
-    derivative at the middle window, second derivative at the wide one}, plus autoscaled raw
-    spectra: 16 candidates.
-
-    Fewer candidates select with less noise (Cawley & Talbot 2010, JMLR 11, 2079-2107), which
-    matters most for small calibration sets; :func:`default_recipes` adds windows and widths.
-    """
-    wl = np.asarray(wavelengths, dtype=np.float64)
-    p = wl.size
-    middle, wide = (_odd_window(p, f) for f in WINDOW_FRACTIONS[1:])
-    derivs = [(0, 0), (1, middle), (2, wide)]
-    out = [
-        Recipe(None, None, scatter, d, w)
-        for scatter in SCATTERS
-        for d, w in derivs
-        if not d or w <= p // 2
-    ]
-    return out + [AUTOSCALED_RAW]
-
-
-def default_recipes(wavelengths: Any) -> list[Recipe]:
-    """The default candidate set: 6 ranges x 5 scatter corrections x 6 derivative settings,
-    plus autoscaled raw spectra.
-
-    Derivatives: none; first derivative at 3 windows; second derivative at the 2 wider ones
-    (a second derivative amplifies noise more). Windows scale with the axis length (1/80, 1/40
-    and 1/20 of it: 9, 17 and 33 points on a 650-point NIR axis), so the set is stated for any
-    grid rather than tuned to one. Ranges: the full axis, its thirds-based windows and halves.
-    It holds every recipe of :func:`compact_recipes`.
-    """
-    wl = np.asarray(wavelengths, dtype=np.float64)
-    p = wl.size
-    windows = sorted({_odd_window(p, f) for f in WINDOW_FRACTIONS})
-    derivs = [(0, 0)] + [(1, w) for w in windows] + [(2, w) for w in windows[-2:]]
-    out: list[Recipe] = []
-    for lo, hi in RANGE_FRACTIONS:
-        i0, i1 = int(round(lo * p)), int(round(hi * p))
-        q = i1 - i0
-        full = i0 == 0 and i1 == p
-        start = None if full else float(wl[i0])
-        stop = None if full else float(wl[i1 - 1])
-        for scatter in SCATTERS:
-            for d, w in derivs:
-                if d and w > q // 2:
-                    continue  # a window over half the range is no local derivative
-                out.append(Recipe(start, stop, scatter, d, w))
-    return out + [AUTOSCALED_RAW]
 
 
 def spread_subset(y: np.ndarray, m: int) -> np.ndarray:
@@ -287,19 +127,27 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
     max_search_samples : int, default 500
         Above this many spectra the search runs on this many, spread evenly over the
         reference values (its cost grows with n^2); the chosen model is refitted on all.
+    max_average : int, default 1
+        Serve the equal-weight average of up to this many recipes whose RMSECV (each at its
+        own number of components) lies within one standard error of the winner's
+        (:class:`~nirwatch.chemometrics.pls_average.AveragedPLSCalibration`); 1 serves the
+        winner alone.
 
     Attributes
     ----------
-    best_estimator_ : PLSCalibration, refitted on all data
+    best_estimator_ : PLSCalibration or AveragedPLSCalibration, refitted on all data
     recipe_ : Recipe
+        The winner's (the average's lead member).
     n_components_ : int
+    averaged_ : list of dict
+        The served members (recipe name, components, RMSECV), the winner first.
     rmsecv_ : float
         RMSECV of the chosen (recipe, components); optimistic, being a selected minimum.
     cv_results_ : dict
         ``recipes`` (names), ``rmsecv`` (C, A) and ``se`` (C, A) arrays (NaN past a recipe's
         last component), ``folds``, ``repeats``.
     oof_pred_ : ndarray (n,)
-        Held-out predictions of the chosen candidate, averaged over repeats.
+        Held-out predictions of the served model (the members' mean), averaged over repeats.
     """
 
     def __init__(
@@ -312,8 +160,10 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         rule: str = "1se",
         random_state: int = 0,
         max_search_samples: int = 500,
+        max_average: int = 1,
     ) -> None:
         self.max_search_samples = max_search_samples
+        self.max_average = max_average
         self.wavelengths = wavelengths
         self.recipes = recipes
         self.max_components = max_components
@@ -354,7 +204,8 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             self._search(Xs, ys, wl, recipes, idx, A, rmse, se, oof, folds)
         if np.isnan(rmse).all():
             raise ModelError("PLSCalibrationCV: no recipe gave finite preprocessed spectra")
-        c, a = self._choose(rmse, se, recipes)
+        c, per_recipe, score = self._choose(rmse, se, recipes)
+        a = int(per_recipe[c])
         self.recipe_ = recipes[c]
         self.n_components_ = a + 1
         self.rmsecv_ = float(rmse[c, a])
@@ -366,20 +217,54 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             "repeats": repeats,
             "n_searched": int(sub.size),
         }
-        if sub.size == n:
-            self.oof_pred_ = self._oof(oof[c][:, :, a], idx, n)
-        else:  # held-out predictions of the chosen model for every spectrum, one K-fold pass
-            with threadpool_limits(limits=1, user_api="blas"):
-                Z = _recipe_transforms(X, wl, [self.recipe_])[self.recipe_]
-                assert Z is not None  # the search fitted this recipe on these spectra
-                full = FoldIndex(cv_splits(n, folds, 1, self.random_state))
-                pred = self._cv_predict(Z, y, full, a + 1)
-            self.oof_pred_ = self._oof(pred[:, :, min(a, pred.shape[2] - 1)], full, n)
-        self.best_estimator_ = PLSCalibration(
-            steps=self.recipe_.steps(wl), n_components=self.n_components_
+        tied_se = se[np.arange(len(recipes)), per_recipe]
+        members = one_se_tied(score, np.nan_to_num(tied_se), c, int(self.max_average))
+        self.averaged_ = [
+            {
+                "recipe": recipes[i].name,
+                "n_components": int(per_recipe[i]) + 1,
+                "rmsecv": float(score[i]),
+            }
+            for i in members
+        ]
+        searched_all = sub.size == n  # the search's held-out predictions cover every spectrum
+        held_out = [
+            self._held_out(X, y, wl, recipes[i], int(per_recipe[i]),
+                           oof[i] if searched_all else None, idx)
+            for i in members
+        ]  # fmt: skip
+        self.oof_pred_ = np.mean(held_out, axis=0)
+        calibrations = [
+            PLSCalibration(steps=recipes[i].steps(wl), n_components=int(per_recipe[i]) + 1)
+            for i in members
+        ]
+        self.best_estimator_ = (
+            calibrations[0] if len(calibrations) == 1 else AveragedPLSCalibration(calibrations)
         ).fit(X, y)
         self.n_features_in_ = p
         return self
+
+    def _held_out(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        wl: np.ndarray,
+        recipe: Recipe,
+        a: int,
+        searched: np.ndarray | None,
+        idx: FoldIndex,
+    ) -> np.ndarray:
+        """One member's held-out predictions for every spectrum (from the search's own when
+        it ran on all of them: ``searched``; else one K-fold pass on all)."""
+        n = y.size
+        if searched is not None:
+            return self._oof(searched[:, :, a], idx, n)
+        with threadpool_limits(limits=1, user_api="blas"):
+            Z = _recipe_transforms(X, wl, [recipe])[recipe]
+            assert Z is not None  # the search fitted this recipe on these spectra
+            full = FoldIndex(cv_splits(n, self.cv_results_["folds"], 1, self.random_state))
+            pred = self._cv_predict(Z, y, full, a + 1)
+        return self._oof(pred[:, :, min(a, pred.shape[2] - 1)], full, n)
 
     def _search(
         self,
@@ -415,9 +300,10 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
 
     def _choose(
         self, rmse: np.ndarray, se: np.ndarray, recipes: Sequence[Recipe]
-    ) -> tuple[int, int]:
-        """(recipe, components - 1): per recipe the 1-SE number of components, then the recipe
-        with the lowest RMSECV there (ties within 0.1 % to the simpler recipe)."""
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """(recipe, components - 1 per recipe, RMSECV per recipe at those): per recipe the 1-SE
+        number of components, then the recipe with the lowest RMSECV there (ties within 0.1 %
+        to the simpler recipe); inf for a recipe that could not be scored."""
         filled = np.where(np.isnan(rmse), np.inf, rmse)
         per_recipe = np.empty(len(recipes), dtype=np.int64)
         for c in range(len(recipes)):
@@ -432,7 +318,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             for i in np.flatnonzero(score <= top * 1.001).tolist()
         ]
         best = min(cands)[2]
-        return best, int(per_recipe[best])
+        return best, per_recipe, score
 
     @staticmethod
     def _oof(pred: np.ndarray, idx: FoldIndex, n: int) -> np.ndarray:

@@ -44,6 +44,7 @@ STATEFUL_MODULES = tuple(
         "selection",
         "augmentation",
         "pls",
+        "pls_average",
         "diagnostics",
         "cnn",
     )

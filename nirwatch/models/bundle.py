@@ -92,9 +92,9 @@ class BundleContents:
 
     ``pls`` predicts from raw spectra (n, n_points); ``statistics`` scores spectra after the
     ``statistics_steps``, or, with ``statistics_on_pls``, after the PLS's own preprocessing
-    (``pls.preprocess``, computed once per batch for both: PLS then predicts with
-    ``pls.predict_preprocessed``); ``cnn`` predicts after the
-    ``cnn_steps``. ``fallback_limit`` is the
+    (``pls.predict_and_preprocess``: one pass per batch for both; for an
+    :class:`~nirwatch.chemometrics.pls_average.AveragedPLSCalibration`, its lead member's
+    preprocessing); ``cnn`` predicts after the ``cnn_steps``. ``fallback_limit`` is the
     largest |CNN − PLS| difference accepted before falling back to PLS (e.g. 3 × RMSECV).
     ``target_range`` is the (min, max) of the calibration's reference values: predictions
     outside it are extrapolations and are not releasable.

@@ -100,6 +100,11 @@ class LoadedBundle:
         return str(self.manifest["grid"])
 
     @property
+    def pls_model(self) -> Any:
+        """The PLS that serves as fallback (a PLSCalibration or an AveragedPLSCalibration)."""
+        return self._pls
+
+    @property
     def wavelengths(self) -> np.ndarray:
         return np.asarray(self.manifest["wavelengths"], dtype=float)
 
@@ -133,9 +138,8 @@ class LoadedBundle:
             )
         n = X.shape[0]
         if self._stats_on_pls:
-            # One pass of the (shared) PLS preprocessing serves both PLS and the diagnostics.
-            Xs = self._pls.preprocess(X)
-            pls = self._pls.predict_preprocessed(Xs)
+            # One pass of the PLS's (lead's) preprocessing serves both PLS and the diagnostics.
+            pls, Xs = self._pls.predict_and_preprocess(X)
         else:
             pls = np.asarray(self._pls.predict(X), dtype=np.float64).reshape(n)
             Xs = _apply(self._stats_steps, X)
