@@ -25,6 +25,7 @@ from nirwatch.chemometrics.krylov import (
 from nirwatch.chemometrics.pls import PLSCalibration
 from nirwatch.chemometrics.pls_search import PLSCalibrationCV
 from nirwatch.chemometrics.recipes import Recipe, default_recipes
+from nirwatch.errors import DataError
 from nirwatch.models.bundle import load_bundle
 from nirwatch.models.bundle_predictor import LoadedBundle
 from training.calibration import (
@@ -361,3 +362,15 @@ def test_large_sets_are_searched_on_a_spread_subset_and_refitted_on_all() -> Non
     assert search.oof_pred_.shape == (300,) and np.isfinite(search.oof_pred_).all()
     assert np.sqrt(np.mean((search.oof_pred_ - y) ** 2)) < 0.2  # a linear set: PLS fits it
     assert search.best_estimator_.n_features_in_ == P
+
+
+def test_a_decreasing_axis_is_refused_by_name_not_searched_without_its_windows() -> None:
+    """The range candidates select by wavelength; on a decreasing axis they would all fail
+    and the search would silently lose them (load_spectra turns such files round)."""
+    from training.fit import check_training_data
+
+    X, y = linear_set(30, seed=4)
+    with pytest.raises(DataError, match="expected increasing wavelengths, got 1590 ... 1000"):
+        PLSCalibrationCV(WL[::-1], max_components=3).fit(X, y)
+    with pytest.raises(DataError, match="expected increasing wavelengths"):
+        check_training_data(X, y, WL[::-1])

@@ -267,3 +267,32 @@ def test_signed_bundle_with_registry_key(
     [version] = [i.version for i in ModelRegistry(reg).list()]
     assert main(["models", "promote", version, "--registry", str(reg)]) == 1
     assert "refusing to promote" in capsys.readouterr().err
+
+
+def test_a_wavenumber_file_with_gaps_trains_the_same_model_as_the_clean_one(
+    shootout_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A decreasing axis is turned round; rows without a reference value are left out, by
+    name: the bundle is the one trained on the clean, increasing file without those rows."""
+    with shootout_slice.open() as f:
+        header, *body = list(csv.reader(f))
+    first = next(i for i, h in enumerate(header) if h.replace(".", "").isdigit())
+    col = header.index("assay")
+    gaps = [1, 4]  # Train rows: lines 3 and 6 of the file
+    flipped, clean = tmp_path / "flipped.csv", tmp_path / "clean.csv"
+    with flipped.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header[:first] + header[first:][::-1])
+        for i, r in enumerate(body):
+            row = [("" if i in gaps and j == col else c) for j, c in enumerate(r)]
+            w.writerow(row[:first] + row[first:][::-1])
+    with clean.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *(r for i, r in enumerate(body) if i not in gaps)])
+    split = ["--split-column", "SampleType", "--train-values", "Train", "--model", "pls"]
+    assert main(train_args(flipped, tmp_path / "f", *split)) == 0
+    assert "left out 2 rows, lines [3, 6]: no assay value" in capsys.readouterr().err
+    assert main(train_args(clean, tmp_path / "c", *split)) == 0
+    m_f = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    m_c = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m_f["data_hash"] == m_c["data_hash"] and m_f["grid"] == m_c["grid"]
+    assert m_f["files"]["pls.npz"] == m_c["files"]["pls.npz"]

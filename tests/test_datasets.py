@@ -68,7 +68,9 @@ def test_wavelength_headers_must_be_numeric_and_increasing(tmp_path: Path) -> No
     body = "\n".join(_rows(3).splitlines()[1:])
     with pytest.raises(DataError, match=r"column 4 header 'x602' is not numeric"):
         load_spectra(_csv(tmp_path, "SampleType,assay,600,x602,604,606\n" + body))
-    with pytest.raises(DataError, match=r"must increase; column 5 \(602\) follows 604"):
+    with pytest.raises(
+        DataError, match=r"must increase \(or all decrease\); column 5 \(602\) follows 604"
+    ):
         load_spectra(_csv(tmp_path, "SampleType,assay,600,604,602,606\n" + body))
     with pytest.raises(DataError, match="no wavelength columns"):
         load_spectra(_csv(tmp_path, "a,b,c,d,e,f\n" + body))
@@ -200,3 +202,38 @@ def test_damaged_inputs_raise_data_error(tmp_path: Path) -> None:
     (tmp_path / "z.npz").write_bytes(bytes(raw))
     with pytest.raises(DataError, match="cannot read as npz"):
         load_spectra(tmp_path / "z.npz")
+
+
+def test_a_decreasing_axis_is_turned_round_with_its_columns(tmp_path: Path) -> None:
+    """Wavenumbers are often stored high to low: the same data, read either way, are equal."""
+    up = load_spectra(_csv(tmp_path, _rows(4), "up.csv"), target="assay")
+    lines = _rows(4).splitlines()
+    flipped = []
+    for line in lines:
+        cells = line.split(",")
+        flipped.append(",".join(cells[:2] + cells[2:][::-1]))
+    down = load_spectra(_csv(tmp_path, "\n".join(flipped), "down.csv"), target="assay")
+    np.testing.assert_array_equal(down.wavelengths, up.wavelengths)
+    np.testing.assert_array_equal(down.X, up.X)
+    assert up.wavelengths[0] < up.wavelengths[-1]
+
+
+def test_rows_without_a_reference_value_are_refused_or_left_out_by_name(tmp_path: Path) -> None:
+    lines = _rows(6).splitlines()
+    for i in (2, 5):  # lines 3 and 6 of the file: no assay value
+        cells = lines[i].split(",")
+        lines[i] = ",".join([cells[0], "", *cells[2:]])
+    path = _csv(tmp_path, "\n".join(lines))
+    with pytest.raises(DataError, match=r"target 'assay' missing in 2 rows, lines \[3, 6\]"):
+        load_spectra(path, target="assay")
+    data = load_spectra(path, target="assay", missing_target="drop")
+    assert data.left_out == "2 rows, lines [3, 6]" and data.n_samples == 4
+    assert data.y is not None and np.isfinite(data.y).all()
+    full = load_spectra(_csv(tmp_path, _rows(6), "full.csv"), target="assay")
+    np.testing.assert_array_equal(data.X, full.X[[0, 2, 3, 5]])
+    with pytest.raises(
+        DataError,
+        match=r"2 spectra with a 'assay' value with SampleType in \['Train'\]; at least 3",
+    ):
+        load_spectra(path, target="assay", missing_target="drop", min_samples=3,
+                     split_column="SampleType", split_values={"Train"})  # fmt: skip

@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if (args.split_column is None) != (args.train_values is None):
         raise DataError("--split-column and --train-values go together")
-    data = load_spectra(args.data, target=args.target)
+    data = load_spectra(args.data, target=args.target, missing_target="drop")
     assert data.y is not None  # load_spectra checked the target column
+    if data.left_out:
+        print(f"left out {data.left_out}: no {args.target} value", file=sys.stderr)
     train = np.ones(data.n_samples, dtype=bool)
     if args.split_column is not None:
         values = [v.strip() for v in args.train_values.split(",") if v.strip()]

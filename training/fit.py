@@ -90,6 +90,11 @@ def check_training_data(
         raise DataError(f"expected y of shape ({X.shape[0]},) to match the spectra, got {y.shape}")
     if wl.shape != (X.shape[1],):
         raise DataError(f"expected {X.shape[1]} wavelengths to match the spectra, got {wl.shape}")
+    if wl.size > 1 and not np.all(np.diff(wl) > 0):
+        raise DataError(
+            "expected increasing wavelengths (load_spectra turns a decreasing axis round), got "
+            f"{wl[0]:g} ... {wl[-1]:g} with {int(np.sum(np.diff(wl) <= 0))} non-increasing steps"
+        )
     if X.shape[0] < MIN_SAMPLES:
         raise DataError(f"too few samples: {X.shape[0]} spectra, at least {MIN_SAMPLES} needed")
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))

@@ -183,6 +183,11 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         )
         if wl.shape != (p,):
             raise DataError(f"PLSCalibrationCV: expected {p} wavelengths, got {wl.shape}")
+        if p > 1 and not np.all(np.diff(wl) > 0):
+            # The range candidates select by wavelength on an increasing axis.
+            raise DataError(
+                f"PLSCalibrationCV: expected increasing wavelengths, got {wl[0]:g} ... {wl[-1]:g}"
+            )
         if self.rule not in ("1se", "min"):
             raise DataError(f"rule must be '1se' or 'min', got {self.rule!r}")
         recipes = list(self.recipes) if self.recipes is not None else default_recipes(wl)

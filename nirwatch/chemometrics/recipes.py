@@ -172,8 +172,9 @@ def default_recipes(wavelengths: Any) -> list[Recipe]:
         i0, i1 = int(round(lo * p)), int(round(hi * p))
         q = i1 - i0
         full = i0 == 0 and i1 == p
-        start = None if full else float(wl[i0])
-        stop = None if full else float(wl[i1 - 1])
+        # min/max: a window is the same points whichever way the caller's axis runs.
+        start = None if full else float(min(wl[i0], wl[i1 - 1]))
+        stop = None if full else float(max(wl[i0], wl[i1 - 1]))
         for scatter in SCATTERS:
             for d, w in derivs:
                 if d and w > q // 2:

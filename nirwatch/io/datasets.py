@@ -31,7 +31,8 @@ class SpectraDataset:
     Attributes
     ----------
     X : ndarray (n, p) float64
-    wavelengths : ndarray (p,) float64, increasing, nm
+    wavelengths : ndarray (p,) float64, increasing (a file's decreasing axis is turned round,
+        its columns with it), nm
     metadata : dict of str to ndarray (n,)
         Non-spectral columns: float arrays where every value is numeric, else str arrays.
     target : str or None
@@ -39,6 +40,9 @@ class SpectraDataset:
     y : ndarray (n,) float64 or None
     source : str
         Where the data came from (path or dataset name).
+    left_out : str
+        Rows left out for having no reference value (``missing_target="drop"``), as the file
+        numbers them, e.g. ``"2 rows, lines [3, 4]"``; empty when none.
     """
 
     X: np.ndarray
@@ -47,6 +51,7 @@ class SpectraDataset:
     target: str | None = None
     y: np.ndarray | None = None
     source: str = ""
+    left_out: str = ""
 
     @property
     def n_samples(self) -> int:
@@ -98,6 +103,7 @@ def load_spectra(
     split_column: str | None = None,
     split_values: Collection[str] | None = None,
     min_samples: int = 1,
+    missing_target: Literal["error", "drop"] = "error",
 ) -> SpectraDataset:
     """Load spectra from a CSV, npz or JCAMP-DX file: the one reader of every command.
 
@@ -114,11 +120,15 @@ def load_spectra(
         ``"SampleType", {"Train", "Validate"}``.
     min_samples : int, default 1
         Fewest rows (after the split) accepted.
+    missing_target : {"error", "drop"}
+        Rows whose target cell is empty or not finite: refused (naming them), or left out and
+        named in :attr:`SpectraDataset.left_out` (lab values often exist for only some of the
+        spectra, or for some targets of a multi-target table).
 
     Raises
     ------
     DataError
-        Non-numeric or non-increasing wavelength headers, NaN in spectra or target (naming the
+        Non-numeric or non-monotonic wavelength headers, NaN in spectra or target (naming the
         rows), missing target or split column (listing the available ones), a constant target,
         fewer than ``min_samples`` rows.
     """
@@ -139,6 +149,20 @@ def load_spectra(
         raise DataError(
             f"{source}: missing or non-finite absorbances in {bad.size} spectra, {table.where(bad)}"
         )
+    if missing_target not in ("error", "drop"):
+        raise DataError(f"missing_target must be 'error' or 'drop', got {missing_target!r}")
+    left_out = ""
+    if missing_target == "drop" and table.target in table.metadata:
+        y_raw = table.metadata[table.target]
+        if y_raw.dtype.kind == "f" and not np.isfinite(y_raw).all():
+            bad = np.flatnonzero(~np.isfinite(y_raw))
+            left_out = f"{bad.size} rows, {table.where(bad)}"
+            table = table.rows(np.isfinite(y_raw))
+            if table.X.shape[0] < min_samples:
+                raise DataError(
+                    f"{source}: {table.X.shape[0]} spectra with a {table.target!r} value{where}; "
+                    f"at least {min_samples} are needed"
+                )
     y = None if table.target is None else _target(table, where)
     return SpectraDataset(
         X=table.X,
@@ -147,6 +171,7 @@ def load_spectra(
         target=table.target,
         y=y,
         source=source,
+        left_out=left_out,
     )
 
 

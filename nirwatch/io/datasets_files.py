@@ -55,14 +55,23 @@ def _wavelength_columns(header: list[str], source: str) -> tuple[int, int, np.nd
             f"{source}: wavelength header {header[first + j]!r} (column {first + j + 1}) "
             "is not a finite number"
         )
-    bad = np.flatnonzero(np.diff(wl) <= 0)
+    steps = np.diff(wl)
+    bad = np.flatnonzero(steps <= 0) if not (steps < 0).all() else np.array([], dtype=np.int64)
     if bad.size:
         j = int(bad[0])
         raise DataError(
-            f"{source}: wavelength headers must increase; column {first + j + 2} "
-            f"({header[first + j + 1]}) follows {header[first + j]}"
+            f"{source}: wavelength headers must increase (or all decrease); column "
+            f"{first + j + 2} ({header[first + j + 1]}) follows {header[first + j]}"
         )
     return first, last, wl
+
+
+def ascending(X: np.ndarray, wl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """X and its axis with the axis increasing: a decreasing one (wavenumbers in cm-1 are often
+    stored high to low) is turned round, columns with it; nirwatch works on increasing axes."""
+    if wl.size > 1 and wl[0] > wl[-1]:
+        return np.ascontiguousarray(X[:, ::-1]), wl[::-1].copy()
+    return X, wl
 
 
 def _metadata_array(values: list[str]) -> np.ndarray:
@@ -119,7 +128,7 @@ def _parse_csv(
             for k, i in enumerate(meta_cols):
                 meta_vals[k].append(row[i])
             lines.append(line)
-    X = np.array(rows, dtype=np.float64).reshape(len(rows), wl.size)
+    X, wl = ascending(np.array(rows, dtype=np.float64).reshape(len(rows), wl.size), wl)
     metadata = {
         header[i].strip(): _metadata_array(v) for i, v in zip(meta_cols, meta_vals, strict=True)
     }
@@ -165,12 +174,15 @@ def read_npz(
             f"{source}: wavelengths contain non-finite values at points "
             f"{np.flatnonzero(~np.isfinite(wl))[:10].tolist()}"
         )
-    bad = np.flatnonzero(np.diff(wl) <= 0)
+    steps = np.diff(wl)
+    bad = np.flatnonzero(steps <= 0) if not (steps < 0).all() else np.array([], dtype=np.int64)
     if bad.size:
         j = int(bad[0])
         raise DataError(
-            f"{source}: wavelengths must increase; point {j + 1} ({wl[j + 1]:g}) follows {wl[j]:g}"
+            f"{source}: wavelengths must increase (or all decrease); point {j + 1} "
+            f"({wl[j + 1]:g}) follows {wl[j]:g}"
         )
+    X, wl = ascending(X, wl)
     metadata = {}
     for key in npz:
         if key in ("X", "wavelengths", "target_name"):
