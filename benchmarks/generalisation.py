@@ -168,15 +168,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    fig = Figure(figsize=(9, 4))
+    fig = Figure(figsize=(10, 4.2))
     ax = fig.add_subplot()
-    names = [f"{r['set']}\n{r['target']}" for r in rows]
+    names = [f"{r['set'].replace('_', ' ')}\n{r['target']}" for r in rows]
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["tuned_pls"] / r["plain_pls"] for r in rows], 0.4, label="CV-selected PLS")
     ax.bar(x + 0.2, [r["deployed"] / r["plain_pls"] for r in rows], 0.4, label="deployed")
     ax.axhline(1.0, color="k", lw=1)
     ax.axhline(0.75, color="k", lw=1, ls="--", label="target 0.75")
-    ax.set_xticks(x, names, fontsize=7)
+    ax.set_xticks(x, names, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("test RMSE / plain PLS test RMSE")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
