@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.pls import PLSCalibration
@@ -112,6 +113,10 @@ def test_a_large_set_averages_members_held_out_on_all_spectra() -> None:
     assert search.cv_results_["n_searched"] == 40 and search.oof_pred_.shape == (90,)
     assert np.isfinite(search.oof_pred_).all()
     assert search.best_estimator_.predict(X).shape == (90,)
+    # Inside outer folds only the fitted model is used: the held-out pass is skipped.
+    quick = clone(search).set_params(held_out=False).fit(X, y)
+    assert not hasattr(quick, "oof_pred_")
+    np.testing.assert_array_equal(quick.predict(X), search.predict(X))
 
 
 def test_the_range_end_refit_keeps_every_member_and_caps_its_components() -> None:

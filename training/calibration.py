@@ -84,7 +84,8 @@ def nested_pls_predictions(
     k_max = int(folds.max()) + 1
     for k in range(k_max):
         test = folds == k
-        search = make_search().fit(X[~test], y[~test])
+        # Only the fitted search predicts here: no held-out pass of its own is needed.
+        search = make_search().set_params(held_out=False).fit(X[~test], y[~test])
         pred[test] = search.predict(X[test])
         chosen.append(
             {

@@ -132,6 +132,10 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         own number of components) lies within one standard error of the winner's
         (:class:`~nirwatch.chemometrics.pls_average.AveragedPLSCalibration`); 1 serves the
         winner alone.
+    held_out : bool, default True
+        Compute ``oof_pred_``. Above ``max_search_samples`` spectra that costs one K-fold pass
+        on all of them per served recipe; False skips it where only the fitted model is used
+        (the search rerun inside outer folds).
 
     Attributes
     ----------
@@ -147,7 +151,8 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         ``recipes`` (names), ``rmsecv`` (C, A) and ``se`` (C, A) arrays (NaN past a recipe's
         last component), ``folds``, ``repeats``.
     oof_pred_ : ndarray (n,)
-        Held-out predictions of the served model (the members' mean), averaged over repeats.
+        Held-out predictions of the served model (the members' mean), averaged over repeats
+        (with ``held_out=True``).
     """
 
     def __init__(
@@ -161,7 +166,9 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         random_state: int = 0,
         max_search_samples: int = 500,
         max_average: int = 1,
+        held_out: bool = True,
     ) -> None:
+        self.held_out = held_out
         self.max_search_samples = max_search_samples
         self.max_average = max_average
         self.wavelengths = wavelengths
@@ -233,12 +240,15 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             for i in members
         ]
         searched_all = sub.size == n  # the search's held-out predictions cover every spectrum
-        held_out = [
-            self._held_out(X, y, wl, recipes[i], int(per_recipe[i]),
-                           oof[i] if searched_all else None, idx)
-            for i in members
-        ]  # fmt: skip
-        self.oof_pred_ = np.mean(held_out, axis=0)
+        if self.held_out:
+            self.oof_pred_ = np.mean(
+                [
+                    self._held_out(X, y, wl, recipes[i], int(per_recipe[i]),
+                                   oof[i] if searched_all else None, idx)
+                    for i in members
+                ],
+                axis=0,
+            )  # fmt: skip
         calibrations = [
             PLSCalibration(steps=recipes[i].steps(wl), n_components=int(per_recipe[i]) + 1)
             for i in members
