@@ -208,6 +208,8 @@ def test_manifest_and_report_say_what_was_compared(linear_bundle: Path) -> None:
     assert set(interval["quantiles"]) >= {"pls", "cnn"} and interval["quantile"] > 0
     assert manifest["extrapolation"]["model"] == "pls"
     assert report["served_by"] == "pls" and report["selection"] == sel
+    png = (linear_bundle / "report" / "selection.png").read_bytes()  # why the winner won
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert 0.8 <= report["interval"]["cv_coverage"] <= 1.0  # checked on held-out folds
     assert manifest["metrics"]["rmsecv"] == pytest.approx(sel["rmsecv"])
 

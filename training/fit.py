@@ -52,7 +52,7 @@ from training.candidates import (
     range_end_check,
 )
 from training.cnn_ensemble import stratified_folds
-from training.report import build_report
+from training.report import build_report, plot_selection
 from training.serving import (
     blend_choice,
     evaluations,
@@ -312,6 +312,7 @@ def _with_report(
         evaluations=evals,
         summary=summary,
         history=cnn.history if cnn else None,
+        figures={"selection.png": plot_selection(pls.search, contents.selection or {})},
         **(_cnn_figure(cnn, X, wl) if cnn else {"wavelengths": wl}),
     )
     return replace(

@@ -152,6 +152,50 @@ def plot_kernel_activations(
     return _png(fig)
 
 
+def plot_selection(search: Any, selection: Mapping[str, Any]) -> bytes:
+    """Why the winner won: the PLS recipes by RMSECV with the averaged ones and the
+    one-standard-error band; the served model's nested RMSECV against the alternatives."""
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
+    r = search.cv_results_
+    score = np.asarray(r["score"], dtype=float)
+    order = np.argsort(score)
+    order = order[np.isfinite(score[order])]
+    names = [a["recipe"] for a in search.averaged_]
+    averaged = {r["recipes"].index(n) for n in names}
+    lead = r["recipes"].index(names[0])
+    band = score[lead] + r["se"][lead, int(r["n_components"][lead]) - 1]
+    rank = np.arange(1, order.size + 1)
+    left.axhspan(score[lead], band, color="C1", alpha=0.15, label="within 1 SE of the best")
+    left.plot(rank, score[order], ".", color="0.5", label="recipe (at its 1-SE LVs)")
+    picked = np.array([i in averaged for i in order])
+    left.plot(rank[picked], score[order][picked], "o", color="C1",
+              label=f"averaged ({len(names)})")  # fmt: skip
+    left.set_xscale("log")
+    left.set_xlabel("recipe rank")
+    left.set_ylabel("RMSECV")
+    left.set_title(f"PLS search: {order.size} recipes; lead {names[0]}", fontsize=8)
+    left.legend(fontsize=7)
+    cands = selection.get("candidates", {})
+    searches = cands.get("pls", {}).get("candidate_set", {}).get("nested_rmsecv", {})
+    labels = [f"PLS\n{k} set" for k in searches]
+    values = [float(v) for v in searches.values()]
+    colours = ["0.6"] * len(labels)
+    for k in ("pls", "cnn", "blend"):
+        if cands.get(k, {}).get("rmsecv") is not None:
+            labels.append(k)
+            values.append(float(cands[k]["rmsecv"]))
+            colours.append("C1" if k == selection.get("served") else "C0")
+    right.bar(labels, values, color=colours)
+    for i, v in enumerate(values):
+        right.annotate(f"{v:.4g}", (i, v), ha="center", va="bottom", fontsize=8)
+    right.set_ylabel("nested RMSECV")
+    right.set_title(
+        f"served: {selection.get('served')} (orange); grey: each PLS candidate set", fontsize=9
+    )
+    return _png(fig)
+
+
 def build_report(
     *,
     target: str,
@@ -162,8 +206,10 @@ def build_report(
     activations: np.ndarray | None = None,
     reference_spectrum: np.ndarray | None = None,
     wavelengths: np.ndarray | None = None,
+    figures: Mapping[str, bytes] | None = None,
 ) -> dict[str, bytes]:
-    """The report's files, ``{"report.json": ..., "<plot>.png": ...}``."""
+    """The report's files, ``{"report.json": ..., "<plot>.png": ...}``; ``figures`` adds
+    PNGs already drawn."""
     report = {
         "target": {"name": target, "unit": unit},
         **dict(summary),
@@ -174,6 +220,7 @@ def build_report(
         "predicted_vs_reference.png": plot_predicted_vs_reference(evaluations, target, unit),
         "residuals.png": plot_residuals(evaluations, target, unit),
     }
+    files.update(figures or {})
     if history:
         files["learning_curves.png"] = plot_learning_curves(history)
     if activations is not None and reference_spectrum is not None and wavelengths is not None:

@@ -149,7 +149,8 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         RMSECV of the chosen (recipe, components); optimistic, being a selected minimum.
     cv_results_ : dict
         ``recipes`` (names), ``rmsecv`` (C, A) and ``se`` (C, A) arrays (NaN past a recipe's
-        last component), ``folds``, ``repeats``.
+        last component), ``folds``, ``repeats``; ``score`` (C,), each recipe's RMSECV at its
+        own number of components ``n_components`` (C,) (inf: not scored).
     oof_pred_ : ndarray (n,)
         Held-out predictions of the served model (the members' mean), averaged over repeats
         (with ``held_out=True``).
@@ -228,6 +229,8 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             "folds": folds,
             "repeats": repeats,
             "n_searched": int(sub.size),
+            "score": score,
+            "n_components": per_recipe + 1,
         }
         tied_se = se[np.arange(len(recipes)), per_recipe]
         members = one_se_tied(score, np.nan_to_num(tied_se), c, int(self.max_average))
