@@ -64,6 +64,7 @@ def nested_pls_predictions(
     folds: np.ndarray,
     make_search: Callable[[], PLSCalibrationCV],
     on_fold: Callable[[int, int], None] | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Held-out predictions of the whole PLS search, rerun inside each outer fold.
 
@@ -72,6 +73,8 @@ def nested_pls_predictions(
     folds : ndarray (n,) of int
         Outer fold of each spectrum (0..K-1).
     make_search : callable returning an unfitted PLSCalibrationCV
+    groups : ndarray (n,), optional
+        Sample labels: the inner searches keep replicates in one fold too.
 
     Returns
     -------
@@ -85,7 +88,8 @@ def nested_pls_predictions(
     for k in range(k_max):
         test = folds == k
         # Only the fitted search predicts here: no held-out pass of its own is needed.
-        search = make_search().set_params(held_out=False).fit(X[~test], y[~test])
+        inner = None if groups is None else groups[~test]
+        search = make_search().set_params(held_out=False).fit(X[~test], y[~test], inner)
         pred[test] = search.predict(X[test])
         chosen.append(
             {
@@ -249,9 +253,17 @@ def cross_validated_coverage(
     return float(covered.mean())
 
 
-def range_end_split(y: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """(middle, ends) masks: the bottom and top ``fraction`` of the target held out (>= 2 each)."""
+def range_end_split(
+    y: np.ndarray, fraction: float = 0.1, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(middle, ends) masks: the bottom and top ``fraction`` of the target held out (>= 2 each);
+    with ``groups``, of the samples by their mean target, all replicates with their sample."""
     y = np.asarray(y, dtype=np.float64)
+    if groups is not None:
+        labels = np.unique(groups, return_inverse=True)[1].reshape(-1)
+        means = np.bincount(labels, weights=y) / np.bincount(labels)
+        _, ends_of_group = range_end_split(means, fraction)
+        return ~ends_of_group[labels], ends_of_group[labels]
     k = max(2, int(round(fraction * y.size)))
     order = np.argsort(y, kind="stable")
     ends = np.zeros(y.size, dtype=bool)

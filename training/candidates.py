@@ -110,16 +110,17 @@ def fit_pls_candidate(
     s: TrainingSettings,
     folds: np.ndarray,
     say: Callable[[str], None],
+    groups: np.ndarray | None = None,
 ) -> PLSCandidate:
     """The PLS search(es) on all data, nested for honest held-out predictions; with
     ``pls_candidates="auto"`` the compact and the full candidate sets, chosen by
-    :func:`training.calibration.choose_search`."""
+    :func:`training.calibration.choose_search`. ``groups``: replicates share a fold."""
     t0 = time.perf_counter()
     if s.pls_candidates != "auto":
-        one = _search_family(X, y, wl, s, folds, say, s.pls_candidates)
+        one = _search_family(X, y, wl, s, folds, say, s.pls_candidates, groups)
         return replace(one, family={"chosen": s.pls_candidates, "rule": "pls_candidates setting"})
-    compact = _search_family(X, y, wl, s, folds, say, "compact")
-    full = _search_family(X, y, wl, s, folds, say, "full")
+    compact = _search_family(X, y, wl, s, folds, say, "compact", groups)
+    full = _search_family(X, y, wl, s, folds, say, "full", groups)
     choice = choose_search(y, compact.nested_oof, full.nested_oof, folds)
     chosen = full if choice.name == "full" else compact
     say(
@@ -150,11 +151,12 @@ def _search_family(
     folds: np.ndarray,
     say: Callable[[str], None],
     family: str,
+    groups: np.ndarray | None = None,
 ) -> PLSCandidate:
     """One search on all data, then nested in the outer folds (unless ``nested_cv`` is off)."""
     t0 = time.perf_counter()
     make = make_search(wl, s, family)
-    search = make().fit(X, y)
+    search = make().fit(X, y, groups)
     more = len(search.averaged_) - 1
     say(
         f"PLS ({family}): {search.recipe_.name}, {search.n_components_} LVs "
@@ -167,6 +169,7 @@ def _search_family(
     oof, chosen = nested_pls_predictions(
         X, y, folds, make,
         lambda k, m: say(f"PLS ({family}): nested search, outer fold {k}/{m}"),
+        groups,
     )  # fmt: skip
     return PLSCandidate(search, oof, chosen, time.perf_counter() - t0)
 
@@ -229,8 +232,10 @@ def fit_cnn_candidate(
     folds: np.ndarray,
     pls: PLSCandidate,
     progress: bool,
+    groups: np.ndarray | None = None,
 ) -> CNNCandidate:
-    """The CNN ensemble on the outer folds (or one network on a validation split)."""
+    """The CNN ensemble on the outer folds (or one network on a validation split; with
+    ``groups``, of whole samples)."""
     from nirwatch.chemometrics.augmentation import SpectralAugmenter
     from nirwatch.chemometrics.cnn import CNNConfig
     from training.cnn import fit_cnn
@@ -254,10 +259,7 @@ def fit_cnn_candidate(
     else:
         # One network: a seeded validation split carved from the calibration data; it gives
         # no out-of-fold predictions, so the CNN then serves without a comparison.
-        rng = np.random.default_rng(s.seed)
-        order = rng.permutation(X.shape[0])
-        n_val = max(2, int(round(s.validation_fraction * X.shape[0])))
-        val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
+        val, tr = validation_split(X.shape[0], s.validation_fraction, s.seed, groups)
         train = _train_config(s, tr.size, progress)
         fitted = fit_cnn(
             X[tr], y[tr], X[val], y[val], config, steps=steps, augmenter=augmenter, train=train
@@ -274,6 +276,23 @@ def fit_cnn_candidate(
     return CNNCandidate(fitted.predictor, fitted.steps, oof, info, fitted, fitted.history)
 
 
+def validation_split(
+    n: int, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) row indices: a seeded share of the spectra, or of the samples
+    when ``groups`` names them (a sample's replicates stay on one side)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        n_val = max(2, int(round(fraction * n)))
+        return np.sort(order[:n_val]), np.sort(order[n_val:])
+    labels = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    g = int(labels.max()) + 1
+    held = rng.permutation(g)[: max(1, int(round(fraction * g)))]
+    val = np.isin(labels, held)
+    return np.flatnonzero(val), np.flatnonzero(~val)
+
+
 def range_end_check(
     X: np.ndarray,
     y: np.ndarray,
@@ -282,6 +301,7 @@ def range_end_check(
     pls: PLSCandidate,
     cnn: CNNCandidate | None,
     weight: float,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Refit without the bottom and top 10 % of ``y``, predict them; RMSE per model.
 
@@ -289,7 +309,7 @@ def range_end_check(
     network with the same settings. The model with the lowest RMSE on the ends serves
     predictions at the range ends (:class:`nirwatch.models.bundle_predictor.LoadedBundle`).
     """
-    mid, ends = range_end_split(y, s.extrapolation_fraction)
+    mid, ends = range_end_split(y, s.extrapolation_fraction, groups)
     preds = {"pls": refit_pls(pls.model, X[mid], y[mid]).predict(X[ends])}
     if cnn is not None and cnn.oof is not None and weight > 0:
         from nirwatch.chemometrics.augmentation import SpectralAugmenter

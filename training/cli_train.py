@@ -25,6 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", default="", help="unit of the target, e.g. mg")
     parser.add_argument("--split-column", help="metadata column that says which rows train")
     parser.add_argument(
+        "--group-column",
+        help="metadata column naming each spectrum's sample: replicate scans of one sample "
+        "stay in one cross-validation fold (without it every spectrum is its own sample)",
+    )
+    parser.add_argument(
         "--train-values",
         help="comma-separated values of --split-column to train on; other rows are the test "
         "set (RMSEP)",
@@ -84,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
             )
     test = ~train
     check_training_data(data.X[train], data.y[train], data.wavelengths)
+    groups = None
+    if args.group_column is not None:
+        if args.group_column not in data.metadata:
+            raise DataError(
+                f"{args.data}: no group column {args.group_column!r}; "
+                f"available: {sorted(data.metadata)}"
+            )
+        groups = data.metadata[args.group_column][train].astype(str)
     out = args.out or Path("bundles") / f"{args.target}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     print(
         f"training {args.model} on {int(train.sum())} spectra x {data.n_points} points "
@@ -103,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         y_test=data.y[test] if test.any() else None,
         hmac_key=settings.registry.key(),
         progress=True,
+        groups=groups,
     )
     report = json.loads((path / "report" / "report.json").read_text())
     for name, m in report["models"].items():

@@ -25,14 +25,22 @@ from training.cnn_progress import TrainingProgress
 __all__ = ["fit_cnn_ensemble", "stratified_folds"]
 
 
-def stratified_folds(y: Any, n_folds: int, seed: int = 0) -> np.ndarray:
+def stratified_folds(y: Any, n_folds: int, seed: int = 0, groups: Any = None) -> np.ndarray:
     """Fold index (n,) for a K-fold split stratified on the sorted target.
 
     Consecutive blocks of ``n_folds`` spectra in target order are spread over the folds at
     random, so every fold spans the whole concentration range (each validation fold then
-    tests interpolation over the full range, as the test set will).
+    tests interpolation over the full range, as the test set will). With ``groups`` (n,), the
+    samples (spectra sharing a value: replicate scans) are dealt to the folds by their mean
+    target, so a sample's replicates share one fold.
     """
     y = np.asarray(y, dtype=np.float64).ravel()
+    if groups is not None:
+        labels = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+        if labels.shape != y.shape:
+            raise DataError(f"groups: expected shape {y.shape}, got {labels.shape}")
+        means = np.bincount(labels, weights=y) / np.bincount(labels)
+        return stratified_folds(means, n_folds, seed)[labels]
     if not 2 <= n_folds <= y.shape[0]:
         raise DataError(f"n_folds: need 2 <= folds <= {y.shape[0]}, got {n_folds}")
     rng = np.random.default_rng(seed)

@@ -124,6 +124,7 @@ def fit_bundle(
     y_test: Any = None,
     hmac_key: str | bytes | None = None,
     progress: bool = False,
+    groups: Any = None,
     **overrides: Any,
 ) -> Path:
     """Fit the candidates, choose the served model by validation and write a bundle.
@@ -149,6 +150,10 @@ def fit_bundle(
         Sign the manifest.
     progress : bool
         Show progress (stage lines, and the CNN's per-epoch bar) on stderr.
+    groups : array-like (n,), optional
+        Sample of each spectrum: replicate scans of one sample share a value and are kept in
+        one fold of every cross-validation split (outer folds, the PLS search, the CNN
+        members, the range-end check), so no spectrum is validated against its own replicate.
 
     Returns
     -------
@@ -158,13 +163,17 @@ def fit_bundle(
         raise DataError(f"model must be 'both', 'cnn' or 'pls', got {model!r}")
     s = _settings(settings, overrides)
     X, y, wl = check_training_data(X, y, wavelengths)
+    groups = check_groups(groups, X.shape[0])
     X_test, y_test = _check_test(X, X_test, y_test)
     if Path(out_dir).exists():
         raise DataError(f"refusing to overwrite existing path {out_dir}")
     say = _reporter(progress)
     t0 = time.perf_counter()
-    fit = _fit_models(X, y, wl, s, model, say, progress)
+    fit = _fit_models(X, y, wl, s, model, say, progress, groups)
     contents = _contents(fit, X, y, wl, s, model, target, unit)
+    if groups is not None:
+        training = dict(contents.training) | {"cv_groups": int(np.unique(groups).size)}
+        contents = replace(contents, training=training)
     test = _served_test(contents, X_test, y_test, hmac_key)
     contents = _with_report(contents, fit, X, y, wl, s, model, X_test, y_test, test)
     path = write_bundle(contents, out_dir, hmac_key=hmac_key)
@@ -186,6 +195,7 @@ class _Fit:
     served: str
     quantiles: dict[str, float]
     cv_coverage: float | None
+    n_samples: int | None = None  # independent samples, when replicates were grouped
 
 
 def _fit_models(
@@ -196,18 +206,20 @@ def _fit_models(
     model: ModelChoice,
     say: Callable[[str], None],
     progress: bool,
+    groups: np.ndarray | None = None,
 ) -> _Fit:
     """Steps 1-5 of the module docstring: PLS, CNN, blend, range ends, interval quantiles."""
     k_outer = s.cnn_members if s.cnn_members > 1 else OUTER_FOLDS
-    folds = stratified_folds(y, min(k_outer, X.shape[0]), seed=s.seed)
-    pls = fit_pls_candidate(X, y, wl, s, folds, say)
+    units = X.shape[0] if groups is None else int(np.unique(groups).size)
+    folds = stratified_folds(y, min(k_outer, units), seed=s.seed, groups=groups)
+    pls = fit_pls_candidate(X, y, wl, s, folds, say, groups)
     stats = CalibrationStatistics(
         n_components=min(int(pls.search.n_components_), X.shape[0] - 2)
     ).fit(pls.model.preprocess(X))
-    cnn = _maybe_cnn(X, y, wl, s, model, folds, pls, say, progress)
+    cnn = _maybe_cnn(X, y, wl, s, model, folds, pls, say, progress, groups)
     blend = blend_choice(model, y, folds, pls, cnn)
     weight = 1.0 if blend is None else blend.weight
-    ends = range_end_check(X, y, wl, s, pls, cnn, weight if cnn else 0.0)
+    ends = range_end_check(X, y, wl, s, pls, cnn, weight if cnn else 0.0, groups)
     say(f"range ends: {ends['model']} extrapolates best ({_fmt(ends['rmse_at_ends'])})")
     oof = oof_by_model(y, pls, cnn, blend)
     served = "pls" if cnn is None or weight == 0 else ("cnn" if weight == 1 else "blend")
@@ -218,7 +230,10 @@ def _fit_models(
     coverage = cross_validated_coverage(y - oof[served], scale, folds, s.interval_level)
     if coverage is not None:
         say(f"intervals: {coverage:.1%} of held-out calibration spectra covered in CV")
-    return _Fit(pls, stats, cnn, blend, weight, ends, oof, served, quantiles, coverage)
+    return _Fit(
+        pls, stats, cnn, blend, weight, ends, oof, served, quantiles, coverage,
+        None if groups is None else units,
+    )  # fmt: skip
 
 
 def _contents(
@@ -234,7 +249,9 @@ def _contents(
     """The bundle to serve: the served model, PLS as fallback, statistics, limits, intervals."""
     pls, cnn, served = fit.pls, fit.cnn, fit.served
     serves_cnn = cnn is not None and served != "pls"
-    selection = selection_record(y, pls, cnn, fit.blend, fit.oof, served, model, s)
+    selection = selection_record(
+        y, pls, cnn, fit.blend, fit.oof, served, model, s, n_samples=fit.n_samples
+    )
     return BundleContents(
         target=target,
         unit=unit,
@@ -322,6 +339,22 @@ def _with_report(
     )
 
 
+def check_groups(groups: Any, n: int) -> np.ndarray | None:
+    """Sample labels (n,) as an array, or None; refused when their shape is not (n,) or a
+    label is missing."""
+    if groups is None:
+        return None
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise DataError(f"expected one sample label per spectrum, shape ({n},), got {g.shape}")
+    missing = [i for i, v in enumerate(g.tolist()) if v is None or str(v).strip() in ("", "nan")]
+    if missing:
+        raise DataError(f"sample label missing in {len(missing)} rows, rows {missing[:20]}")
+    if np.unique(g).size < 3:
+        raise DataError(f"at least 3 samples needed for cross-validation, got {np.unique(g).size}")
+    return g
+
+
 def _check_test(X: np.ndarray, X_test: Any, y_test: Any) -> tuple[Any, Any]:
     if X_test is None or y_test is None or len(y_test) == 0:
         return None, None
@@ -345,20 +378,24 @@ def _maybe_cnn(
     pls: PLSCandidate,
     say: Callable[[str], None],
     progress: bool,
+    groups: np.ndarray | None = None,
 ) -> CNNCandidate | None:
     if model == "pls":
         return None
     if not cnn_fits(X.shape[1]):
         say(f"CNN: skipped, {X.shape[1]} points per spectrum are too few for its kernels")
         return None
-    if model == "both" and X.shape[0] < s.cnn_min_samples:
+    # Replicate scans add little information: the threshold counts samples when they are named.
+    n_units = X.shape[0] if groups is None else int(np.unique(groups).size)
+    if model == "both" and n_units < s.cnn_min_samples:
+        what = "calibration spectra" if groups is None else "calibration samples"
         say(
-            f"CNN: skipped, {X.shape[0]} calibration spectra < cnn_min_samples "
+            f"CNN: skipped, {n_units} {what} < cnn_min_samples "
             f"{s.cnn_min_samples} (PLS serves; --model cnn trains one anyway)"
         )
         return None
     t1 = time.perf_counter()
-    cnn = fit_cnn_candidate(X, y, wl, s, folds, pls, progress)
+    cnn = fit_cnn_candidate(X, y, wl, s, folds, pls, progress, groups)
     cnn.info["train_seconds"] = time.perf_counter() - t1
     msg = "" if cnn.oof is None else f", out-of-fold RMSECV {rmse(cnn.oof, y):.4g}"
     say(f"CNN: {cnn.info['members']} network(s), {cnn.info['epochs']} epochs{msg} "

@@ -56,8 +56,12 @@ def selection_record(
     served: str,
     model: str,
     s: TrainingSettings,
+    n_samples: int | None = None,
 ) -> dict[str, Any]:
-    """What was compared, each candidate's honest RMSECV, and why the winner won."""
+    """What was compared, each candidate's honest RMSECV, and why the winner won
+    (``n_samples``: independent samples when replicates were grouped, else ``len(y)``)."""
+    n_units = len(y) if n_samples is None else n_samples
+    unit = "spectra" if n_samples is None else "samples"
     cands: dict[str, Any] = {"pls": {"rmsecv": rmse(pls.nested_oof, y)} | pls.to_dict()}
     if cnn is not None:
         cands["cnn"] = {"rmsecv": rmse(cnn.oof, y) if cnn.oof is not None else None} | cnn.info
@@ -72,8 +76,8 @@ def selection_record(
         why = "--model pls: PLS only"
     elif cnn is None:
         why = "no CNN: " + (
-            f"{len(y)} calibration spectra < cnn_min_samples {s.cnn_min_samples}"
-            if len(y) < s.cnn_min_samples
+            f"{n_units} calibration {unit} < cnn_min_samples {s.cnn_min_samples}"
+            if n_units < s.cnn_min_samples
             else "too few points per spectrum for its kernels"
         )
     elif model == "cnn":

@@ -22,14 +22,36 @@ from nirwatch.errors import DataError, ModelError
 __all__ = ["FoldIndex", "cv_splits", "fold_kernels", "krylov_pls_predictions"]
 
 
-def cv_splits(n: int, folds: int, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Repeated shuffled K-fold splits (train, test) by sample."""
-    if not 2 <= folds <= n:
-        raise DataError(f"cv: need 2 <= folds <= {n} spectra, got {folds}")
-    out: list[tuple[np.ndarray, np.ndarray]] = []
+def cv_splits(
+    n: int, folds: int, repeats: int, seed: int, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Repeated shuffled K-fold splits (train, test) by sample.
+
+    With ``groups`` (n,), spectra sharing a value (replicate scans of one sample) always fall
+    in the same fold: the groups are shuffled and dealt to the folds, so held-out spectra are
+    never predicted from their own replicates.
+    """
+    if groups is None:
+        if not 2 <= folds <= n:
+            raise DataError(f"cv: need 2 <= folds <= {n} spectra, got {folds}")
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for r in range(repeats):
+            kf = KFold(n_splits=folds, shuffle=True, random_state=seed + 7919 * r)
+            out.extend(kf.split(np.empty((n, 1))))
+        return out
+    labels = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    if labels.size != n:
+        raise DataError(f"cv: expected {n} group labels, got {labels.size}")
+    g = int(labels.max()) + 1
+    if not 2 <= folds <= g:
+        raise DataError(f"cv: need 2 <= folds <= {g} groups (samples), got {folds}")
+    out = []
+    rows = np.arange(n)
     for r in range(repeats):
-        kf = KFold(n_splits=folds, shuffle=True, random_state=seed + 7919 * r)
-        out.extend(kf.split(np.empty((n, 1))))
+        fold_of_group = np.empty(g, dtype=np.int64)
+        fold_of_group[np.random.default_rng(seed + 7919 * r).permutation(g)] = np.arange(g) % folds
+        fold = fold_of_group[labels]
+        out.extend((rows[fold != k], rows[fold == k]) for k in range(folds))
     return out
 
 

@@ -180,10 +180,20 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         self.rule = rule
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> Self:
-        """Search the grid on X (n, p), y (n,), then refit the chosen model on all of X."""
+    def fit(self, X: Any, y: Any, groups: Any = None) -> Self:
+        """Search the grid on X (n, p), y (n,), then refit the chosen model on all of X.
+
+        ``groups`` (n,), optional: spectra sharing a value (replicate scans of one sample) are
+        kept in one fold of every split.
+        """
         X, y = check_calibration_xy(X, y)
         n, p = X.shape
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (n,):
+                raise DataError(
+                    f"PLSCalibrationCV: expected groups of shape ({n},), got {groups.shape}"
+                )
         wl = (
             np.arange(p, dtype=float)
             if self.wavelengths is None
@@ -201,13 +211,15 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         recipes = list(self.recipes) if self.recipes is not None else default_recipes(wl)
         if not recipes:
             raise DataError("PLSCalibrationCV: no candidate recipe")
-        folds = min(int(self.cv), n)
         # The search costs n^2 per recipe: above max_search_samples it runs on that many
         # spectra spread evenly over the reference values; the winner is refitted on all.
         sub = spread_subset(y, self.max_search_samples)
         Xs, ys = X[sub], y[sub]
         repeats = self.repeats or default_repeats(sub.size)
-        idx = FoldIndex(cv_splits(sub.size, folds, repeats, self.random_state))
+        sub_groups = None if groups is None else groups[sub]
+        units = sub.size if sub_groups is None else np.unique(sub_groups).size
+        folds = min(int(self.cv), units)  # folds of samples: replicates never split
+        idx = FoldIndex(cv_splits(sub.size, folds, repeats, self.random_state, sub_groups))
         A = max(1, min(int(self.max_components), int(idx.n_train.min()) - 2, p))
         rmse = np.full((len(recipes), A), np.nan)
         se = np.full((len(recipes), A), np.nan)
@@ -222,7 +234,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         self.recipe_ = recipes[c]
         self.n_components_ = a + 1
         self.rmsecv_ = float(rmse[c, a])
-        self.cv_results_ = {
+        self.cv_results_: dict[str, Any] = {
             "recipes": [r.name for r in recipes],
             "rmsecv": rmse,
             "se": se,
@@ -247,7 +259,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             self.oof_pred_ = np.mean(
                 [
                     self._held_out(X, y, wl, recipes[i], int(per_recipe[i]),
-                                   oof[i] if searched_all else None, idx)
+                                   oof[i] if searched_all else None, idx, groups)
                     for i in members
                 ],
                 axis=0,
@@ -271,6 +283,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         a: int,
         searched: np.ndarray | None,
         idx: FoldIndex,
+        groups: np.ndarray | None,
     ) -> np.ndarray:
         """One member's held-out predictions for every spectrum (from the search's own when
         it ran on all of them: ``searched``; else one K-fold pass on all)."""
@@ -280,7 +293,8 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         with threadpool_limits(limits=1, user_api="blas"):
             Z = _recipe_transforms(X, wl, [recipe])[recipe]
             assert Z is not None  # the search fitted this recipe on these spectra
-            full = FoldIndex(cv_splits(n, self.cv_results_["folds"], 1, self.random_state))
+            folds = self.cv_results_["folds"]
+            full = FoldIndex(cv_splits(n, folds, 1, self.random_state, groups))
             pred = self._cv_predict(Z, y, full, a + 1)
         return self._oof(pred[:, :, min(a, pred.shape[2] - 1)], full, n)
 
