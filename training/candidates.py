@@ -205,7 +205,8 @@ def cnn_fits(n_points: int) -> bool:
 
 
 def cnn_steps(wl: np.ndarray, s: TrainingSettings, pls: PLSCandidate) -> list[Any]:
-    """The CNN's preprocessing: the PLS search's wavelength range (unless set), then EMSC."""
+    """The CNN's preprocessing: the PLS search's (lead recipe's) wavelength range (unless set),
+    then EMSC."""
     from nirwatch.chemometrics.scatter import ExtendedMultiplicativeScatterCorrection
     from nirwatch.chemometrics.selection import WavelengthRange
 
