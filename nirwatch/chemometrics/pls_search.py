@@ -26,13 +26,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from nirwatch.chemometrics.derivative import SavitzkyGolay
 from nirwatch.chemometrics.krylov import FoldIndex, cv_splits, fold_kernels, krylov_pls_predictions
 from nirwatch.chemometrics.pls import PLSCalibration, check_calibration_xy
 from nirwatch.chemometrics.pls_average import AveragedPLSCalibration, one_se_tied
-from nirwatch.chemometrics.recipes import Recipe, default_recipes
-from nirwatch.chemometrics.scaling import UnitVarianceScaling
-from nirwatch.chemometrics.selection import WavelengthRange
+from nirwatch.chemometrics.recipes import Recipe, default_recipes, recipe_transforms
 from nirwatch.errors import DataError, ModelError
 
 __all__ = [
@@ -52,56 +49,6 @@ def spread_subset(y: np.ndarray, m: int) -> np.ndarray:
 def default_repeats(n: int) -> int:
     """Repeats of K-fold CV: more for small sets, where one split's luck matters most."""
     return int(np.clip(round(400 / max(n, 1)), 1, 5))
-
-
-def _recipe_transforms(
-    X: np.ndarray, wl: np.ndarray, recipes: Sequence[Recipe]
-) -> dict[Recipe, np.ndarray | None]:
-    """Preprocessed spectra per recipe, each intermediate computed once; None for a recipe
-    whose steps refuse these spectra (e.g. MSC of spectra whose mean is flat, EMSC on a range
-    shorter than its terms): that recipe cannot serve these data, the others still can."""
-    out: dict[Recipe, np.ndarray | None] = {}
-    ranged: dict[tuple[Any, Any], np.ndarray] = {}
-    scattered: dict[tuple[Any, Any, str], np.ndarray] = {}
-    filters: dict[tuple[int, int, int, int], SavitzkyGolay] = {}
-    for r in recipes:
-        try:
-            out[r] = _recipe_transform(X, wl, r, ranged, scattered, filters)
-        except DataError:
-            out[r] = None
-    return out
-
-
-def _recipe_transform(
-    X: np.ndarray,
-    wl: np.ndarray,
-    r: Recipe,
-    ranged: dict[tuple[Any, Any], np.ndarray],
-    scattered: dict[tuple[Any, Any, str], np.ndarray],
-    filters: dict[tuple[int, int, int, int], SavitzkyGolay],
-) -> np.ndarray:
-    """One recipe's preprocessed spectra, reusing and filling the caches of intermediates."""
-    key = (r.start, r.stop)
-    if key not in ranged:
-        ranged[key] = (
-            X
-            if r.start is None and r.stop is None
-            else WavelengthRange(wl, r.start, r.stop).fit(X).transform(X)
-        )
-    skey = (*key, r.scatter)
-    if skey not in scattered:
-        step = r.scatter_step()
-        Z = ranged[key]
-        scattered[skey] = Z if step is None else step.fit(Z).transform(Z)
-    Z = scattered[skey]
-    if r.derivative:
-        fkey = (Z.shape[1], r.window, r.polyorder, r.derivative)
-        if fkey not in filters:  # building the banded operator costs more than applying it
-            filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
-        Z = filters[fkey].transform(Z)
-    if r.scaling == "autoscale":
-        Z = UnitVarianceScaling().fit(Z).transform(Z)
-    return Z
 
 
 class PLSCalibrationCV(RegressorMixin, BaseEstimator):
@@ -188,29 +135,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         """
         X, y = check_calibration_xy(X, y)
         n, p = X.shape
-        if groups is not None:
-            groups = np.asarray(groups)
-            if groups.shape != (n,):
-                raise DataError(
-                    f"PLSCalibrationCV: expected groups of shape ({n},), got {groups.shape}"
-                )
-        wl = (
-            np.arange(p, dtype=float)
-            if self.wavelengths is None
-            else np.asarray(self.wavelengths, dtype=np.float64)
-        )
-        if wl.shape != (p,):
-            raise DataError(f"PLSCalibrationCV: expected {p} wavelengths, got {wl.shape}")
-        if p > 1 and not np.all(np.diff(wl) > 0):
-            # The range candidates select by wavelength on an increasing axis.
-            raise DataError(
-                f"PLSCalibrationCV: expected increasing wavelengths, got {wl[0]:g} ... {wl[-1]:g}"
-            )
-        if self.rule not in ("1se", "min"):
-            raise DataError(f"rule must be '1se' or 'min', got {self.rule!r}")
-        recipes = list(self.recipes) if self.recipes is not None else default_recipes(wl)
-        if not recipes:
-            raise DataError("PLSCalibrationCV: no candidate recipe")
+        wl, groups, recipes = self._check_inputs(n, p, groups)
         # The search costs n^2 per recipe: above max_search_samples it runs on that many
         # spectra spread evenly over the reference values; the winner is refitted on all.
         sub = spread_subset(y, self.max_search_samples)
@@ -244,6 +169,55 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             "score": score,
             "n_components": per_recipe + 1,
         }
+        self._serve(X, y, wl, recipes, per_recipe, score, se, c, oof if sub.size == n else None,
+                    idx, groups)  # fmt: skip
+        return self
+
+    def _check_inputs(
+        self, n: int, p: int, groups: Any
+    ) -> tuple[np.ndarray, np.ndarray | None, list[Recipe]]:
+        """(wavelengths, groups, recipes), checked against n spectra of p points."""
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (n,):
+                raise DataError(
+                    f"PLSCalibrationCV: expected groups of shape ({n},), got {groups.shape}"
+                )
+        wl = (
+            np.arange(p, dtype=float)
+            if self.wavelengths is None
+            else np.asarray(self.wavelengths, dtype=np.float64)
+        )
+        if wl.shape != (p,):
+            raise DataError(f"PLSCalibrationCV: expected {p} wavelengths, got {wl.shape}")
+        if p > 1 and not np.all(np.diff(wl) > 0):
+            # The range candidates select by wavelength on an increasing axis.
+            raise DataError(
+                f"PLSCalibrationCV: expected increasing wavelengths, got {wl[0]:g} ... {wl[-1]:g}"
+            )
+        if self.rule not in ("1se", "min"):
+            raise DataError(f"rule must be '1se' or 'min', got {self.rule!r}")
+        recipes = list(self.recipes) if self.recipes is not None else default_recipes(wl)
+        if not recipes:
+            raise DataError("PLSCalibrationCV: no candidate recipe")
+        return wl, groups, recipes
+
+    def _serve(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        wl: np.ndarray,
+        recipes: list[Recipe],
+        per_recipe: np.ndarray,
+        score: np.ndarray,
+        se: np.ndarray,
+        c: int,
+        oof: dict[int, np.ndarray] | None,
+        idx: FoldIndex,
+        groups: np.ndarray | None,
+    ) -> None:
+        """The served model: the winner ``c`` and its 1-SE ties, their held-out predictions
+        (``oof``: the search's own, when it ran on every spectrum) and the refit on all."""
         tied_se = se[np.arange(len(recipes)), per_recipe]
         members = one_se_tied(score, np.nan_to_num(tied_se), c, int(self.max_average))
         self.averaged_ = [
@@ -254,12 +228,11 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
             }
             for i in members
         ]
-        searched_all = sub.size == n  # the search's held-out predictions cover every spectrum
         if self.held_out:
             self.oof_pred_ = np.mean(
                 [
                     self._held_out(X, y, wl, recipes[i], int(per_recipe[i]),
-                                   oof[i] if searched_all else None, idx, groups)
+                                   None if oof is None else oof[i], idx, groups)
                     for i in members
                 ],
                 axis=0,
@@ -271,8 +244,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         self.best_estimator_ = (
             calibrations[0] if len(calibrations) == 1 else AveragedPLSCalibration(calibrations)
         ).fit(X, y)
-        self.n_features_in_ = p
-        return self
+        self.n_features_in_ = X.shape[1]
 
     def _held_out(
         self,
@@ -294,7 +266,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         n = y.size
         if searched is not None:
             return self._oof(searched[:, :, a], idx, n)
-        Z = _recipe_transforms(X, wl, [recipe])[recipe]
+        Z = recipe_transforms(X, wl, [recipe])[recipe]
         assert Z is not None  # the search fitted this recipe on these spectra
         pred = np.empty(n)
         for train, test in cv_splits(n, self.cv_results_["folds"], 1, self.random_state, groups):
@@ -317,7 +289,7 @@ class PLSCalibrationCV(RegressorMixin, BaseEstimator):
         folds: int,
     ) -> None:
         """Fill ``rmse``/``se`` (C, A) and the held-out predictions per recipe."""
-        for c, Z in enumerate(_recipe_transforms(X, wl, recipes).values()):
+        for c, Z in enumerate(recipe_transforms(X, wl, recipes).values()):
             if Z is None or not np.isfinite(Z).all():
                 continue  # e.g. SNV of a flat spectrum: this recipe cannot serve these data
             pred = self._cv_predict(Z, y, idx, A)  # (F, M, A')

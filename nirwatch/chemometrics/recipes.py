@@ -1,10 +1,13 @@
 """PLS preprocessing recipes: a wavelength range, then a scatter correction, then an optional
 Savitzky-Golay derivative, then optionally autoscaling; and the candidate sets the search
-compares (:func:`compact_recipes`, :func:`default_recipes`), stated for any wavelength grid.
+compares (:func:`compact_recipes`, :func:`default_recipes`), stated for any wavelength grid;
+:func:`recipe_transforms` applies many recipes to one set of spectra, each shared intermediate
+(range, scatter correction, Savitzky-Golay operator) computed once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ __all__ = [
     "Recipe",
     "compact_recipes",
     "default_recipes",
+    "recipe_transforms",
 ]
 
 SCATTERS = ("none", "snv", "msc", "emsc1", "emsc2")
@@ -181,3 +185,53 @@ def default_recipes(wavelengths: Any) -> list[Recipe]:
                     continue  # a window over half the range is no local derivative
                 out.append(Recipe(start, stop, scatter, d, w))
     return out + [AUTOSCALED_RAW]
+
+
+def recipe_transforms(
+    X: np.ndarray, wl: np.ndarray, recipes: Sequence[Recipe]
+) -> dict[Recipe, np.ndarray | None]:
+    """Preprocessed spectra per recipe, each intermediate computed once; None for a recipe
+    whose steps refuse these spectra (e.g. MSC of spectra whose mean is flat, EMSC on a range
+    shorter than its terms): that recipe cannot serve these data, the others still can."""
+    out: dict[Recipe, np.ndarray | None] = {}
+    ranged: dict[tuple[Any, Any], np.ndarray] = {}
+    scattered: dict[tuple[Any, Any, str], np.ndarray] = {}
+    filters: dict[tuple[int, int, int, int], SavitzkyGolay] = {}
+    for r in recipes:
+        try:
+            out[r] = _recipe_transform(X, wl, r, ranged, scattered, filters)
+        except DataError:
+            out[r] = None
+    return out
+
+
+def _recipe_transform(
+    X: np.ndarray,
+    wl: np.ndarray,
+    r: Recipe,
+    ranged: dict[tuple[Any, Any], np.ndarray],
+    scattered: dict[tuple[Any, Any, str], np.ndarray],
+    filters: dict[tuple[int, int, int, int], SavitzkyGolay],
+) -> np.ndarray:
+    """One recipe's preprocessed spectra, reusing and filling the caches of intermediates."""
+    key = (r.start, r.stop)
+    if key not in ranged:
+        ranged[key] = (
+            X
+            if r.start is None and r.stop is None
+            else WavelengthRange(wl, r.start, r.stop).fit(X).transform(X)
+        )
+    skey = (*key, r.scatter)
+    if skey not in scattered:
+        step = r.scatter_step()
+        Z = ranged[key]
+        scattered[skey] = Z if step is None else step.fit(Z).transform(Z)
+    Z = scattered[skey]
+    if r.derivative:
+        fkey = (Z.shape[1], r.window, r.polyorder, r.derivative)
+        if fkey not in filters:  # building the banded operator costs more than applying it
+            filters[fkey] = SavitzkyGolay(r.window, r.polyorder, r.derivative).fit(Z)
+        Z = filters[fkey].transform(Z)
+    if r.scaling == "autoscale":
+        Z = UnitVarianceScaling().fit(Z).transform(Z)
+    return Z
