@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from nirwatch.chemometrics.diagnostics import leverage_scale
+from nirwatch.chemometrics.krylov import sample_labels
 from nirwatch.chemometrics.pls_search import PLSCalibrationCV
 from nirwatch.errors import DataError
 
@@ -95,7 +96,7 @@ def nested_pls_predictions(
             {
                 "recipe": search.recipe_.name,
                 "n_components": search.n_components_,
-                "averaged": len(getattr(search, "averaged_", [None])),
+                "averaged": len(search.averaged_),
             }
         )
         if on_fold is not None:
@@ -260,7 +261,7 @@ def range_end_split(
     with ``groups``, of the samples by their mean target, all replicates with their sample."""
     y = np.asarray(y, dtype=np.float64)
     if groups is not None:
-        labels = np.unique(groups, return_inverse=True)[1].reshape(-1)
+        labels = sample_labels(groups)
         means = np.bincount(labels, weights=y) / np.bincount(labels)
         _, ends_of_group = range_end_split(means, fraction)
         return ~ends_of_group[labels], ends_of_group[labels]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
+from nirwatch.chemometrics.krylov import sample_labels
 from nirwatch.chemometrics.pls import PLSCalibration
 from nirwatch.chemometrics.pls_average import AveragedPLSCalibration
 from nirwatch.chemometrics.pls_search import PLSCalibrationCV
@@ -287,7 +288,7 @@ def validation_split(
         order = rng.permutation(n)
         n_val = max(2, int(round(fraction * n)))
         return np.sort(order[:n_val]), np.sort(order[n_val:])
-    labels = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    labels = sample_labels(groups)
     g = int(labels.max()) + 1
     held = rng.permutation(g)[: max(1, int(round(fraction * g)))]
     val = np.isin(labels, held)

@@ -18,6 +18,7 @@ from sklearn.base import clone
 
 from nirwatch.chemometrics.augmentation import SpectralAugmenter
 from nirwatch.chemometrics.cnn import CNNConfig, CNNPredictor, SpectralCNN
+from nirwatch.chemometrics.krylov import sample_labels
 from nirwatch.errors import DataError
 from training.cnn import FittedCNN, TrainConfig, check_xy, fit_cnn
 from training.cnn_progress import TrainingProgress
@@ -36,7 +37,7 @@ def stratified_folds(y: Any, n_folds: int, seed: int = 0, groups: Any = None) ->
     """
     y = np.asarray(y, dtype=np.float64).ravel()
     if groups is not None:
-        labels = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+        labels = sample_labels(groups)
         if labels.shape != y.shape:
             raise DataError(f"groups: expected shape {y.shape}, got {labels.shape}")
         means = np.bincount(labels, weights=y) / np.bincount(labels)

@@ -171,9 +171,10 @@ def fit_bundle(
     t0 = time.perf_counter()
     fit = _fit_models(X, y, wl, s, model, say, progress, groups)
     contents = _contents(fit, X, y, wl, s, model, target, unit)
-    if groups is not None:
-        training = dict(contents.training) | {"cv_groups": int(np.unique(groups).size)}
-        contents = replace(contents, training=training)
+    if fit.n_samples is not None:
+        contents = replace(
+            contents, training=dict(contents.training) | {"cv_groups": fit.n_samples}
+        )
     test = _served_test(contents, X_test, y_test, hmac_key)
     contents = _with_report(contents, fit, X, y, wl, s, model, X_test, y_test, test)
     path = write_bundle(contents, out_dir, hmac_key=hmac_key)
@@ -216,7 +217,7 @@ def _fit_models(
     stats = CalibrationStatistics(
         n_components=min(int(pls.search.n_components_), X.shape[0] - 2)
     ).fit(pls.model.preprocess(X))
-    cnn = _maybe_cnn(X, y, wl, s, model, folds, pls, say, progress, groups)
+    cnn = _maybe_cnn(X, y, wl, s, model, folds, pls, say, progress, groups, units)
     blend = blend_choice(model, y, folds, pls, cnn)
     weight = 1.0 if blend is None else blend.weight
     ends = range_end_check(X, y, wl, s, pls, cnn, weight if cnn else 0.0, groups)
@@ -350,8 +351,9 @@ def check_groups(groups: Any, n: int) -> np.ndarray | None:
     missing = [i for i, v in enumerate(g.tolist()) if v is None or str(v).strip() in ("", "nan")]
     if missing:
         raise DataError(f"sample label missing in {len(missing)} rows, rows {missing[:20]}")
-    if np.unique(g).size < 3:
-        raise DataError(f"at least 3 samples needed for cross-validation, got {np.unique(g).size}")
+    n_samples = np.unique(g).size
+    if n_samples < 3:
+        raise DataError(f"at least 3 samples needed for cross-validation, got {n_samples}")
     return g
 
 
@@ -379,14 +381,17 @@ def _maybe_cnn(
     say: Callable[[str], None],
     progress: bool,
     groups: np.ndarray | None = None,
+    n_units: int | None = None,
 ) -> CNNCandidate | None:
+    """The CNN candidate, or None where it cannot or should not train (``n_units``: the
+    calibration samples, replicates counted once; default the spectra)."""
     if model == "pls":
         return None
     if not cnn_fits(X.shape[1]):
         say(f"CNN: skipped, {X.shape[1]} points per spectrum are too few for its kernels")
         return None
     # Replicate scans add little information: the threshold counts samples when they are named.
-    n_units = X.shape[0] if groups is None else int(np.unique(groups).size)
+    n_units = X.shape[0] if n_units is None else n_units
     if model == "both" and n_units < s.cnn_min_samples:
         what = "calibration spectra" if groups is None else "calibration samples"
         say(

@@ -13,13 +13,19 @@ triangular inverse is the inverse of the leading block).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import KFold
 
 from nirwatch.errors import DataError, ModelError
 
-__all__ = ["FoldIndex", "cv_splits", "fold_kernels", "krylov_pls_predictions"]
+__all__ = ["FoldIndex", "cv_splits", "fold_kernels", "krylov_pls_predictions", "sample_labels"]
+
+
+def sample_labels(groups: Any) -> np.ndarray:
+    """Each spectrum's sample as an int 0..G-1 (replicate scans share one), from any labels."""
+    return np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
 
 
 def cv_splits(
@@ -39,7 +45,7 @@ def cv_splits(
             kf = KFold(n_splits=folds, shuffle=True, random_state=seed + 7919 * r)
             out.extend(kf.split(np.empty((n, 1))))
         return out
-    labels = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    labels = sample_labels(groups)
     if labels.size != n:
         raise DataError(f"cv: expected {n} group labels, got {labels.size}")
     g = int(labels.max()) + 1

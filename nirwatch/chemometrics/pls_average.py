@@ -73,6 +73,7 @@ class AveragedPLSCalibration(RegressorMixin, BaseEstimator):
         self.n_components_ = int(lead.n_components_)
         self.n_features_in_ = int(lead.n_features_in_)
         self._groups = _shared_prefixes(self.calibrations_)
+        self._intercept = float(sum(m.intercept_ for m in self.calibrations_))
 
     @property
     def lead_(self) -> PLSCalibration:
@@ -100,8 +101,7 @@ class AveragedPLSCalibration(RegressorMixin, BaseEstimator):
             if g.has_lead:
                 Z = apply_steps(lead.steps_[len(g.prefix) :], U)
         assert Z is not None  # the lead is in exactly one group
-        intercept = sum(m.intercept_ for m in self.calibrations_)
-        return (total + intercept) / len(self.calibrations_), Z
+        return (total + self._intercept) / len(self.calibrations_), Z
 
     def to_state(self) -> tuple[StateArrays, StateMeta]:
         """Every member's state, its arrays under ``members.<i>.``."""
@@ -168,8 +168,8 @@ def _shared_prefixes(members: Sequence[PLSCalibration]) -> list[_Group]:
         while k > 0 and isinstance(m.steps_[k - 1], _LINEAR):
             k -= 1
         prefix, tail = list(m.steps_[:k]), m.steps_[k:]
-        width = m.n_features_in_ if k == 0 else _output_width(prefix, m.n_features_in_)
-        matrix = apply_steps(tail, np.eye(width)) if tail else None
+        # The tail's first step was fitted on the prefix's output: its width is the tail's input.
+        matrix = apply_steps(tail, np.eye(tail[0].n_features_in_)) if tail else None
         coef = m.coef_ if matrix is None else matrix @ m.coef_
         key = _signature(prefix)
         if key in groups:
@@ -178,12 +178,6 @@ def _shared_prefixes(members: Sequence[PLSCalibration]) -> list[_Group]:
         else:
             groups[key] = (prefix, coef.astype(np.float64, copy=True), i == 0)
     return [_Group(p, c, lead) for p, c, lead in groups.values()]
-
-
-def _output_width(prefix: Sequence[Any], n_points: int) -> int:
-    probe = np.linspace(1.0, 2.0, n_points)[None, :] + np.zeros((2, 1))
-    probe[1] *= 1.1  # two distinct, smooth spectra: every scatter correction accepts them
-    return int(apply_steps(prefix, probe).shape[1])
 
 
 def one_se_tied(scores: np.ndarray, se: np.ndarray, best: int, max_members: int) -> list[int]:

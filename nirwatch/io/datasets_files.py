@@ -55,15 +55,23 @@ def _wavelength_columns(header: list[str], source: str) -> tuple[int, int, np.nd
             f"{source}: wavelength header {header[first + j]!r} (column {first + j + 1}) "
             "is not a finite number"
         )
-    steps = np.diff(wl)
-    bad = np.flatnonzero(steps <= 0) if not (steps < 0).all() else np.array([], dtype=np.int64)
-    if bad.size:
-        j = int(bad[0])
+    k = _first_out_of_order(wl)
+    if k is not None:
         raise DataError(
             f"{source}: wavelength headers must increase (or all decrease); column "
-            f"{first + j + 2} ({header[first + j + 1]}) follows {header[first + j]}"
+            f"{first + k + 2} ({header[first + k + 1]}) follows {header[first + k]}"
         )
     return first, last, wl
+
+
+def _first_out_of_order(wl: np.ndarray) -> int | None:
+    """Index of the first point that breaks an increasing axis (None: increasing, or wholly
+    decreasing, which :func:`ascending` turns round)."""
+    steps = np.diff(wl)
+    if (steps < 0).all():
+        return None
+    bad = np.flatnonzero(steps <= 0)
+    return int(bad[0]) if bad.size else None
 
 
 def ascending(X: np.ndarray, wl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,10 +182,8 @@ def read_npz(
             f"{source}: wavelengths contain non-finite values at points "
             f"{np.flatnonzero(~np.isfinite(wl))[:10].tolist()}"
         )
-    steps = np.diff(wl)
-    bad = np.flatnonzero(steps <= 0) if not (steps < 0).all() else np.array([], dtype=np.int64)
-    if bad.size:
-        j = int(bad[0])
+    j = _first_out_of_order(wl)
+    if j is not None:
         raise DataError(
             f"{source}: wavelengths must increase (or all decrease); point {j + 1} "
             f"({wl[j + 1]:g}) follows {wl[j]:g}"
