@@ -308,27 +308,41 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the webhook's port
         hint = "choose another port with NIRWATCH_RETRAIN_WEBHOOK_PORT"
         raise port_error(exc, settings.webhook_host, settings.webhook_port, hint) from None
-    service.start()
-    stop = threading.Event()
-    if kafka is not None:
-        from nirwatch.grid import grid_id_for
-
-        grid = grid_id_for(calibration.wavelengths)
-        threading.Thread(
-            target=consume_labelled, args=(kafka, service.buffer, grid, stop), daemon=True
-        ).start()
-    if args.once:
-        service.request(RetrainRequest("manual", "nirwatch retrain-service --once"))
-        service.wait_idle(timeout=24 * 3600)
-    else:
-        with stop_on_signals(stop):  # SIGTERM or Ctrl-C
-            stop.wait()
-    stop.set()
-    service.stop()
+    _serve(service, kafka, calibration, once=args.once)
     last = service.reports[-1] if service.reports else None
     if last is not None:
         print(json.dumps({k: last.get(k) for k in ("decision", "why", "candidate", "path")}))
     return 0 if last is None or last["decision"] != "failed" else 1
+
+
+def _serve(
+    service: RetrainService, kafka: KafkaSettings | None, calibration: Dataset, once: bool
+) -> None:
+    """Start ``service``, run until a stop signal (or one retrain with ``once``), stop it."""
+    stop = threading.Event()
+    # The handlers go in before start() logs retrain_service_started: a supervisor (or a test)
+    # that signals as soon as it reads that line must find them installed, or Ctrl-C would
+    # raise in the middle of start-up and SIGTERM would kill the process without a stop.
+    with stop_on_signals(stop):  # SIGTERM or Ctrl-C
+        service.start()
+        try:
+            if kafka is not None:
+                from nirwatch.grid import grid_id_for
+
+                grid = grid_id_for(calibration.wavelengths)
+                threading.Thread(
+                    target=consume_labelled, args=(kafka, service.buffer, grid, stop), daemon=True
+                ).start()
+            if once:
+                service.request(RetrainRequest("manual", "nirwatch retrain-service --once"))
+                # A stop signal ends the wait; the retrain in progress still finishes first.
+                while not service.wait_idle(timeout=1.0) and not stop.is_set():
+                    pass
+            else:
+                stop.wait()
+        finally:
+            stop.set()
+            service.stop()
 
 
 def _calibration(args: argparse.Namespace, settings: RetrainSettings) -> Dataset:
