@@ -308,16 +308,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the webhook's port
         hint = "choose another port with NIRWATCH_RETRAIN_WEBHOOK_PORT"
         raise port_error(exc, settings.webhook_host, settings.webhook_port, hint) from None
-    _serve(service, kafka, calibration, once=args.once)
+    _serve(service, kafka, once=args.once)
     last = service.reports[-1] if service.reports else None
     if last is not None:
         print(json.dumps({k: last.get(k) for k in ("decision", "why", "candidate", "path")}))
     return 0 if last is None or last["decision"] != "failed" else 1
 
 
-def _serve(
-    service: RetrainService, kafka: KafkaSettings | None, calibration: Dataset, once: bool
-) -> None:
+def _serve(service: RetrainService, kafka: KafkaSettings | None, once: bool) -> None:
     """Start ``service``, run until a stop signal (or one retrain with ``once``), stop it."""
     stop = threading.Event()
     # The handlers go in before start() logs retrain_service_started: a supervisor (or a test)
@@ -329,7 +327,7 @@ def _serve(
             if kafka is not None:
                 from nirwatch.grid import grid_id_for
 
-                grid = grid_id_for(calibration.wavelengths)
+                grid = grid_id_for(service.calibration.wavelengths)
                 threading.Thread(
                     target=consume_labelled, args=(kafka, service.buffer, grid, stop), daemon=True
                 ).start()
